@@ -1,0 +1,3 @@
+"""PatchCore for ad: locally aware patch features, greedy coreset, faiss search."""
+
+__version__ = "0.1.0"

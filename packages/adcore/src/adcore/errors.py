@@ -1,0 +1,47 @@
+"""User-facing errors: each names the problem and the fix, and maps to an exit code.
+
+The CLI prints these as one paragraph without a traceback (unless ``AD_DEBUG=1``); anything
+else that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class AdError(Exception):
+    """A problem the user can fix; ``hint`` says how."""
+
+    exit_code = 1
+
+    def __init__(self, problem: str, hint: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.problem} {self.hint}".strip()
+
+
+class UsageError(AdError):
+    """Wrong command-line usage (exit code 2, as Typer/click use)."""
+
+    exit_code = 2
+
+
+class ConfigError(AdError):
+    """A config file, section or value is invalid."""
+
+
+class PluginError(AdError):
+    """A plugin is unknown, broken, ambiguous, or cannot do what was asked."""
+
+
+class DataError(AdError):
+    """A data set root, layout or file is missing or unreadable."""
+
+
+class WeightsError(AdError):
+    """Model weights cannot be found, fetched or loaded."""
+
+
+class OutputError(AdError):
+    """The results folder cannot be written, or holds a run with another config."""

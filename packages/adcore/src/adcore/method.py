@@ -1,0 +1,160 @@
+"""The method contract: ``fit`` on a support set, ``predict`` scores and maps in batches.
+
+Methods receive uint8 images already decoded and resized by the host's loader, on the run's
+device; they normalise on the device themselves (``InputGeometry.normalize``), so loader
+workers never touch floats and every method sees exactly the geometry it declared.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from adcore.errors import PluginError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class InputGeometry(BaseModel):
+    """How images (and masks, alike) reach the method: resize to ``size``, then centre crop."""
+
+    model_config = ConfigDict(frozen=True)
+
+    size: int
+    crop: int | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> InputGeometry:
+        if self.crop is not None and self.crop > self.size:
+            raise ValueError(f"crop {self.crop} is larger than the resized size {self.size}")
+        return self
+
+    @property
+    def output_size(self) -> int:
+        """Side of the square image the method sees, and of its anomaly maps."""
+        return self.crop if self.crop is not None else self.size
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,3,H,W] -> float [B,3,H,W], scaled to [0,1] and standardised."""
+        import torch
+
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a method runs; chosen by the host, passed to the factory."""
+
+    device: str = "cpu"
+    precision: Precision = "fp32"
+    seed: int = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision on CUDA when asked; CPU runs stay fp32 for exact results."""
+        import torch
+
+        if self.precision == "fp32" or not self.device.startswith("cuda"):
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+@dataclass
+class FitContext:
+    """What ``fit`` gets: the category's class name and its support images in batches.
+
+    ``batches`` yields uint8 [b,3,H,W] tensors on the device and may be empty (zero-shot);
+    iterate it once. Fields are only ever added, so older methods keep working.
+    """
+
+    category: str
+    class_name: str
+    num_images: int
+    batches: Iterable[torch.Tensor] = field(default_factory=list)
+    show_progress: bool = False
+
+
+@dataclass
+class Prediction:
+    """Output of ``predict``: ``scores`` [B] and ``maps`` [B,H,W] at the geometry's size."""
+
+    scores: torch.Tensor
+    maps: torch.Tensor
+
+
+class Method(abc.ABC):
+    """An anomaly detector. Implementations keep the algorithm in plain ``nn.Module``s."""
+
+    geometry: InputGeometry
+
+    @abc.abstractmethod
+    def fit(self, context: FitContext) -> None:
+        """Prepare for one category: text prompts, memory banks, reference features."""
+
+    @abc.abstractmethod
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """uint8 [B,3,H,W] on the device -> scores [B], maps [B,H,W]. Called under no_grad."""
+
+    @abc.abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """The networks, for parameter and FLOP counting."""
+
+    @abc.abstractmethod
+    def backbone_forward(self, images: torch.Tensor) -> Any:
+        """A bare forward pass of the backbone on normalised images: the speed floor."""
+
+    @abc.abstractmethod
+    def weights_identity(self) -> dict[str, Any]:
+        """What weights the run used; ``random: True`` marks random initialisation."""
+
+    def memory_bank_bytes(self) -> int:
+        """Bytes held as fitted state beyond the parameters (memory bank, references)."""
+        return 0
+
+    def fitted_state(self) -> dict[str, Any]:
+        """Everything ``predict`` needs after ``fit``, as tensors and plain values."""
+        raise PluginError(f"{type(self).__name__} cannot save its fitted state.")
+
+    def load_fitted_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``fitted_state`` returned, so ``predict`` works without ``fit``."""
+        raise PluginError(f"{type(self).__name__} cannot load a fitted state.")
+
+
+class TrainableMethod(Method):
+    """A method with trained parts (prompts, adaptors) that ``ad train`` optimises."""
+
+    @abc.abstractmethod
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the optimiser updates; everything else stays frozen."""
+
+    @abc.abstractmethod
+    def training_loss(
+        self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """uint8 [B,3,H,W], float [B,H,W], long [B] -> losses; ``"loss"`` is optimised."""
+
+    @abc.abstractmethod
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trained tensors only, for a small checkpoint."""
+
+    @abc.abstractmethod
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a checkpoint written from ``trainable_state``."""

@@ -1,0 +1,109 @@
+"""Typed records that plugins yield from their hooks.
+
+A record describes a component without building it: ``factory`` does the heavy imports
+(torch models, faiss) only when the component is used, so listing plugins stays fast.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+SLUG = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+class PluginConfig(BaseModel):
+    """Base for a component's own settings: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmptyConfig(PluginConfig):
+    """For components that take no settings."""
+
+
+class Capability(str, enum.Enum):
+    """What a method can do; the runner refuses settings a method does not declare."""
+
+    ZERO_SHOT = "zero-shot"
+    FEW_SHOT = "few-shot"
+    FULL_SHOT = "full-shot"
+    TRAINABLE = "trainable"
+
+
+class ComponentSpec(BaseModel):
+    """Common shape of every record: a slug name, a one-line summary, settings, a factory."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    kind: Literal["method", "dataset", "metric", "reporter"]
+    name: str
+    summary: str
+    config: type[PluginConfig] = EmptyConfig
+    factory: Callable[..., Any]
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError(
+                f"name {value!r} must be a lowercase slug (letters, digits, '-' or '_', "
+                "starting with a letter)"
+            )
+        return value
+
+    @field_validator("config")
+    @classmethod
+    def _forbids_extra(cls, value: type[PluginConfig]) -> type[PluginConfig]:
+        if not (isinstance(value, type) and issubclass(value, BaseModel)):
+            raise ValueError("config must be a pydantic model class")
+        if value.model_config.get("extra") != "forbid":
+            raise ValueError(f"config model {value.__name__} must set extra='forbid'")
+        return value
+
+
+class MethodSpec(ComponentSpec):
+    """``factory(config, runtime) -> adcore.method.Method``."""
+
+    kind: Literal["method"] = "method"
+    capabilities: frozenset[Capability]
+
+    @field_validator("capabilities")
+    @classmethod
+    def _some_setting(cls, value: frozenset[Capability]) -> frozenset[Capability]:
+        shots = {Capability.ZERO_SHOT, Capability.FEW_SHOT, Capability.FULL_SHOT}
+        if not value & shots:
+            raise ValueError("a method must support at least one of zero-, few- or full-shot")
+        return value
+
+
+class DatasetSpec(ComponentSpec):
+    """``factory(config, root) -> adcore.dataset.Dataset``; ``root`` may be None.
+
+    ``download(root, progress)``, where given, fetches and unpacks the data set into
+    ``root``; ``download_help`` tells users how to obtain it when it cannot be fetched.
+    """
+
+    kind: Literal["dataset"] = "dataset"
+    needs_root: bool = True
+    download: Callable[..., Any] | None = None
+    download_help: str = ""
+
+
+class MetricSpec(ComponentSpec):
+    """``factory(config) -> Callable[[EvalData], float]``."""
+
+    kind: Literal["metric"] = "metric"
+    level: Literal["image", "pixel"]
+    higher_is_better: bool = True
+
+
+class ReporterSpec(ComponentSpec):
+    """``factory(config) -> adcore.reporting.Reporter``."""
+
+    kind: Literal["reporter"] = "reporter"
+    default: bool = False
