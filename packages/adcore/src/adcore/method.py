@@ -138,8 +138,24 @@ class Method(abc.ABC):
         raise PluginError(f"{type(self).__name__} cannot load a fitted state.")
 
 
+class TrainingSettings(BaseModel):
+    """Optimiser and schedule of ``ad train``; each trainable method gives its paper's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = 2
+    learning_rate: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 8
+    seed: int = 0
+
+
 class TrainableMethod(Method):
     """A method with trained parts (prompts, adaptors) that ``ad train`` optimises."""
+
+    @abc.abstractmethod
+    def training_settings(self) -> TrainingSettings:
+        """Defaults from the paper, overridden by the method's config."""
 
     @abc.abstractmethod
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
