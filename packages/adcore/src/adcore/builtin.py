@@ -1,0 +1,45 @@
+"""The host's own components, registered through the ``adcore`` entry point."""
+
+from __future__ import annotations
+
+from adcore.hookspecs import hookimpl
+from adcore.metrics.specs import metric_specs
+from adcore.records import MetricSpec, ReporterSpec
+
+
+def _reporter(class_name: str):
+    def build(_config: object):
+        from adcore.reporters import summary
+
+        return getattr(summary, class_name)()
+
+    return build
+
+
+@hookimpl
+def adcore_metrics() -> list[MetricSpec]:
+    return metric_specs()
+
+
+@hookimpl
+def adcore_reporters() -> list[ReporterSpec]:
+    return [
+        ReporterSpec(
+            name="summary-csv",
+            summary="summary_metrics.csv, full precision",
+            factory=_reporter("SummaryCsvReporter"),
+            default=True,
+        ),
+        ReporterSpec(
+            name="summary-pretty",
+            summary="summary_metrics_pretty.csv and .md, percent",
+            factory=_reporter("PrettySummaryReporter"),
+            default=True,
+        ),
+        ReporterSpec(
+            name="summary-json",
+            summary="summary.json with the environment",
+            factory=_reporter("JsonSummaryReporter"),
+            default=True,
+        ),
+    ]

@@ -1,0 +1,57 @@
+"""The ``ad`` command. Errors users can fix print one paragraph and exit non-zero;
+``AD_DEBUG=1`` shows the traceback as well."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from adcore.cli import config_cmd, data_cmd, eval_cmd, plugins_cmd
+from adcore.errors import AdError
+
+app = typer.Typer(
+    name="ad",
+    help="Zero-, few- and full-shot industrial visual anomaly detection.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("list-plugins")(plugins_cmd.list_plugins)
+app.command("eval")(eval_cmd.eval_command)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(data_cmd.app, name="data")
+
+
+def _fail(message: str, code: int) -> None:
+    Console(stderr=True).print(f"[bold red]Error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Entry point of the ``ad`` script."""
+    debug = os.environ.get("AD_DEBUG") == "1"
+    try:
+        app(standalone_mode=False)
+    except AdError as error:
+        if debug:
+            raise
+        _fail(str(error), error.exit_code)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.exceptions.Abort:
+        _fail("Aborted.", 1)
+    except click.ClickException as error:
+        if debug:
+            raise
+        error.show()
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        _fail("Interrupted. Finished categories are saved; rerun the same command to resume.", 130)
+    except PermissionError as error:
+        if debug:
+            raise
+        _fail(f"Permission denied: {error.filename}. Choose a writable location.", 1)

@@ -1,0 +1,69 @@
+"""``ad data check`` and ``ad data download``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from adcore.cli.options import CategoryOption, DataRootOption, JsonOption, sugar
+from adcore.errors import DataError
+
+app = typer.Typer(help="Check a data set's layout, or download one.", no_args_is_help=True)
+
+
+@app.command("check")
+def check(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Data set plugin name.")],
+    data_root: DataRootOption = None,
+    category: CategoryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Read the layout without running a model: counts, masks, unreadable files, sizes.
+
+    Exits 1 when anything would make an evaluation wrong.
+    """
+    from adcore.config import build_raw_config, resolve, validate_base
+    from adcore.datacheck import check_dataset, render_report
+    from adcore.plugins import get_registry
+    from adcore.runner import build_dataset, select_categories
+
+    raw = build_raw_config(None, sugar(dataset=dataset, data_root=data_root, category=category))
+    base = validate_base(raw)
+    registry = get_registry()
+    # any method will do: only the data set is used here
+    methods = registry.names("method")
+    if methods:
+        base.model.name = methods[0]
+    config = resolve(base, registry)
+    data = build_dataset(config)
+    categories = select_categories(data, base.data.categories)
+    report = check_dataset(data, categories)
+    if as_json:
+        print(report.model_dump_json(indent=2))
+    else:
+        render_report(report, Console())
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command("download")
+def download(
+    dataset: Annotated[str, typer.Argument(help="Data set plugin name, e.g. visa.")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to download and unpack into.")],
+) -> None:
+    """Fetch and unpack a public data set, resuming a partial download."""
+    from adcore.plugins import get_registry
+    from adcore.progress import Progress
+
+    spec = get_registry().resolve("dataset", dataset).spec
+    if spec.download is None:
+        raise DataError(
+            f"Data set {spec.name!r} cannot be downloaded by ad.",
+            spec.download_help or "Obtain it from its publisher and pass --data-root.",
+        )
+    with Progress() as progress:
+        spec.download(to, progress)
+    Console().print(f"{spec.name} is ready under {to}")

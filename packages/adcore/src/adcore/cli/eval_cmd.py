@@ -1,0 +1,106 @@
+"""``ad eval``."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from adcore.cli.options import (
+    CategoryOption,
+    ConfigOption,
+    DataRootOption,
+    DatasetOption,
+    DeviceOption,
+    JsonOption,
+    KShotOption,
+    MethodOption,
+    OutputOption,
+    RandomWeightsOption,
+    SetOption,
+    resolved_config,
+)
+from adcore.results import RunResult
+
+RANDOM_BANNER = (
+    "[bold yellow]Random weights:[/] every model is randomly initialised; the numbers below "
+    "show the pipeline working, not the method's accuracy."
+)
+
+
+def results_table(result: RunResult) -> Table:
+    table = Table(title=f"{result.method} on {result.dataset} ({result.experiment}), percent")
+    table.add_column("category")
+    for name in result.metric_names:
+        table.add_column(name, justify="right")
+    rows = [(r.category, r.metrics) for r in result.categories] + [("mean", result.mean())]
+    for index, (category, values) in enumerate(rows):
+        cells = [
+            "n/a" if math.isnan(values.get(n, math.nan)) else f"{100 * values[n]:.1f}"
+            for n in result.metric_names
+        ]
+        table.add_row(category, *cells, end_section=index == len(rows) - 2)
+    return table
+
+
+def eval_command(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    method: MethodOption = None,
+    dataset: DatasetOption = None,
+    category: CategoryOption = None,
+    k_shot: KShotOption = None,
+    device: DeviceOption = None,
+    data_root: DataRootOption = None,
+    output: OutputOption = None,
+    random_weights: RandomWeightsOption = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Recompute finished categories and replace a run.")
+    ] = False,
+    save_maps: Annotated[
+        bool, typer.Option("--save-maps", help="Write each anomaly map as float32 TIFF.")
+    ] = False,
+    save_model: Annotated[
+        bool, typer.Option("--save-model", help="Save each category's fitted method state.")
+    ] = False,
+    skip_bad_samples: Annotated[
+        bool, typer.Option("--skip-bad-samples", help="Leave out unreadable or bad samples.")
+    ] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate a method on a data set: metrics per category, efficiency, result files."""
+    from adcore.plugins import get_registry
+    from adcore.progress import Progress
+    from adcore.runner import Evaluation, RunOptions
+
+    assignments = list(set_ or [])
+    if skip_bad_samples:
+        assignments.append("data.skip_bad_samples=true")
+    resolved = resolved_config(
+        config,
+        assignments,
+        random_weights,
+        method=method,
+        dataset=dataset,
+        category=category,
+        k_shot=k_shot,
+        device=device,
+        data_root=data_root,
+        output=output,
+    )
+    console = Console(stderr=as_json)
+    if resolved.random_weights:
+        console.print(RANDOM_BANNER)
+    options = RunOptions(overwrite, save_maps, save_model, show_progress=not no_progress)
+    with Progress(enabled=not no_progress and not as_json) as progress:
+        evaluation = Evaluation(resolved, get_registry(), options, progress)
+        result = evaluation.run()
+    if as_json:
+        print((result.run_dir / "summary.json").read_text())
+        return
+    console.print(results_table(result))
+    console.print(f"Results: {result.run_dir}")

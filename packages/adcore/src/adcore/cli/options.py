@@ -1,0 +1,87 @@
+"""Options shared by the commands that build an experiment config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from adcore.errors import UsageError
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML experiment config (may use extends:).")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key: section.key=value (repeatable)."),
+]
+MethodOption = Annotated[str | None, typer.Option("--method", "-m", help="Method plugin name.")]
+DatasetOption = Annotated[str | None, typer.Option("--dataset", "-d", help="Data set plugin name.")]
+CategoryOption = Annotated[
+    list[str] | None,
+    typer.Option("--category", help="Category to run (repeatable or comma-separated)."),
+]
+KShotOption = Annotated[
+    str | None, typer.Option("--k-shot", "-k", help="Normal images for fit: 0, a count, or all.")
+]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DataRootOption = Annotated[Path | None, typer.Option("--data-root", help="Data set root folder.")]
+OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Results root folder.")]
+RandomWeightsOption = Annotated[
+    bool,
+    typer.Option(
+        "--random-weights", help="Randomly initialise every model (demos and tests; flagged)."
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def parse_k_shot(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    if value.strip().lower() in {"all", "full"}:
+        return "all"
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(
+            f"--k-shot {value!r} is not a number or 'all'.",
+            "Use 0 (zero-shot), a count such as 4, or all (full-shot).",
+        ) from None
+
+
+def sugar(
+    method: str | None = None,
+    dataset: str | None = None,
+    category: list[str] | None = None,
+    k_shot: str | None = None,
+    device: str | None = None,
+    data_root: Path | None = None,
+    output: Path | None = None,
+) -> dict[str, Any]:
+    """The sugar options as dotted config keys."""
+    categories = [c for item in category or [] for c in item.split(",") if c] or None
+    return {
+        "model.name": method,
+        "data.dataset": dataset,
+        "data.categories": categories,
+        "data.k_shot": parse_k_shot(k_shot),
+        "model.device": device,
+        "data.root": str(data_root) if data_root else None,
+        "experiment.output_root": str(output) if output else None,
+    }
+
+
+def resolved_config(
+    config: Path | None,
+    assignments: list[str] | None,
+    random_weights: bool = False,
+    **sugar_values: Any,
+):
+    """File, sugar options and --set merged, validated, and the plugins resolved."""
+    from adcore.config import build_raw_config, resolve, validate_base
+    from adcore.plugins import get_registry
+
+    raw = build_raw_config(config, sugar(**sugar_values), assignments)
+    return resolve(validate_base(raw), get_registry(), random_weights=random_weights)

@@ -1,0 +1,1 @@
+"""Built-in reporters, registered through the ``adcore`` entry point like any plugin's."""

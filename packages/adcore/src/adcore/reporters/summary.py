@@ -1,0 +1,69 @@
+"""Run summaries: raw CSV, pretty CSV and Markdown (percentages), and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from adcore.reporting import Reporter, RunContext
+from adcore.results import RunResult, atomic_write_text, csv_text
+
+RANDOM_NOTE = "Random weights: these numbers come from randomly initialised models (a demo)."
+
+
+def summary_rows(result: RunResult) -> tuple[list[str], list[dict[str, Any]]]:
+    """Header and rows: one per category plus the macro ``mean`` row."""
+    efficiency = sorted({k for r in result.categories for k in r.efficiency})
+    header = ["category", *result.metric_names, *efficiency]
+    rows = [{"category": r.category, **r.metrics, **r.efficiency} for r in result.categories]
+    rows.append({"category": "mean", **result.mean()})
+    return header, rows
+
+
+def pretty(name: str, value: Any, metric_names: list[str]) -> str:
+    if not isinstance(value, float):
+        return "" if value is None else str(value)
+    if math.isnan(value):
+        return "n/a"
+    if name in metric_names:
+        return f"{100 * value:.1f}"
+    return f"{value:.4g}"
+
+
+class SummaryCsvReporter(Reporter):
+    """``summary_metrics.csv``: full-precision values for scripts."""
+
+    def on_run(self, result: RunResult, context: RunContext) -> None:
+        header, rows = summary_rows(result)
+        text = csv_text(header, [[row.get(h, "") for h in header] for row in rows])
+        atomic_write_text(context.run_dir / "summary_metrics.csv", text)
+
+
+class PrettySummaryReporter(Reporter):
+    """``summary_metrics_pretty.csv`` and ``.md``: metrics in percent, one decimal."""
+
+    def on_run(self, result: RunResult, context: RunContext) -> None:
+        header, rows = summary_rows(result)
+        cells = [[pretty(h, row.get(h), result.metric_names) for h in header] for row in rows]
+        atomic_write_text(context.run_dir / "summary_metrics_pretty.csv", csv_text(header, cells))
+        title = f"# {result.method} on {result.dataset} ({result.experiment})\n\n"
+        note = f"> {RANDOM_NOTE}\n\n" if result.random_weights else ""
+        table = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+        table += "".join("| " + " | ".join(row) + " |\n" for row in cells)
+        legend = "\nMetrics in percent; efficiency figures as measured (ms, images/s, MB).\n"
+        atomic_write_text(
+            context.run_dir / "summary_metrics_pretty.md", title + note + table + legend
+        )
+
+
+class JsonSummaryReporter(Reporter):
+    """``summary.json``: the whole run result, with the environment."""
+
+    def on_run(self, result: RunResult, context: RunContext) -> None:
+        payload = json.loads(result.model_dump_json())
+        payload["mean"] = {k: (None if math.isnan(v) else v) for k, v in result.mean().items()}
+        payload["env"] = context.env
+        atomic_write_text(
+            context.run_dir / "summary.json", json.dumps(payload, indent=2, default=str) + "\n"
+        )

@@ -1,0 +1,49 @@
+"""The reporter contract: typed results in, files out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adcore.config import ResolvedConfig
+from adcore.dataset import Sample
+from adcore.results import CategoryResult, RunLayout, RunResult
+
+
+@dataclass
+class RunContext:
+    """What every reporter may read about the run."""
+
+    layout: RunLayout
+    config: ResolvedConfig
+    env: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.layout.root
+
+
+@dataclass
+class CategoryOutputs:
+    """A freshly computed category's raw outputs (absent when a category was resumed)."""
+
+    samples: list[Sample]
+    scores: np.ndarray  # [N]
+    maps: np.ndarray  # [N,S,S] float32 at the method's input size
+    masks: np.ndarray  # [N,S,S] bool
+    images: Any = None  # optional uint8 [N,S,S,3]; reporters re-read from samples if absent
+
+
+class Reporter:
+    """Writes files from results. Both hooks are optional."""
+
+    def on_category(
+        self, result: CategoryResult, outputs: CategoryOutputs | None, context: RunContext
+    ) -> None:
+        """Called after each category, resumed ones included (``outputs`` None then)."""
+
+    def on_run(self, result: RunResult, context: RunContext) -> None:
+        """Called once after every category is done."""

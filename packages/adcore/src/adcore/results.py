@@ -1,0 +1,194 @@
+"""The results layout and its typed records; every file is written atomically.
+
+``results/<dataset>/<method>/<experiment>/`` holds ``config.yaml``, ``env.json``, the run
+summaries, and one folder per category with ``metrics.csv`` and ``scores.csv``. A category
+whose ``metrics.csv`` exists under the same config is finished; resume reads it back.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from adcore.dataset import Sample
+from adcore.errors import OutputError
+
+COUNT_COLUMNS = ("num_support", "num_test", "num_anomalous", "num_skipped")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` or fail with a message that names it, before any work is done."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise OutputError(
+            f"The output folder {folder} cannot be written ({error.strerror or error}).",
+            "Choose another folder with --output (or experiment.output_root), or fix its "
+            "permissions.",
+        ) from None
+
+
+class CategoryResult(BaseModel):
+    """One finished unit of work: a category's metrics, efficiency figures and counts."""
+
+    category: str
+    metrics: dict[str, float]
+    efficiency: dict[str, float] = Field(default_factory=dict)
+    num_support: int = 0
+    num_test: int = 0
+    num_anomalous: int = 0
+    num_skipped: int = 0
+    seconds: float = 0.0
+    resumed: bool = False
+
+    def row(self) -> dict[str, Any]:
+        counts = {name: getattr(self, name) for name in COUNT_COLUMNS}
+        return {
+            "category": self.category,
+            **self.metrics,
+            **self.efficiency,
+            **counts,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class RunResult(BaseModel):
+    """All categories of a run plus their macro average."""
+
+    run_dir: Path
+    dataset: str
+    method: str
+    experiment: str
+    metric_names: list[str]
+    categories: list[CategoryResult]
+    random_weights: bool = False
+
+    def mean(self) -> dict[str, float]:
+        """Macro average over categories of every metric and efficiency figure."""
+        columns: dict[str, list[float]] = {}
+        for result in self.categories:
+            for name, value in {**result.metrics, **result.efficiency}.items():
+                columns.setdefault(name, []).append(value)
+        # a NaN (e.g. AUROC of a category without anomalies) makes the mean NaN, visibly
+        return {name: math.fsum(values) / len(values) for name, values in columns.items()}
+
+
+class RunLayout:
+    """Paths of one run's folder."""
+
+    def __init__(self, output_root: Path, dataset: str, method: str, experiment: str) -> None:
+        self.root = output_root / dataset.replace(":", "_") / method.replace(":", "_") / experiment
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def env(self) -> Path:
+        return self.root / "env.json"
+
+    def category(self, name: str) -> Path:
+        return self.root / name
+
+    def metrics(self, category: str) -> Path:
+        return self.category(category) / "metrics.csv"
+
+    def scores(self, category: str) -> Path:
+        return self.category(category) / "scores.csv"
+
+    def map_path(self, category: str, sample: Sample) -> Path:
+        return (
+            self.category(category) / "maps" / sample.defect_type / f"{sample.image_path.stem}.tiff"
+        )
+
+    def model_state(self, category: str) -> Path:
+        return self.category(category) / "model.pt"
+
+
+def write_category(layout: RunLayout, result: CategoryResult, metric_names: Sequence[str]) -> None:
+    """``metrics.csv``: one row of metrics, efficiency figures and counts."""
+    row = result.row()
+    header = ["category", *metric_names, *result.efficiency, *COUNT_COLUMNS, "seconds"]
+    atomic_write_text(layout.metrics(result.category), csv_text(header, [[row[h] for h in header]]))
+
+
+def write_scores(
+    layout: RunLayout, category: str, samples: Sequence[Sample], scores: Sequence[float]
+) -> None:
+    """``scores.csv``: one row per test image."""
+    rows = [
+        [str(s.image_path), s.label, s.defect_type, repr(float(score))]
+        for s, score in zip(samples, scores, strict=True)
+    ]
+    atomic_write_text(
+        layout.scores(category), csv_text(["path", "label", "defect_type", "score"], rows)
+    )
+
+
+def read_category(layout: RunLayout, category: str, metric_names: Sequence[str]) -> CategoryResult:
+    """Read back a finished category's ``metrics.csv``."""
+    with layout.metrics(category).open(newline="") as stream:
+        row = next(csv.DictReader(stream))
+    metrics = {name: float(row[name]) for name in metric_names if name in row}
+    known = {"category", "seconds", *COUNT_COLUMNS, *metric_names}
+    efficiency = {k: float(v) for k, v in row.items() if k not in known and v != ""}
+    counts = {name: int(row.get(name, 0) or 0) for name in COUNT_COLUMNS}
+    return CategoryResult(
+        category=category,
+        metrics=metrics,
+        efficiency=efficiency,
+        seconds=float(row.get("seconds", 0) or 0),
+        resumed=True,
+        **counts,
+    )
+
+
+def refuse_other_config(layout: RunLayout, fingerprint: str, overwrite: bool) -> bool:
+    """True when the folder holds this same config (resume); an error for another config."""
+    marker = layout.root / ".fingerprint"
+    if not marker.exists():
+        return False
+    found = marker.read_text().strip()
+    if found == fingerprint or overwrite:
+        return found == fingerprint
+    raise OutputError(
+        f"{layout.root} already holds results of a different config (see its config.yaml).",
+        "Use another experiment.name (or --output), or rerun with --overwrite to replace them.",
+    )
