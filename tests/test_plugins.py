@@ -1,0 +1,148 @@
+"""Discovery through the real entry-point group: broken, duplicate and filtered plugins."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from adcore.errors import PluginError
+from adcore.plugins import load_registry
+from adtest import run_ad, write_distribution
+
+BROKEN = 'raise RuntimeError("this plugin is broken on purpose")\n'
+DUPLICATE = """
+from adcore import hookimpl
+from adcore.records import Capability, MethodSpec, PluginConfig
+
+class Config(PluginConfig):
+    pass
+
+@hookimpl
+def adcore_methods():
+    return [MethodSpec(name="pixel-gaussian", summary="a clash", config=Config,
+                       factory=lambda config, runtime: None,
+                       capabilities={Capability.FEW_SHOT})]
+"""
+BAD_RECORD = """
+from adcore import hookimpl
+from adcore.records import Capability, MethodSpec
+
+@hookimpl
+def adcore_methods():
+    return [MethodSpec(name="Not A Slug", summary="bad", factory=lambda c, r: None,
+                       capabilities={Capability.FEW_SHOT})]
+"""
+
+
+def _site_entry_points(site: Path, monkeypatch) -> list[metadata.EntryPoint]:
+    """Put the fake site on sys.path; discovery then sees it beside the real installs."""
+    monkeypatch.syspath_prepend(str(site))
+    return list(metadata.entry_points(group="adcore"))
+
+
+def test_list_plugins_lists_every_installed_component():
+    result = run_ad("list-plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    found = {(r["component"], r["kind"], r["distribution"]) for r in rows if r["status"] == "ok"}
+    assert ("pixel-gaussian", "method", "ad-plugin-example") in found
+    assert ("image_auroc", "metric", "adcore") in found
+    assert ("summary-csv", "reporter", "adcore") in found
+
+
+def test_broken_plugin_is_listed_and_others_still_work(tmp_path, mvtec_root):
+    site = write_distribution(tmp_path / "site", "broken-ad-plugin", BROKEN, "broken")
+    env = {"PYTHONPATH": str(site)}
+    listed = run_ad("list-plugins", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["distribution"]: r for r in json.loads(listed.stdout) if r["status"] == "error"}
+    assert "broken on purpose" in rows["broken-ad-plugin"]["summary"]
+    assert rows["broken-ad-plugin"]["version"] == "0.1"
+
+    evaluated = run_ad(
+        "eval",
+        "--method",
+        "pixel-gaussian",
+        "--dataset",
+        "mvtec",
+        "--data-root",
+        str(mvtec_root),
+        "--k-shot",
+        "2",
+        "--output",
+        str(tmp_path / "out"),
+        "--set",
+        "evaluation.latency.enabled=false",
+        "--no-progress",
+        env=env,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert (tmp_path / "out/mvtec/pixel-gaussian/default/summary_metrics.csv").exists()
+
+
+def test_duplicate_name_names_both_distributions_and_qualified_name_works(tmp_path, monkeypatch):
+    site = write_distribution(tmp_path / "site", "clash-ad-plugin", DUPLICATE, "clash")
+    registry = load_registry(_site_entry_points(site, monkeypatch))
+    with pytest.raises(PluginError) as error:
+        registry.resolve("method", "pixel-gaussian")
+    assert "ad-plugin-example" in str(error.value)
+    assert "clash-ad-plugin" in str(error.value)
+    chosen = registry.resolve("method", "ad-plugin-example:pixel-gaussian")
+    assert chosen.plugin.distribution == "ad-plugin-example"
+    other = registry.resolve("method", "clash-ad-plugin:pixel-gaussian")
+    assert other.spec.summary == "a clash"
+
+
+def test_duplicate_name_through_the_cli_is_a_clear_error(tmp_path, mvtec_root):
+    site = write_distribution(tmp_path / "site", "clash-ad-plugin", DUPLICATE, "clash")
+    result = run_ad(
+        "eval",
+        "--method",
+        "pixel-gaussian",
+        "--dataset",
+        "mvtec",
+        "--data-root",
+        str(mvtec_root),
+        env={"PYTHONPATH": str(site)},
+    )
+    assert result.returncode == 1
+    assert "clash-ad-plugin" in result.stderr and "ad-plugin-example" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_record_failing_validation_marks_its_plugin_errored(tmp_path, monkeypatch):
+    site = write_distribution(tmp_path / "site", "bad-record-plugin", BAD_RECORD, "bad")
+    registry = load_registry(_site_entry_points(site, monkeypatch))
+    status = {p.distribution: p for p in registry.plugins}["bad-record-plugin"]
+    assert status.status == "error"
+    assert "lowercase slug" in status.error
+    assert "Not A Slug" not in registry.names("method")
+
+
+def test_allow_list_and_disable_list(tmp_path, monkeypatch):
+    site = write_distribution(tmp_path / "site", "broken-ad-plugin", BROKEN, "broken")
+    entry_points = _site_entry_points(site, monkeypatch)
+
+    monkeypatch.setenv("AD_PLUGINS", "ad-plugin-example")
+    only = load_registry(entry_points)
+    assert {p.distribution for p in only.plugins} == {"adcore", "ad-plugin-example"}
+
+    monkeypatch.setenv("AD_PLUGINS", "")
+    assert {p.distribution for p in load_registry(entry_points).plugins} == {"adcore"}
+
+    monkeypatch.delenv("AD_PLUGINS")
+    monkeypatch.setenv("AD_DISABLE_PLUGINS", "broken-ad-plugin")
+    skipped = load_registry(entry_points)
+    assert "broken-ad-plugin" not in {p.distribution for p in skipped.plugins}
+    assert all(p.status == "ok" for p in skipped.plugins)
+
+
+def test_unknown_method_lists_what_exists(tmp_path):
+    result = run_ad("eval", "--method", "nosuchmethod", "--dataset", "synthetic")
+    assert result.returncode == 1
+    assert "Unknown method 'nosuchmethod'" in result.stderr
+    assert "pixel-gaussian" in result.stderr
+    assert "Traceback" not in result.stderr
