@@ -1,0 +1,219 @@
+"""The eval pipeline: support sets, resume, overwrite, atomic files, reproducibility."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adcore.config import build_raw_config, resolve, validate_base
+from adcore.dataset import Sample
+from adcore.errors import ConfigError, OutputError, PluginError
+from adcore.plugins import get_registry
+from adcore.results import atomic_write_text
+from adcore.runner import Evaluation, RunOptions
+from adcore.support import choose_support
+from adtest import run_ad
+
+
+def _samples(n: int) -> list[Sample]:
+    return [Sample(image_path=Path(f"{i:03d}.png"), label=0, category="c") for i in range(n)]
+
+
+def test_support_set_is_seeded_and_sized():
+    train = _samples(20)
+    first = choose_support(train, 4, seed=1, category="c")
+    assert first == choose_support(train, 4, seed=1, category="c")
+    assert len(first) == 4 == len(set(first))
+    draws = {tuple(s.image_path for s in choose_support(train, 4, seed, "c")) for seed in range(8)}
+    assert len(draws) > 1  # seeds change the draw
+    assert choose_support(train, 0, 0, "c") == []
+    assert choose_support(train, "all", 0, "c") == train
+    with pytest.raises(ConfigError, match="only 20 normal"):
+        choose_support(train, 21, 0, "c")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.csv"
+    atomic_write_text(target, "old\n")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temporary left
+
+
+def _config(mvtec_root: Path, output: Path, *extra: str):
+    raw = build_raw_config(
+        None,
+        assignments=[
+            "model.name=pixel-gaussian",
+            "model.resolution=32",
+            "data.dataset=mvtec",
+            f"data.root={mvtec_root}",
+            "data.k_shot=3",
+            "data.num_workers=0",
+            f"experiment.output_root={output}",
+            "evaluation.latency.enabled=false",
+            *extra,
+        ],
+    )
+    return resolve(validate_base(raw), get_registry())
+
+
+def _run(config, **options):
+    return Evaluation(config, get_registry(), RunOptions(show_progress=False, **options)).run()
+
+
+def test_results_layout_and_resume(mvtec_root, tmp_path):
+    config = _config(mvtec_root, tmp_path / "out")
+    first = _run(config)
+    run_dir = tmp_path / "out/mvtec/pixel-gaussian/default"
+    assert first.run_dir == run_dir
+    for name in (
+        "config.yaml",
+        "env.json",
+        "summary_metrics.csv",
+        "summary_metrics_pretty.csv",
+        "summary_metrics_pretty.md",
+        "widget/metrics.csv",
+        "widget/scores.csv",
+    ):
+        assert (run_dir / name).exists(), name
+    with (run_dir / "summary_metrics.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert [r["category"] for r in rows] == ["plate", "widget", "mean"]
+    for column in ("image_auroc", "image_f1_max", "pixel_auroc", "pixel_f1_max", "pro"):
+        mean = np.mean([float(r[column]) for r in rows[:2]])
+        assert float(rows[2][column]) == pytest.approx(mean)
+    with (run_dir / "widget/scores.csv").open() as stream:
+        scores = list(csv.DictReader(stream))
+    assert len(scores) == 6 and {s["defect_type"] for s in scores} == {"good", "square"}
+
+    stamp = (run_dir / "widget/metrics.csv").stat().st_mtime_ns
+    second = _run(config)
+    assert all(c.resumed for c in second.categories)
+    assert (run_dir / "widget/metrics.csv").stat().st_mtime_ns == stamp
+    assert second.mean() == pytest.approx(first.mean())
+
+    third = _run(config, overwrite=True)
+    assert not any(c.resumed for c in third.categories)
+    assert (run_dir / "widget/metrics.csv").stat().st_mtime_ns != stamp
+
+
+def test_changed_config_is_refused_unless_overwrite(mvtec_root, tmp_path):
+    _run(_config(mvtec_root, tmp_path / "out"))
+    changed = _config(mvtec_root, tmp_path / "out", "data.k_shot=2")
+    with pytest.raises(OutputError, match="different config"):
+        _run(changed)
+    assert all(not c.resumed for c in _run(changed, overwrite=True).categories)
+
+
+def test_same_seed_same_scores(mvtec_root, tmp_path):
+    a = _run(_config(mvtec_root, tmp_path / "a", "experiment.seed=3"))
+    b = _run(_config(mvtec_root, tmp_path / "b", "experiment.seed=3"))
+    assert a.mean() == b.mean()
+    read = lambda r: (r.run_dir / "plate/scores.csv").read_text()  # noqa: E731
+    assert read(a) == read(b)
+
+
+def test_unsupported_setting_is_refused_before_any_work(mvtec_root, tmp_path):
+    config = _config(mvtec_root, tmp_path / "out", "data.k_shot=0")
+    with pytest.raises(PluginError, match="cannot run zero-shot"):
+        Evaluation(config, get_registry(), RunOptions(show_progress=False))
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_maps_writes_float_tiffs(mvtec_root, tmp_path):
+    from PIL import Image
+
+    result = _run(_config(mvtec_root, tmp_path / "out", "data.categories=[plate]"), save_maps=True)
+    maps = sorted((result.run_dir / "plate/maps").rglob("*.tiff"))
+    assert len(maps) == 6
+    with Image.open(maps[0]) as image:
+        assert image.mode == "F" and image.size == (32, 32)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--method", "nosuch"], "Unknown method 'nosuch'"),
+        (["--dataset", "nosuch"], "Unknown dataset 'nosuch'"),
+        (["--set", "data.nosuch=1"], "data.nosuch: unknown key"),
+        (["--set", "data.batch_size=-1"], "data.batch_size"),
+        (["--data-root", "/nonexistent/mvtec"], "data root /nonexistent/mvtec"),
+        (["--category", "nosuch"], "Available: plate, widget"),
+        (["--k-shot", "two"], "--k-shot 'two'"),
+    ],
+)
+def test_bad_input_is_one_message_and_nonzero_exit(mvtec_root, tmp_path, args, expected):
+    base = [
+        "eval",
+        "--method",
+        "pixel-gaussian",
+        "--dataset",
+        "mvtec",
+        "--data-root",
+        str(mvtec_root),
+        "--k-shot",
+        "2",
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    result = run_ad(*base, *args)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_output_folder_is_a_clear_error(mvtec_root, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_ad(
+        "eval",
+        "--method",
+        "pixel-gaussian",
+        "--dataset",
+        "mvtec",
+        "--data-root",
+        str(mvtec_root),
+        "--k-shot",
+        "2",
+        "--output",
+        str(blocker / "out"),
+    )
+    assert result.returncode == 1
+    assert "cannot be written" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_through_the_entry_point_prints_a_table_and_writes_json(mvtec_root, tmp_path):
+    result = run_ad(
+        "eval",
+        "--method",
+        "pixel-gaussian",
+        "--dataset",
+        "mvtec",
+        "--data-root",
+        str(mvtec_root),
+        "--k-shot",
+        "all",
+        "--output",
+        str(tmp_path / "out"),
+        "--set",
+        "model.resolution=32",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    import json
+
+    summary = json.loads(result.stdout)
+    assert [c["category"] for c in summary["categories"]] == ["plate", "widget"]
+    assert summary["categories"][0]["num_support"] == 6
+    assert summary["categories"][0]["efficiency"]["latency_ms_median"] > 0
