@@ -414,7 +414,7 @@ class Evaluation:
         write_scores(self.layout, category, test, scores)
         write_category(self.layout, result, self.metric_names)
         self.progress.note(_category_line(result, self.metric_names))
-        return result, CategoryOutputs(test, scores, maps, masks)
+        return result, CategoryOutputs(test, scores, maps, masks, geometry)
 
 
 def _fit_context(
