@@ -7,19 +7,21 @@ missing data, an unwritable or foreign results folder) is refused before any mod
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import yaml
 
 from adcore.config import ResolvedConfig
 from adcore.dataset import Dataset, Sample
 from adcore.errors import ConfigError, DataError, PluginError
 from adcore.evaldata import EvalData
 from adcore.loading import make_loader, read_mask
-from adcore.method import Method, Runtime
+from adcore.method import FitContext, Method, Runtime
 from adcore.plugins import Registry
 from adcore.progress import Progress
 from adcore.records import Capability
@@ -233,10 +235,7 @@ class Evaluation:
         check_capability(config)
         self.dataset = build_dataset(config)
         self.categories = select_categories(self.dataset, base.data.categories)
-        ensure_writable(self.layout.root)
-        self.resuming = refuse_other_config(
-            self.layout, config.fingerprint(), self.options.overwrite
-        )
+        self.resuming = False
         self.metric_names = [m.rpartition(":")[2] for m in base.evaluation.metrics]
         self.metrics = {
             name: registry.resolve("metric", qualified).spec
@@ -267,9 +266,30 @@ class Evaluation:
             self.method = spec.factory(self.config.method_config, self.runtime)
         return self.method
 
-    def write_run_files(self) -> None:
-        import yaml
+    def fit(self, category: str) -> tuple[Method, list[Sample], int]:
+        """Build the method (once) and fit it on the category's seeded support set."""
+        import torch
 
+        data = self.config.base.data
+        train = self.dataset.samples(category, "train")
+        support = choose_support(train, data.k_shot, self.runtime.seed, category)
+        support, skipped = drop_bad_samples(support, data.skip_bad_samples)
+        method = self.build_method()
+        loader = make_loader(support, method.geometry, data.batch_size, data.num_workers)
+        self.progress.note(f"{category}: fitting on {len(support)} image(s)")
+        with torch.no_grad(), self.runtime.autocast():
+            method.fit(
+                FitContext(
+                    category=category,
+                    class_name=self.dataset.class_name(category),
+                    num_images=len(support),
+                    batches=_on_device(loader, self.runtime.device) if support else [],
+                    show_progress=self.options.show_progress,
+                )
+            )
+        return method, support, skipped
+
+    def write_run_files(self) -> None:
         from adcore.env import environment
 
         method = self.build_method()
@@ -284,8 +304,6 @@ class Evaluation:
             "skip_bad_samples": self.config.base.data.skip_bad_samples,
             "fingerprint": self.config.fingerprint(),
         }
-        import json
-
         atomic_write_text(
             self.layout.config, yaml.safe_dump(self.config.to_dict(), sort_keys=False)
         )
@@ -293,12 +311,14 @@ class Evaluation:
         atomic_write_text(self.layout.root / ".fingerprint", self.config.fingerprint() + "\n")
 
     def run(self) -> RunResult:
+        ensure_writable(self.layout.root)
+        self.resuming = refuse_other_config(
+            self.layout, self.config.fingerprint(), self.options.overwrite
+        )
         pending = [c for c in self.categories if not self.finished(c)]
         if pending or not self.layout.env.exists():
             self.write_run_files()
         else:
-            import json
-
             self.env = json.loads(self.layout.env.read_text())
         context = RunContext(self.layout, self.config, self.env)
         results = []
@@ -330,32 +350,15 @@ class Evaluation:
 
         started = time.perf_counter()
         data = self.config.base.data
-        train = self.dataset.samples(category, "train")
-        support = choose_support(train, data.k_shot, self.runtime.seed, category)
+        method, support, skipped_support = self.fit(category)
         test = self.dataset.samples(category, "test")
-        support, skipped_support = drop_bad_samples(support, data.skip_bad_samples)
         test, skipped_test = drop_bad_samples(test, data.skip_bad_samples)
         if not test:
             raise DataError(
                 f"Category {category!r} has no usable test images.", "Check the data set."
             )
-        method = self.build_method()
         geometry = method.geometry
         workers = data.num_workers
-
-        fit_loader = make_loader(support, geometry, data.batch_size, workers)
-        self.progress.note(f"{category}: fitting on {len(support)} image(s)")
-        with torch.no_grad(), self.runtime.autocast():
-            method.fit(
-                _fit_context(
-                    category,
-                    self.dataset.class_name(category),
-                    support,
-                    fit_loader,
-                    self.runtime.device,
-                    self.options.show_progress,
-                )
-            )
 
         size = geometry.output_size
         scores = np.empty(len(test), dtype=np.float64)
@@ -415,20 +418,6 @@ class Evaluation:
         write_category(self.layout, result, self.metric_names)
         self.progress.note(_category_line(result, self.metric_names))
         return result, CategoryOutputs(test, scores, maps, masks, geometry)
-
-
-def _fit_context(
-    category: str, class_name: str, support: list[Sample], loader: Any, device: str, show: bool
-) -> Any:
-    from adcore.method import FitContext
-
-    return FitContext(
-        category=category,
-        class_name=class_name,
-        num_images=len(support),
-        batches=_on_device(loader, device) if support else [],
-        show_progress=show,
-    )
 
 
 def save_fitted_state(method: Method, path: Any) -> None:

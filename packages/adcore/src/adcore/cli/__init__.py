@@ -10,7 +10,7 @@ import click
 import typer
 from rich.console import Console
 
-from adcore.cli import config_cmd, data_cmd, eval_cmd, plugins_cmd
+from adcore.cli import bench_cmd, config_cmd, data_cmd, eval_cmd, plugins_cmd
 from adcore.errors import AdError
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 app.command("list-plugins")(plugins_cmd.list_plugins)
 app.command("eval")(eval_cmd.eval_command)
+app.command("bench")(bench_cmd.bench_command)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 
