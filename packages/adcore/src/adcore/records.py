@@ -67,10 +67,15 @@ class ComponentSpec(BaseModel):
 
 
 class MethodSpec(ComponentSpec):
-    """``factory(config, runtime) -> adcore.method.Method``."""
+    """``factory(config, runtime) -> adcore.method.Method``.
+
+    ``smoke_config`` overrides the defaults for a seconds-long check on the CPU (a tiny
+    backbone, random weights); the shared contract test builds every method with it.
+    """
 
     kind: Literal["method"] = "method"
     capabilities: frozenset[Capability]
+    smoke_config: dict[str, Any] = {}
 
     @field_validator("capabilities")
     @classmethod

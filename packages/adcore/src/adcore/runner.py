@@ -206,8 +206,8 @@ def efficiency_figures(
         measure_iters=latency.measure_iters,
         throughput_batch=latency.throughput_batch,
     )
-    values = figures.model_dump()
-    return {k: float(values[k]) for k in EFFICIENCY_COLUMNS if values.get(k) is not None}
+    values = figures.as_numbers()
+    return {k: values[k] for k in EFFICIENCY_COLUMNS if k in values}
 
 
 class Evaluation:
