@@ -53,8 +53,11 @@ def bench_command(
     batch: Annotated[int, typer.Option("--batch", help="Batch size of the throughput run.")] = 16,
     as_json: JsonOption = False,
 ) -> None:
-    """Latency, throughput, peak memory, parameters and GFLOPs of a fitted method, and the
-    ratio to a bare forward of its backbone at the same input size (the floor)."""
+    """Time a fitted method against a bare forward of its backbone (the floor).
+
+    Reports latency (batch 1), throughput, peak memory, parameters, memory bank and GFLOPs,
+    and the method / backbone ratios of time and FLOPs at the same input size.
+    """
     from adcore.efficiency import measure_backbone, measure_efficiency, method_over_backbone
     from adcore.plugins import get_registry
     from adcore.progress import Progress

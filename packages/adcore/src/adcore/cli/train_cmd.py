@@ -1,0 +1,93 @@
+"""``ad train``: optimise a trainable method on an auxiliary data set's test split."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from adcore.cli.options import (
+    CategoryOption,
+    ConfigOption,
+    DataRootOption,
+    DatasetOption,
+    DeviceOption,
+    MethodOption,
+    OutputOption,
+    RandomWeightsOption,
+    SetOption,
+    resolved_config,
+)
+from adcore.errors import PluginError
+
+
+def train_command(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    method: MethodOption = None,
+    dataset: DatasetOption = None,
+    category: CategoryOption = None,
+    device: DeviceOption = None,
+    data_root: DataRootOption = None,
+    output: OutputOption = None,
+    random_weights: RandomWeightsOption = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Start from epoch 0 instead of resuming.")
+    ] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+) -> None:
+    """Train a method's prompts/adaptors on every category's test images and masks.
+
+    Writes checkpoint.safetensors (trained tensors only), train_log.csv and loss_curve.png
+    under results/<dataset>/<method>/<experiment>/; an interrupted run resumes.
+    """
+    from adcore.method import TrainableMethod
+    from adcore.plugins import get_registry
+    from adcore.runner import Evaluation, RunOptions
+    from adcore.training import train_method
+
+    resolved = resolved_config(
+        config,
+        set_,
+        random_weights,
+        method=method,
+        dataset=dataset,
+        category=category,
+        device=device,
+        data_root=data_root,
+        output=output,
+    )
+    evaluation = Evaluation(resolved, get_registry(), RunOptions(show_progress=False))
+    built = evaluation.build_method()
+    if not isinstance(built, TrainableMethod):
+        raise PluginError(
+            f"Method {resolved.method.spec.name!r} has nothing to train.",
+            "ad train is for trainable methods (see `ad list-plugins`), e.g. afclip.",
+        )
+    samples = [
+        sample
+        for name in evaluation.categories
+        for sample in evaluation.dataset.samples(name, "test")
+    ]
+    console = Console()
+    if resolved.random_weights:
+        console.print("[yellow]Random weights[/]: the frozen backbone is randomly initialised.")
+    result = train_method(
+        built,
+        samples,
+        built.training_settings(),
+        evaluation.layout.root,
+        evaluation.runtime,
+        config=resolved.to_dict(),
+        resume=not restart,
+        progress=not no_progress,
+        num_workers=resolved.base.data.num_workers,
+    )
+    losses = ", ".join(f"{loss:.4f}" for loss in result.epoch_losses)
+    console.print(f"Trained {result.epochs} epoch(s); mean loss per epoch: {losses}")
+    console.print(f"Checkpoint: {result.checkpoint}")
+    console.print(
+        f"Use it: ad eval --method {resolved.method.spec.name} "
+        f"--set model.checkpoint={result.checkpoint}"
+    )
