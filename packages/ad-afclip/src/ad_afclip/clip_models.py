@@ -1,0 +1,170 @@
+"""Frozen CLIP models through open_clip: built-in names, TinyCLIP, and local checkpoints.
+
+TinyCLIP (Wu et al., ICCV 2023) is not an open_clip built-in; registering its architecture
+with open_clip lets one loading path serve AF-CLIP's ViT-L/14@336 and miniCLIP alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ad_afclip.plugin import TINYCLIP_8M
+from adcore.errors import ConfigError, WeightsError
+from adcore.weights import hf_cache_dir, load_checkpoint, missing_weights, parse_weights
+
+# Architecture of TinyCLIP-ViT-8M/16 Text-3M (TinyCLIP model zoo, open_clip JSON format).
+TINYCLIP_CONFIGS: dict[str, dict[str, Any]] = {
+    TINYCLIP_8M: {
+        "embed_dim": 512,
+        "vision_cfg": {"image_size": 224, "layers": 10, "width": 256, "patch_size": 16},
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 256,
+            "heads": 4,
+            "layers": 3,
+        },
+    }
+}
+
+
+# Released checkpoints per (architecture, tag): URL and SHA-256 of the file.
+TINYCLIP_RELEASES: dict[tuple[str, str], tuple[str, str]] = {
+    (TINYCLIP_8M, "yfcc15m"): (
+        "https://github.com/wkcn/TinyCLIP-model-zoo/releases/download/checkpoints/"
+        "TinyCLIP-ViT-8M-16-Text-3M-YFCC15M.pt",
+        "3d9f86a556cd13acc1aa6cc18495a79ffd1f58b6f17a552400bdefd244c3a92c",
+    ),
+}
+
+# The TinyCLIP release wraps each tower in its own DDP module.
+_WRAPPER_PREFIXES = ("_image_encoder.module.", "_text_encoder.module.", "_logit_scale.module.")
+
+
+def register_model_config(name: str, config: dict[str, Any]) -> None:
+    """Make ``name`` an open_clip architecture (``open_clip.add_model_config``)."""
+    import open_clip
+
+    if name in open_clip.list_models():
+        return
+    folder = Path(tempfile.gettempdir()) / f"ad-open-clip-configs-{os.getuid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(config))
+    os.replace(temporary, path)
+    open_clip.add_model_config(path)
+
+
+def _register_known() -> None:
+    for name, config in TINYCLIP_CONFIGS.items():
+        register_model_config(name, config)
+
+
+def _clean_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Strip DDP/TinyCLIP wrapper prefixes so keys match open_clip's CLIP."""
+    cleaned = {}
+    for key, value in state.items():
+        for prefix in (*_WRAPPER_PREFIXES, "module."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        cleaned[key] = value
+    return cleaned
+
+
+def _load_file(model: torch.nn.Module, path: Path, backbone: str) -> None:
+    import open_clip.factory
+
+    state = _clean_state(load_checkpoint(path))
+    if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    open_clip.factory.resize_pos_embed(state, model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise WeightsError(
+            f"Checkpoint {path} does not fit the open_clip architecture {backbone} "
+            f"({str(error).splitlines()[0]}).",
+            "Set model.backbone to the architecture the checkpoint was trained with.",
+        ) from None
+
+
+def _tinyclip_release(backbone: str, tag: str) -> Path:
+    """The released TinyCLIP file in the Hugging Face cache, downloaded once if allowed."""
+    url, sha256 = TINYCLIP_RELEASES[(backbone, tag)]
+    path = hf_cache_dir() / "tinyclip" / url.rsplit("/", 1)[1]
+    if path.is_file():
+        return path
+    how = f"Download {url} into {path.parent}."
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
+        raise missing_weights(backbone, tag, "offline (HF_HUB_OFFLINE is set)", how)
+    import hashlib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".part")
+    try:
+        torch.hub.download_url_to_file(url, str(temporary), progress=True)
+    except Exception as error:
+        raise missing_weights(backbone, tag, error, how) from None
+    digest = hashlib.sha256(temporary.read_bytes()).hexdigest()
+    if digest != sha256:
+        temporary.unlink(missing_ok=True)
+        raise WeightsError(
+            f"Downloaded {url} has SHA-256 {digest}, expected {sha256}.",
+            "Retry the download, or place a verified copy at " + str(path) + ".",
+        )
+    os.replace(temporary, path)
+    return path
+
+
+def load_clip(backbone: str, pretrained: str | None) -> torch.nn.Module:
+    """An open_clip CLIP in eval mode with every parameter frozen."""
+    import open_clip
+
+    _register_known()
+    if backbone not in open_clip.list_models():
+        raise ConfigError(
+            f"Backbone {backbone!r} is not an open_clip architecture.",
+            f"Choose one of open_clip.list_models(), e.g. ViT-L-14-336 or {TINYCLIP_8M}.",
+        )
+    source = parse_weights(pretrained)
+    if source.kind == "tag" and (backbone, source.value.lower()) in TINYCLIP_RELEASES:
+        source = parse_weights(str(_tinyclip_release(backbone, source.value.lower())))
+    if source.kind == "tag":
+        tag_cfg = open_clip.get_pretrained_cfg(backbone, source.value)
+        if not tag_cfg:
+            raise ConfigError(
+                f"Pretrained tag {source.value!r} is unknown for {backbone}.",
+                f"Known tags: {open_clip.list_pretrained_tags_by_model(backbone) or 'none'}; "
+                "or give a local checkpoint path, or 'none' for random weights.",
+            )
+        try:
+            model = open_clip.create_model(
+                backbone,
+                pretrained=source.value,
+                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                cache_dir=None,
+            )
+        except (RuntimeError, OSError) as error:
+            raise missing_weights(
+                backbone,
+                source.value,
+                error,
+                f"Run once online, or fetch {tag_cfg.get('hf_hub') or tag_cfg.get('url')} "
+                "into the cache.",
+            ) from None
+    else:
+        model = open_clip.create_model(backbone, pretrained=None)
+        if source.kind == "file":
+            _load_file(model, source.path, backbone)
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model

@@ -1,0 +1,60 @@
+"""AF-CLIP's composite objective (Sec. 3.4): focal on the image score, focal + L1 (or dice)
+on the patch map, and a patch alignment term that pulls same-state patches together.
+
+Losses take the logit difference d = logit(abnormal) - logit(normal), so that
+p = softmax(...)[abnormal] = sigmoid(d) and log p = logsigmoid(d) stay finite and autocast-safe.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def focal_loss(logit: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) -> torch.Tensor:
+    """Binary focal loss (Lin et al. 2017) without alpha: mean of -(1 - p_t)^gamma log p_t."""
+    logit, target = logit.float(), target.float()
+    probability = torch.sigmoid(logit)
+    log_p_t = target * F.logsigmoid(logit) + (1 - target) * F.logsigmoid(-logit)
+    p_t = target * probability + (1 - target) * (1 - probability)
+    return (-((1 - p_t) ** gamma) * log_p_t).mean()
+
+
+def l1_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error between the map's probabilities and the mask (authors' code)."""
+    return (torch.sigmoid(logit.float()) - target.float()).abs().mean()
+
+
+def dice_loss(logit: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft dice over each image's map, averaged: 1 - (2|P.G| + eps) / (|P| + |G| + eps)."""
+    probability = torch.sigmoid(logit.float()).flatten(1)
+    target = target.float().flatten(1)
+    overlap = (probability * target).sum(dim=1)
+    total = probability.sum(dim=1) + target.sum(dim=1)
+    return (1 - (2 * overlap + eps) / (total + eps)).mean()
+
+
+def patch_alignment_loss(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[S, B, N, E] adapted patch tokens, [B, N] 0/1 patch labels -> scalar.
+
+    Per token set: relu(mean cos over pairs of opposite state - mean cos over pairs of the
+    same state), pairs taken within each image and pooled over the batch (self-pairs
+    included, as the authors); averaged over the sets. Zero when no image has both states.
+    Computed from per-state sums, since sum_{i in A, j in B} <x_i, x_j> = <sum_A x, sum_B x>,
+    so no N x N similarity matrix is built.
+    """
+    unit = F.normalize(tokens.float(), dim=-1)
+    anomalous = labels.float()[None, :, :, None]  # [1, B, N, 1]
+    sum_abnormal = (unit * anomalous).sum(dim=2)  # [S, B, E]
+    sum_normal = (unit * (1 - anomalous)).sum(dim=2)
+    count_abnormal = labels.float().sum(dim=1)  # [B]
+    count_normal = labels.shape[1] - count_abnormal
+    cross_pairs = (2 * count_abnormal * count_normal).sum()
+    if cross_pairs == 0:
+        return tokens.new_zeros((), dtype=torch.float32)
+    same_pairs = (count_abnormal**2 + count_normal**2).sum()
+    cross = 2 * (sum_abnormal * sum_normal).sum(dim=(1, 2)) / cross_pairs  # [S]
+    same = (
+        (sum_abnormal * sum_abnormal).sum(dim=(1, 2)) + (sum_normal * sum_normal).sum(dim=(1, 2))
+    ) / same_pairs
+    return F.relu(cross - same).mean()

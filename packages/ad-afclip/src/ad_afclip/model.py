@@ -1,0 +1,203 @@
+"""AF-CLIP (Fang, Lv, Su, ACM MM 2025): a frozen CLIP with aggregated, adapted patch tokens
+scored against learned state prompts; miniCLIP is the same on TinyCLIP.
+
+Data path: frozen ViT at the configured size -> tokens of chosen layers -> multi-scale
+spatial aggregation -> shared adaptor -> CLIP ln_post + projection -> cosine / 0.07 with the
+two prompts, summed over token sets -> softmax. Class token -> image score, patches -> map.
+Few-shot adds a memory bank of the aggregated (not adapted) tokens (Sec. 3.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ad_afclip.adaptor import Adaptor
+from ad_afclip.aggregation import aggregation_weights, spatial_aggregation
+from ad_afclip.prompts import StatePrompts
+from adcore.errors import ConfigError
+
+TEMPERATURE = 0.07
+
+
+def interpolate_positional_embedding(position: torch.Tensor, grid: int) -> torch.Tensor:
+    """[1+g*g, C] -> [1+grid*grid, C], bicubic on the patch part; unchanged when g == grid."""
+    old = round((position.shape[0] - 1) ** 0.5)
+    if old == grid:
+        return position
+    patches = position[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    resized = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+    resized = resized.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(position.dtype)
+    return torch.cat([position[:1], resized], dim=0)
+
+
+class FrozenVisualTower(nn.Module):
+    """An open_clip ViT run at ``resolution``, returning tokens after chosen blocks."""
+
+    def __init__(self, visual: nn.Module, resolution: int, layers: list[int]) -> None:
+        super().__init__()
+        required = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer")
+        if not all(hasattr(visual, name) for name in required):
+            raise ConfigError(
+                f"The backbone's image tower ({type(visual).__name__}) is not an open_clip "
+                "VisionTransformer.",
+                "AF-CLIP needs a ViT backbone such as ViT-L-14-336 or ViT-B-16.",
+            )
+        patch = visual.conv1.kernel_size[0]
+        if resolution % patch:
+            raise ConfigError(
+                f"Resolution {resolution} is not a multiple of the backbone's patch size {patch}.",
+                f"Set model.resolution to a multiple of {patch}, "
+                f"e.g. {resolution // patch * patch}.",
+            )
+        depth = len(visual.transformer.resblocks)
+        if not layers or min(layers) < 1 or max(layers) > depth:
+            raise ConfigError(
+                f"Layers {layers} are outside the backbone's 1..{depth} blocks.",
+                f"Choose model.layers between 1 and {depth}.",
+            )
+        self.visual = visual
+        self.layers = sorted(layers)
+        self.grid = resolution // patch
+        self.register_buffer(
+            "position",
+            interpolate_positional_embedding(visual.positional_embedding.detach(), self.grid),
+            persistent=False,
+        )
+
+    @property
+    def width(self) -> int:
+        return self.visual.conv1.out_channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] normalised -> [L, B, 1+N, C] tokens after each chosen block."""
+        visual = self.visual
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))  # [B, C, h, w]
+        x = x.flatten(2).transpose(1, 2)  # [B, N, C]
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.position.to(x.dtype)
+        x = visual.ln_pre(x)
+        taken = []
+        for index, block in enumerate(visual.transformer.resblocks[: self.layers[-1]], start=1):
+            x = block(x)
+            if index in self.layers:
+                taken.append(x)
+        return torch.stack(taken)
+
+
+@dataclass
+class Outputs:
+    """``image_logit`` [B] and ``map_logit`` [B, h, w] are logit(abnormal) - logit(normal);
+    ``patch_tokens`` [S, B, N, E] are the adapted, projected patch tokens of every set."""
+
+    image_logit: torch.Tensor
+    map_logit: torch.Tensor
+    patch_tokens: torch.Tensor
+
+
+class AFCLIP(nn.Module):
+    """The full detector: frozen CLIP parts plus the trained adaptor and prompts."""
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        resolution: int,
+        layers: list[int],
+        radii: list[int],
+        sigma: float = 4.0,
+        prompt_length: int = 12,
+        adaptor_heads: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.tower = FrozenVisualTower(clip.visual, resolution, layers)
+        self.ln_post = clip.visual.ln_post
+        self.proj = clip.visual.proj
+        self.prompts = StatePrompts(clip, tokenizer, prompt_length)
+        self.adaptor = Adaptor(self.tower.width, adaptor_heads)
+        self.register_buffer("kernels", aggregation_weights(radii, sigma), persistent=False)
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        """Only the prompts' context and the adaptor learn."""
+        named = {"prompts.context": self.prompts.context}
+        named.update({f"adaptor.{k}": v for k, v in self.adaptor.named_parameters()})
+        return named
+
+    def aggregated_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] normalised -> [S_sets, B, 1+N, C] aggregated tokens (frozen path)."""
+        with torch.no_grad():
+            return spatial_aggregation(self.tower(images), self.kernels)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[..., T, C] adapted tokens -> [..., T, E] in CLIP's joint space."""
+        x = self.ln_post(tokens)
+        return x @ self.proj if self.proj is not None else x
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor | None = None) -> Outputs:
+        """[B, 3, S, S] normalised images (and optional cached [2, E] text) -> Outputs."""
+        return self.score(self.aggregated_tokens(images), text)
+
+    def score(self, aggregated: torch.Tensor, text: torch.Tensor | None = None) -> Outputs:
+        """[S, B, 1+N, C] aggregated tokens, [2, E] unit text (None: from the prompts)."""
+        tokens = self.project(self.adaptor(aggregated))  # [S, B, 1+N, E]
+        text = self.prompts() if text is None else text
+        logits = torch.einsum("sbte,pe->btp", F.normalize(tokens, dim=-1), text.to(tokens.dtype))
+        logits = logits / TEMPERATURE  # summed over the S token sets
+        difference = logits[..., 1] - logits[..., 0]  # [B, 1+N]
+        side = self.tower.grid
+        return Outputs(
+            image_logit=difference[:, 0],
+            map_logit=difference[:, 1:].reshape(-1, side, side),
+            patch_tokens=tokens[:, :, 1:],
+        )
+
+
+def memory_scores(tokens: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """[S, B, N, C] query patch tokens, [S, M, C] unit-norm bank -> [B, N] scores.
+
+    Per set, min over the bank of (1 - cos) / 2, then the mean over sets (Sec. 3.5); queries
+    are processed in chunks so memory stays bounded for large banks.
+    """
+    sets, batch, length, channels = tokens.shape
+    queries = F.normalize(tokens.float(), dim=-1).reshape(sets, batch * length, channels)
+    bank = bank.to(queries.dtype)
+    distances = torch.empty(sets, batch * length, device=tokens.device)
+    for start in range(0, batch * length, chunk):
+        similarity = torch.bmm(queries[:, start : start + chunk], bank.transpose(1, 2))
+        distances[:, start : start + chunk] = (1 - similarity.amax(dim=-1)) / 2
+    return distances.mean(dim=0).reshape(batch, length)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """[B, H, W] -> [B, H, W], separable Gaussian truncated at 4 sigma, reflected borders."""
+    if sigma <= 0:
+        return maps
+    radius = min(int(4 * sigma + 0.5), maps.shape[-1] - 1, maps.shape[-2] - 1)
+    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float32)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    x = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, h, w] -> [B, size, size], bilinear."""
+    if maps.shape[-1] == size and maps.shape[-2] == size:
+        return maps
+    return F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[
+        :, 0
+    ]
+
+
+def grid_labels(masks: torch.Tensor, grid: int) -> torch.Tensor:
+    """[B, H, W] float masks -> [B, grid, grid] 0/1 patch labels (bilinear, >= 0.5)."""
+    resized = F.interpolate(
+        masks[:, None].float(), size=(grid, grid), mode="bilinear", align_corners=False
+    )
+    return (resized[:, 0] >= 0.5).float()

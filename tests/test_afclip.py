@@ -1,0 +1,226 @@
+"""AF-CLIP / miniCLIP on a tiny random open_clip ViT and tiny MVTec-layout data."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ad_afclip.aggregation import aggregation_weights, spatial_aggregation
+from ad_afclip.clip_models import load_clip, register_model_config
+from ad_afclip.losses import patch_alignment_loss
+from ad_afclip.method import AFCLIPMethod
+from ad_afclip.model import FrozenVisualTower, interpolate_positional_embedding
+from ad_afclip.plugin import TINYCLIP_8M, AFCLIPConfig, MiniCLIPConfig, adcore_methods
+from adcore.dataset import Sample
+from adcore.errors import ConfigError, WeightsError
+from adcore.loading import SampleImages
+from adcore.method import FitContext, InputGeometry, Runtime
+from adcore.training import train_method
+from adtest import write_mvtec_tree
+
+TINY = "ad-test-tiny-vit"
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 4, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+register_model_config(TINY, TINY_CONFIG)
+
+
+def tiny_config(**overrides) -> AFCLIPConfig:
+    values = {
+        "backbone": TINY,
+        "pretrained": "none",
+        "resolution": 48,
+        "layers": [2, 4],
+        "batch_size": 4,
+        "learning_rate": 3e-3,
+        "epochs": 4,
+        "seed": 122,
+    }
+    return AFCLIPConfig(**{**values, **overrides})
+
+
+def tiny_method(backbone_seed: int = 0, **overrides) -> AFCLIPMethod:
+    torch.manual_seed(backbone_seed)  # the random backbone comes from the global RNG
+    return AFCLIPMethod(tiny_config(**overrides), Runtime())
+
+
+def mvtec_samples(root: Path, category: str, split: str) -> list[Sample]:
+    """List an MVTec-layout split directly (independent of the data set plugin)."""
+    samples = []
+    for path in sorted((root / category / split).glob("*/*.png")):
+        defect = path.parent.name
+        mask = root / category / "ground_truth" / defect / f"{path.stem}_mask.png"
+        samples.append(
+            Sample(
+                image_path=path,
+                label=int(defect != "good"),
+                category=category,
+                defect_type=defect,
+                mask_path=mask if defect != "good" else None,
+            )
+        )
+    return samples
+
+
+def load_images(samples: list[Sample], size: int) -> torch.Tensor:
+    """uint8 [B, 3, size, size] through the host's own decoding and resizing."""
+    geometry = InputGeometry(size=size)
+    return torch.stack([SampleImages(samples, geometry)[i]["image"] for i in range(len(samples))])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_mvtec_tree(
+        tmp_path_factory.mktemp("afclip") / "mvtec", ("widget",), num_good=4, num_bad=4
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(data: Path, tmp_path_factory: pytest.TempPathFactory):
+    method = tiny_method()
+    out = tmp_path_factory.mktemp("run")
+    result = train_method(
+        method,
+        mvtec_samples(data, "widget", "test"),
+        method.training_settings(),
+        out,
+        Runtime(),
+        progress=False,
+    )
+    return method, result
+
+
+def test_records_declare_both_variants_with_paper_defaults() -> None:
+    specs = {spec.name: spec for spec in adcore_methods()}
+    assert set(specs) == {"afclip", "miniclip"}
+    for spec in specs.values():
+        assert {c.value for c in spec.capabilities} == {"zero-shot", "few-shot", "trainable"}
+        schema = spec.config.model_json_schema()["properties"]
+        assert schema["checkpoint"]["weights"] is True
+    afclip, mini = AFCLIPConfig(), MiniCLIPConfig()
+    assert (afclip.backbone, afclip.pretrained, afclip.resolution) == (
+        "ViT-L-14-336",
+        "openai",
+        518,
+    )
+    assert (afclip.layers, afclip.epochs, afclip.learning_rate) == ([6, 12, 18, 24], 2, 1e-4)
+    assert (afclip.betas, afclip.batch_size, afclip.seed) == ((0.5, 0.999), 8, 122)
+    assert (mini.backbone, mini.layers, mini.epochs) == (TINYCLIP_8M, [5, 7, 9, 10], 12)
+    assert (mini.learning_rate, mini.lambda1, mini.lambda2) == (5e-4, 3.0, 1.0)
+
+
+def test_tinyclip_architecture_is_registered_with_open_clip() -> None:
+    clip = load_clip(TINYCLIP_8M, "none")
+    visual = clip.visual
+    assert visual.conv1.kernel_size == (16, 16) and visual.conv1.out_channels == 256
+    assert len(visual.transformer.resblocks) == 10
+    assert clip.text_projection.shape == (256, 512)
+    # TinyCLIP-ViT-8M: the image tower has about 8M parameters (model zoo name).
+    assert 7.5e6 < sum(p.numel() for p in visual.parameters()) < 8.5e6
+
+
+def test_missing_weights_offline_name_the_weights(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(WeightsError, match="yfcc15m"):
+        load_clip(TINYCLIP_8M, "yfcc15m")
+    with pytest.raises(WeightsError, match=r"local checkpoint file"):
+        load_clip(TINYCLIP_8M, "yfcc15m")
+    with pytest.raises(ConfigError, match="not an open_clip architecture"):
+        load_clip("no-such-vit", "none")
+
+
+def test_positional_embedding_kept_exactly_at_native_size() -> None:
+    clip = load_clip(TINY, "none")
+    native = clip.visual.positional_embedding.detach()
+    assert torch.equal(interpolate_positional_embedding(native, 4), native)
+    # A spatially constant embedding stays constant under bicubic resizing.
+    constant = torch.cat([torch.zeros(1, 3), torch.ones(16, 3) * 0.5])
+    resized = interpolate_positional_embedding(constant, 7)
+    assert resized.shape == (50, 3)
+    assert torch.allclose(resized[1:], torch.full((49, 3), 0.5), atol=1e-6)
+    # At the native size the tower is open_clip's own forward: its pooled output matches.
+    tower = FrozenVisualTower(clip.visual, 32, [4])
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = tower(images)[-1]
+        mine = clip.visual.ln_post(tokens[:, 0]) @ clip.visual.proj
+        assert torch.allclose(mine, clip.visual(images), atol=1e-5)
+
+
+def test_spatial_aggregation_equals_hand_computation() -> None:
+    grid = torch.arange(1.0, 10.0)  # 3 x 3 grid, one channel, row-major values 1..9
+    tokens = torch.cat([torch.tensor([100.0]), grid]).view(1, 1, 10, 1)
+    out = spatial_aggregation(tokens, aggregation_weights([1, 3], sigma=4.0))
+    assert out.shape == (2, 1, 10, 1)
+    assert torch.equal(out[0], tokens[0])  # r = 1 is the identity
+    assert out[1, 0, 0, 0] == 100.0  # the class token is kept
+    weight = {d: math.exp(-d / 32.0) for d in (0, 1, 2)}  # exp(-(dx^2+dy^2) / (2 * 4^2))
+    norm = weight[0] + 4 * weight[1] + 4 * weight[2]
+    centre = (5 * weight[0] + (2 + 4 + 6 + 8) * weight[1] + (1 + 3 + 7 + 9) * weight[2]) / norm
+    corner = (1 * weight[0] + (2 + 4) * weight[1] + 5 * weight[2]) / norm  # zeros outside
+    assert out[1, 0, 5, 0].item() == pytest.approx(centre, rel=1e-6)
+    assert out[1, 0, 1, 0].item() == pytest.approx(corner, rel=1e-6)
+
+
+def test_patch_alignment_matches_pairwise_definition() -> None:
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 3, 5, 4, generator=generator)
+    labels = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 0, 0, 0], [1, 0, 1, 0, 1]]).float()
+    unit = torch.nn.functional.normalize(tokens, dim=-1)
+    signs = labels * 2 - 1
+    same = (signs[:, :, None] * signs[:, None, :]) > 0  # [B, N, N], self-pairs included
+    expected = []
+    for s in range(2):
+        similarity = unit[s] @ unit[s].transpose(1, 2)
+        expected.append(torch.relu(similarity[~same].mean() - similarity[same].mean()))
+    value = patch_alignment_loss(tokens, labels)
+    assert value.item() == pytest.approx(torch.stack(expected).mean().item(), abs=1e-6)
+    assert patch_alignment_loss(tokens, torch.zeros(3, 5)).item() == 0.0
+
+
+def test_training_lowers_the_loss(trained) -> None:
+    _, result = trained
+    assert len(result.epoch_losses) == 4
+    assert result.epoch_losses[-1] < 0.8 * result.epoch_losses[0]
+    assert result.checkpoint.is_file() and result.log.is_file() and result.curve.is_file()
+    header = result.log.read_text().splitlines()[0].split(",")
+    assert {"epoch", "step", "loss", "image_focal", "map_focal", "alignment"} <= set(header)
+
+
+def test_checkpoint_reloads_into_identical_outputs(trained, data: Path) -> None:
+    method, result = trained
+    images = load_images(mvtec_samples(data, "widget", "test")[2:6], 48)
+    reloaded = tiny_method(checkpoint=str(result.checkpoint))
+    assert reloaded.weights_identity()["random"] is True  # random backbone, says so
+    for fitted in (method, reloaded):
+        fitted.fit(FitContext("widget", "widget", 0, []))
+    with torch.no_grad():
+        before, after = method.predict(images), reloaded.predict(images)
+    assert torch.equal(before.scores, after.scores) and torch.equal(before.maps, after.maps)
+
+    # Few-shot after loading: the support images themselves score (almost) zero distance.
+    reloaded.fit(FitContext("widget", "widget", 2, [images[:2]]))
+    with torch.no_grad():
+        few = reloaded.predict(images)
+    assert few.maps.shape == (4, 48, 48) and reloaded.memory_bank_bytes() > 0
+    zero_shot_part = 0.1 * before.scores[:2]
+    assert torch.allclose(few.scores[:2], zero_shot_part, atol=1e-5)
+    state = reloaded.fitted_state()
+    fresh = tiny_method(checkpoint=str(result.checkpoint))
+    fresh.load_fitted_state(state)
+    with torch.no_grad():
+        assert torch.equal(fresh.predict(images).maps, few.maps)
+
+
+def test_checkpoint_of_another_backbone_is_refused(trained) -> None:
+    _, result = trained
+    with pytest.raises(WeightsError, match="trained against backbone"):
+        tiny_method(backbone_seed=1, checkpoint=str(result.checkpoint))

@@ -1,0 +1,160 @@
+"""The generic `ad train` loop: outputs, only trainable parameters move, atomic resume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from adcore.dataset import Sample
+from adcore.errors import OutputError
+from adcore.method import (
+    FitContext,
+    InputGeometry,
+    Prediction,
+    Runtime,
+    TrainableMethod,
+    TrainingSettings,
+)
+from adcore.training import checkpoint_metadata, train_method
+from adcore.weights import load_checkpoint
+from adtest import write_mvtec_tree
+
+
+class PixelLogistic(TrainableMethod):
+    """A per-pixel logistic model on brightness: small enough to check the loop by hand."""
+
+    def __init__(self) -> None:
+        self.geometry = InputGeometry(size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+        self.head = nn.Conv2d(3, 1, 1)
+        self.frozen = nn.Linear(2, 2)
+        for parameter in self.frozen.parameters():
+            parameter.requires_grad_(False)
+        with torch.no_grad():
+            self.head.weight.fill_(0.0)
+            self.head.bias.fill_(0.0)
+
+    def training_settings(self) -> TrainingSettings:
+        return TrainingSettings(epochs=3, learning_rate=0.5, betas=(0.5, 0.999), batch_size=4)
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self.head.parameters())
+
+    def training_loss(self, images, masks, labels):
+        logits = self.head(self.geometry.normalize(images))[:, 0]  # [B, H, W]
+        pixel = nn.functional.binary_cross_entropy_with_logits(logits, masks)
+        image = nn.functional.binary_cross_entropy_with_logits(
+            logits.flatten(1).amax(dim=1), labels.float()
+        )
+        return {"loss": pixel + image, "pixel": pixel, "image": image}
+
+    def trainable_state(self):
+        return {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+
+    def load_trainable_state(self, state):
+        self.head.load_state_dict(state)
+
+    def fit(self, context: FitContext) -> None:
+        return None
+
+    def predict(self, images):
+        logits = self.head(self.geometry.normalize(images))[:, 0]
+        return Prediction(scores=logits.flatten(1).amax(dim=1), maps=logits)
+
+    def modules(self):
+        return {"head": self.head}
+
+    def backbone_forward(self, images):
+        return self.head(images)
+
+    def weights_identity(self):
+        return {"backbone": "pixel-logistic", "backbone_hash": "abc", "random": True}
+
+
+def samples_of(root: Path) -> list[Sample]:
+    samples = []
+    for path in sorted((root / "widget" / "test").glob("*/*.png")):
+        bad = path.parent.name != "good"
+        mask = root / "widget" / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
+        samples.append(
+            Sample(
+                image_path=path, label=int(bad), category="widget", mask_path=mask if bad else None
+            )
+        )
+    return samples
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+    root = write_mvtec_tree(tmp_path_factory.mktemp("train") / "mvtec", ("widget",), 1, 4, 4)
+    return samples_of(root)
+
+
+def test_outputs_and_only_trainable_parameters_move(samples, tmp_path: Path) -> None:
+    method = PixelLogistic()
+    frozen = {k: v.clone() for k, v in method.frozen.state_dict().items()}
+    result = train_method(
+        method, samples, method.training_settings(), tmp_path, Runtime(),
+        config={"model": {"name": "toy"}}, progress=False,
+    )  # fmt: skip
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    for name, value in method.frozen.state_dict().items():
+        assert torch.equal(value, frozen[name])
+    # The checkpoint holds the trainable tensors only, with the run's record.
+    state = load_checkpoint(result.checkpoint)
+    assert set(state) == {"weight", "bias"}
+    assert torch.equal(state["weight"], method.head.weight.detach())
+    record = checkpoint_metadata(result.checkpoint)
+    assert record["epoch"] == 3 and record["weights_identity"]["backbone_hash"] == "abc"
+    assert record["config"] == {"model": {"name": "toy"}}
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["epoch"] == 3
+    lines = result.log.read_text().splitlines()
+    assert len(lines) == 1 + 3 * 2  # 8 images in batches of 4, three epochs
+    assert result.curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporaries
+
+
+def test_resume_continues_from_the_last_finished_epoch(samples, tmp_path: Path) -> None:
+    settings = PixelLogistic().training_settings()
+    straight = PixelLogistic()
+    train_method(straight, samples, settings, tmp_path / "straight", Runtime(), progress=False)
+
+    interrupted = PixelLogistic()
+    original, calls = interrupted.training_loss, {"n": 0}
+
+    def crash_in_third_epoch(*args):
+        calls["n"] += 1
+        if calls["n"] == 6:  # two steps per epoch: the second step of epoch 3
+            raise KeyboardInterrupt
+        return original(*args)
+
+    interrupted.training_loss = crash_in_third_epoch
+    with pytest.raises(KeyboardInterrupt):
+        train_method(
+            interrupted, samples, settings, tmp_path / "resumed", Runtime(), progress=False
+        )
+    assert checkpoint_metadata(tmp_path / "resumed" / "checkpoint.safetensors")["epoch"] == 2
+
+    resumed = PixelLogistic()
+    result = train_method(
+        resumed, samples, settings, tmp_path / "resumed", Runtime(), progress=False
+    )
+    assert result.resumed_from == 2
+    epochs = [line.split(",")[0] for line in result.log.read_text().splitlines()[1:]]
+    assert epochs == ["1", "1", "2", "2", "3", "3"]
+    # Same data order and optimiser state: the resumed run ends where the straight one did.
+    for name, value in straight.trainable_state().items():
+        assert torch.allclose(resumed.trainable_state()[name], value, atol=1e-6), name
+
+
+def test_resume_refuses_a_run_with_other_settings(samples, tmp_path: Path) -> None:
+    method = PixelLogistic()
+    settings = method.training_settings().model_copy(update={"epochs": 1})
+    train_method(method, samples, settings, tmp_path, Runtime(), progress=False)
+    other = settings.model_copy(update={"learning_rate": 0.1})
+    with pytest.raises(OutputError, match="other settings"):
+        train_method(PixelLogistic(), samples, other, tmp_path, Runtime(), progress=False)
