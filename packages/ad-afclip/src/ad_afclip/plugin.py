@@ -104,6 +104,12 @@ def adcore_methods() -> list[MethodSpec]:
             config=AFCLIPConfig,
             factory=build,
             capabilities=CAPABILITIES,
+            smoke_config={
+                "backbone": "ViT-S-32-alt",
+                "pretrained": "none",
+                "resolution": 224,
+                "layers": [3, 6, 9, 12],
+            },
         ),
         MethodSpec(
             name="miniclip",
@@ -111,5 +117,6 @@ def adcore_methods() -> list[MethodSpec]:
             config=MiniCLIPConfig,
             factory=build,
             capabilities=CAPABILITIES,
+            smoke_config={"pretrained": "none", "resolution": 224},
         ),
     ]

@@ -148,7 +148,8 @@ class ResolvedConfig(BaseModel):
 
     @property
     def random_weights(self) -> bool:
-        return any(str(v).lower() == RANDOM for v in weights_fields(self.method_config).values())
+        values = weights_fields(self.method_config).values()
+        return any(isinstance(v, str) and v.strip().lower() == RANDOM for v in values)
 
 
 # --- reading and merging -------------------------------------------------------------------

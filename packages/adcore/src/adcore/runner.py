@@ -294,12 +294,14 @@ class Evaluation:
 
         method = self.build_method()
         evaluation = self.config.base.evaluation
+        identity = method.weights_identity()
         self.env = {
             **environment(self.registry, self.runtime.device),
             "seed": self.runtime.seed,
             "precision": self.runtime.precision,
-            "weights": method.weights_identity(),
-            "random_weights": self.config.random_weights,
+            "weights": identity,
+            # random anywhere (backbone, or untrained parts without a checkpoint) marks the run
+            "random_weights": self.config.random_weights or bool(identity.get("random")),
             "evaluation_resolution": evaluation.resolution,
             "skip_bad_samples": self.config.base.data.skip_bad_samples,
             "fingerprint": self.config.fingerprint(),
@@ -339,7 +341,7 @@ class Evaluation:
             experiment=self.config.base.experiment.name,
             metric_names=self.metric_names,
             categories=results,
-            random_weights=self.config.random_weights,
+            random_weights=bool(self.env.get("random_weights", self.config.random_weights)),
         )
         for reporter in self.reporters:
             reporter.on_run(run, context)

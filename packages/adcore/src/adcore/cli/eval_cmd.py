@@ -103,4 +103,6 @@ def eval_command(
         print((result.run_dir / "summary.json").read_text())
         return
     console.print(results_table(result))
+    if result.random_weights:
+        console.print(RANDOM_BANNER.replace("below", "above"))
     console.print(f"Results: {result.run_dir}")
