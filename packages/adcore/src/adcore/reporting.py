@@ -48,3 +48,8 @@ class Reporter:
 
     def on_run(self, result: RunResult, context: RunContext) -> None:
         """Called once after every category is done."""
+
+
+def default_reporters(registry: Any) -> list[Reporter]:
+    """Every reporter registered with ``default=True``, built with its default settings."""
+    return [c.spec.factory(c.spec.config()) for c in registry.of_kind("reporter") if c.spec.default]

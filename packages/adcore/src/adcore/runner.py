@@ -25,7 +25,7 @@ from adcore.method import FitContext, Method, Runtime
 from adcore.plugins import Registry
 from adcore.progress import Progress
 from adcore.records import Capability
-from adcore.reporting import CategoryOutputs, Reporter, RunContext
+from adcore.reporting import CategoryOutputs, Reporter, RunContext, default_reporters
 from adcore.results import (
     CategoryResult,
     RunLayout,
@@ -219,7 +219,9 @@ class Evaluation:
         registry: Registry,
         options: RunOptions | None = None,
         progress: Progress | None = None,
+        categories: Sequence[str] | None = None,
     ) -> None:
+        """``categories`` runs a subset without changing the config (or its fingerprint)."""
         self.config = config
         self.registry = registry
         self.options = options or RunOptions()
@@ -234,16 +236,14 @@ class Evaluation:
         # refusals first: nothing below does model work
         check_capability(config)
         self.dataset = build_dataset(config)
-        self.categories = select_categories(self.dataset, base.data.categories)
+        self.categories = select_categories(self.dataset, categories or base.data.categories)
         self.resuming = False
         self.metric_names = [m.rpartition(":")[2] for m in base.evaluation.metrics]
         self.metrics = {
             name: registry.resolve("metric", qualified).spec
             for name, qualified in zip(self.metric_names, base.evaluation.metrics, strict=True)
         }
-        self.reporters: list[Reporter] = [
-            c.spec.factory(c.spec.config()) for c in registry.of_kind("reporter") if c.spec.default
-        ]
+        self.reporters: list[Reporter] = default_reporters(registry)
         self.runtime = Runtime(
             device=resolve_device(base.model.device),
             precision=base.model.precision,

@@ -1,0 +1,193 @@
+"""The sweep file: a base config, the axes to cross, exclusions, and its expansion.
+
+```yaml
+base: ../mvtec_winclip.yaml         # relative to this file (optional)
+set: {data.root: /data/mvtec}       # fixed overrides of every point (optional)
+axes:                               # the grid: every combination is one experiment
+  data.k_shot: [1, 2, 4]
+  experiment.seed: [0, 1, 2]
+exclude:                            # a point matching every key of an entry is left out
+  - {data.k_shot: 4, experiment.seed: 2}
+overrides:                          # extra keys for the points that match ``when``
+  - when: {model.name: patchcore}
+    set: {model.backbone: resnet18}
+output_root: results                # relative to the working directory, like --output
+name: my-sweep                      # prefix of experiment names; default: the file's stem
+```
+
+Each point gets its own experiment name, ``<name>__<axis><value>__...`` over the axes other
+than ``model.name`` and ``data.dataset`` (those already name the run folder's parents):
+``data.k_shot`` -> ``k4``, ``experiment.seed`` -> ``seed1``, any other key -> its last part, a
+dash and the value (``blur-3``; the whole key with dots as dashes when two axes share a last
+part). Values are kept to letters, digits, ``.``, ``_`` and ``-``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from adcore.config import build_raw_config, deep_merge, format_validation, nested
+from adcore.errors import ConfigError
+
+PATH_AXES = ("model.name", "data.dataset")  # already in results/<dataset>/<method>/
+SHORT_LABELS = {"data.k_shot": "k", "experiment.seed": "seed"}
+GENERATED_KEYS = ("experiment.name", "experiment.output_root")
+
+
+class Override(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    when: dict[str, Any] = Field(description="Axis values a point must all have.")
+    set_: dict[str, Any] = Field(alias="set", description="Dotted keys set on those points.")
+
+
+class SweepFile(BaseModel):
+    """What a sweep file may hold; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str | None = Field(None, description="Prefix of experiment names; default file stem.")
+    base: Path | None = Field(None, description="Experiment config, relative to the sweep file.")
+    set_: dict[str, Any] = Field(default_factory=dict, alias="set")
+    axes: dict[str, list[Any]] = Field(default_factory=dict)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    overrides: list[Override] = Field(default_factory=list)
+    output_root: Path | None = None
+
+    @field_validator("axes")
+    @classmethod
+    def _non_empty(cls, axes: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [key for key, values in axes.items() if not values]
+        if empty:
+            raise ValueError(f"axis {', '.join(empty)} has no values")
+        return axes
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, name: str | None) -> str | None:
+        if name is not None and slug(name) != name:
+            raise ValueError("use letters, digits, '.', '_' and '-' only")
+        return name
+
+
+def slug(value: Any) -> str:
+    """A folder-safe spelling of an axis value."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, list | tuple):
+        text = "-".join(slug(v) for v in value)
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).lstrip(".") or "_"
+
+
+class Sweep:
+    """A loaded sweep file: its grid points and the raw config of each."""
+
+    def __init__(self, path: Path, spec: SweepFile) -> None:
+        self.path = path
+        self.spec = spec
+        self.name = spec.name or slug(path.stem)
+        self.base = (path.parent / spec.base).resolve() if spec.base else None
+        self._check_keys()
+
+    def _check_keys(self) -> None:
+        keys = [*self.spec.set_, *self.spec.axes]
+        for override in self.spec.overrides:
+            keys += [*override.when, *override.set_]
+        for key in keys:
+            nested(key, None)  # names an unknown section as a ConfigError
+        for key in GENERATED_KEYS:
+            if key in self.spec.axes or key in self.spec.set_:
+                raise ConfigError(
+                    f"Sweep file {self.path}: {key} is set by the sweep itself.",
+                    "Use the sweep's name: and output_root: keys instead.",
+                )
+        both = sorted(set(self.spec.set_) & set(self.spec.axes))
+        if both:
+            raise ConfigError(
+                f"Sweep file {self.path}: {', '.join(both)} is both in set: and in axes:.",
+                "Keep each key in one of them.",
+            )
+        for entry in [*self.spec.exclude, *(o.when for o in self.spec.overrides)]:
+            stray = sorted(set(entry) - set(self.spec.axes))
+            if stray:
+                raise ConfigError(
+                    f"Sweep file {self.path}: exclude/when entry {entry} names "
+                    f"{', '.join(stray)}, which is not an axis.",
+                    f"Axes: {', '.join(self.spec.axes) or 'none'}.",
+                )
+
+    def points(self) -> list[dict[str, Any]]:
+        """The cartesian product of the axes, in file order, minus the exclusions."""
+        keys = list(self.spec.axes)
+        product = itertools.product(*self.spec.axes.values())
+        grid = [dict(zip(keys, values, strict=True)) for values in product]
+        return [p for p in grid if not any(matches(p, e) for e in self.spec.exclude)]
+
+    def experiment_name(self, point: dict[str, Any]) -> str:
+        keys = [k for k in self.spec.axes if k not in PATH_AXES]
+        leaves = [k.rpartition(".")[2] for k in keys]
+        parts = [self.name]
+        for key in keys:
+            leaf = key.rpartition(".")[2]
+            if key in SHORT_LABELS:
+                label = SHORT_LABELS[key]
+            else:
+                label = (leaf if leaves.count(leaf) == 1 else key.replace(".", "-")) + "-"
+            parts.append(label + slug(point[key]))
+        return "__".join(parts)
+
+    def raw_config(self, point: dict[str, Any]) -> dict[str, Any]:
+        """Base file, then ``set``, matching ``overrides``, the point, and the sweep's own keys."""
+        raw = merge_dotted(build_raw_config(self.base), self.spec.set_)
+        for override in self.spec.overrides:
+            if matches(point, override.when):
+                raw = merge_dotted(raw, override.set_)
+        raw = merge_dotted(raw, point)
+        raw = merge_dotted(raw, {"experiment.name": self.experiment_name(point)})
+        if self.spec.output_root is not None:
+            raw = merge_dotted(raw, {"experiment.output_root": str(self.spec.output_root)})
+        return raw
+
+
+def matches(point: dict[str, Any], entry: dict[str, Any]) -> bool:
+    return all(key in point and point[key] == value for key, value in entry.items())
+
+
+def merge_dotted(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    for key, value in values.items():
+        raw = deep_merge(raw, nested(key, value))
+    return raw
+
+
+def describe_point(point: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items()) or "the base config"
+
+
+def load_sweep(path: Path) -> Sweep:
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"Sweep file {path} does not exist.", "Check the path given to ad sweep.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"Sweep file {path} is not valid YAML: {error}", "Fix the syntax."
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Sweep file {path} must hold a mapping.", "See `ad sweep --help`.")
+    try:
+        spec = SweepFile.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(
+            f"Sweep file {path} is invalid:\n" + format_validation(error),
+            "Allowed keys: name, base, set, axes, exclude, overrides, output_root.",
+        ) from None
+    return Sweep(path, spec)
