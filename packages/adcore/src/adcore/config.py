@@ -294,13 +294,20 @@ def _plugin_config(
         ) from None
 
 
+def resolve_dataset(base: ExperimentConfig, registry: Registry) -> tuple[Component, PluginConfig]:
+    """The data set plugin and its own settings from the ``data`` section."""
+    dataset = registry.resolve("dataset", base.data.dataset)
+    values = dict(base.data.model_extra or {})
+    return dataset, _plugin_config(dataset, values, "data", DataSection)
+
+
 def resolve(
     base: ExperimentConfig, registry: Registry, random_weights: bool = False
 ) -> ResolvedConfig:
     """Find the plugins and validate their own fields; ``random_weights`` sets every
     weights field of the method to ``none``."""
     method = registry.resolve("method", base.model.name)
-    dataset = registry.resolve("dataset", base.data.dataset)
+    dataset, dataset_config = resolve_dataset(base, registry)
     method_values = dict(base.model.model_extra or {})
     method_config = _plugin_config(method, method_values, "model", ModelSection)
     if random_weights:

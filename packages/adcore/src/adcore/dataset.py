@@ -29,7 +29,13 @@ class Sample(BaseModel):
 
 
 class Dataset(abc.ABC):
-    """A benchmark or a user's folder, read as categories of train and test samples."""
+    """A benchmark or a user's folder, read as categories of train and test samples.
+
+    ``requires_masks``: every anomalous test image must have a mask (benchmarks); users'
+    folders may have none, and then pixel-level metrics are not computed.
+    """
+
+    requires_masks: bool = True
 
     @abc.abstractmethod
     def categories(self) -> list[str]:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,9 +24,9 @@ from adcore.errors import ConfigError, DataError, PluginError
 from adcore.evaldata import EvalData
 from adcore.loading import make_loader, read_mask
 from adcore.method import FitContext, Method, Runtime
-from adcore.plugins import Registry
+from adcore.plugins import Component, Registry
 from adcore.progress import Progress
-from adcore.records import Capability
+from adcore.records import Capability, PluginConfig
 from adcore.reporting import CategoryOutputs, Reporter, RunContext, default_reporters
 from adcore.results import (
     CategoryResult,
@@ -99,9 +101,9 @@ def check_capability(config: ResolvedConfig) -> None:
         )
 
 
-def build_dataset(config: ResolvedConfig) -> Dataset:
-    spec = config.dataset.spec
-    root = config.base.data.root
+def build_dataset(component: Component, settings: PluginConfig, root: Path | None) -> Dataset:
+    """The data set plugin's reader, after checking that its root exists."""
+    spec = component.spec
     if spec.needs_root and root is None:
         raise DataError(
             f"Data set {spec.name!r} needs a root folder, and data.root is not set.",
@@ -110,7 +112,7 @@ def build_dataset(config: ResolvedConfig) -> Dataset:
     if root is not None and not root.expanduser().exists():
         hint = spec.download_help or "Check the path, or download the data set there first."
         raise DataError(f"The data root {root} of data set {spec.name!r} does not exist.", hint)
-    return spec.factory(config.dataset_config, root.expanduser() if root else None)
+    return spec.factory(settings, root.expanduser() if root else None)
 
 
 def select_categories(dataset: Dataset, requested: Sequence[str] | None) -> list[str]:
@@ -127,11 +129,13 @@ def select_categories(dataset: Dataset, requested: Sequence[str] | None) -> list
     return list(requested)
 
 
-def drop_bad_samples(samples: list[Sample], skip: bool) -> tuple[list[Sample], int]:
+def drop_bad_samples(
+    samples: list[Sample], skip: bool, require_masks: bool
+) -> tuple[list[Sample], int]:
     """Check files before any model work: stop naming each bad file, or leave them out."""
-    from adcore.datacheck import find_bad_samples
+    from adcore import datacheck
 
-    bad = find_bad_samples(samples)
+    bad = datacheck.find_bad_samples(samples, require_masks=require_masks)
     if not bad:
         return samples, 0
     if not skip:
@@ -142,8 +146,7 @@ def drop_bad_samples(samples: list[Sample], skip: bool) -> tuple[list[Sample], i
             "Fix or remove those files, or rerun with --skip-bad-samples to leave them out "
             "(the count is recorded in the results).",
         )
-    bad_paths = {b.path for b in bad}
-    kept = [s for s in samples if s.image_path not in bad_paths and s.mask_path not in bad_paths]
+    kept = datacheck.drop_bad_samples(samples, bad)
     return kept, len(samples) - len(kept)
 
 
@@ -235,7 +238,7 @@ class Evaluation:
         )
         # refusals first: nothing below does model work
         check_capability(config)
-        self.dataset = build_dataset(config)
+        self.dataset = build_dataset(config.dataset, config.dataset_config, base.data.root)
         self.categories = select_categories(self.dataset, categories or base.data.categories)
         self.resuming = False
         self.metric_names = [m.rpartition(":")[2] for m in base.evaluation.metrics]
@@ -273,7 +276,9 @@ class Evaluation:
         data = self.config.base.data
         train = self.dataset.samples(category, "train")
         support = choose_support(train, data.k_shot, self.runtime.seed, category)
-        support, skipped = drop_bad_samples(support, data.skip_bad_samples)
+        support, skipped = drop_bad_samples(
+            support, data.skip_bad_samples, self.dataset.requires_masks
+        )
         method = self.build_method()
         loader = make_loader(support, method.geometry, data.batch_size, data.num_workers)
         self.progress.note(f"{category}: fitting on {len(support)} image(s)")
@@ -354,7 +359,9 @@ class Evaluation:
         data = self.config.base.data
         method, support, skipped_support = self.fit(category)
         test = self.dataset.samples(category, "test")
-        test, skipped_test = drop_bad_samples(test, data.skip_bad_samples)
+        test, skipped_test = drop_bad_samples(
+            test, data.skip_bad_samples, self.dataset.requires_masks
+        )
         if not test:
             raise DataError(
                 f"Category {category!r} has no usable test images.", "Check the data set."
@@ -393,10 +400,16 @@ class Evaluation:
         else:
             eval_maps, eval_masks = maps, masks
         eval_data = EvalData(scores=scores, labels=labels, maps=eval_maps, masks=eval_masks)
+        # without a mask for every anomalous image, pixel metrics would be wrong: skip them
+        has_masks = all(s.mask_path is not None for s in test if s.label == 1)
         values = {
             name: float(spec.factory(spec.config())(eval_data))
+            if has_masks or spec.level == "image"
+            else math.nan
             for name, spec in self.metrics.items()
         }
+        if not has_masks:
+            self.progress.note(f"{category}: anomalous images without masks, pixel metrics n/a")
         efficiency: dict[str, float] = {}
         if self.config.base.evaluation.latency.enabled:
             efficiency = efficiency_figures(method, self.runtime, self.config)

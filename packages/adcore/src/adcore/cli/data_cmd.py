@@ -25,20 +25,15 @@ def check(
 
     Exits 1 when anything would make an evaluation wrong.
     """
-    from adcore.config import build_raw_config, resolve, validate_base
+    from adcore.config import build_raw_config, resolve_dataset, validate_base
     from adcore.datacheck import check_dataset, render_report
     from adcore.plugins import get_registry
     from adcore.runner import build_dataset, select_categories
 
     raw = build_raw_config(None, sugar(dataset=dataset, data_root=data_root, category=category))
     base = validate_base(raw)
-    registry = get_registry()
-    # any method will do: only the data set is used here
-    methods = registry.names("method")
-    if methods:
-        base.model.name = methods[0]
-    config = resolve(base, registry)
-    data = build_dataset(config)
+    component, settings = resolve_dataset(base, get_registry())
+    data = build_dataset(component, settings, base.data.root)
     categories = select_categories(data, base.data.categories)
     report = check_dataset(data, categories)
     if as_json:

@@ -74,7 +74,9 @@ def plan_sweep(
             data = config.dataset_config.model_dump(mode="json")
             key = json.dumps([config.dataset.qualified_name, data, str(config.base.data.root)])
             if key not in datasets:
-                datasets[key] = build_dataset(config)
+                datasets[key] = build_dataset(
+                    config.dataset, config.dataset_config, config.base.data.root
+                )
             categories = select_categories(datasets[key], config.base.data.categories)
         except AdError as error:
             raise _fail(point, error) from None

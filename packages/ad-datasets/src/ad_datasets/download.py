@@ -1,0 +1,247 @@
+"""Fetching public archives: resumable, verified before unpacking, unpacked safely.
+
+A partial download stays in ``<archive>.part``; the next run asks the server for the rest
+(an HTTP Range request; ``file://`` URLs seek), so an interrupted 2 GB download is not lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from http.client import HTTPException
+from pathlib import Path
+from typing import IO, Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlparse
+from urllib.request import Request, url2pathname, urlopen
+
+from ad_datasets.visa import SPLIT_CSV
+from adcore.errors import DataError
+
+# ``progress`` is adcore.progress.Progress (``task(description, total)`` yielding
+# ``advance(n)``; shown in MiB) or a plain callable ``(bytes done, bytes in total or None)``.
+Progress = Any
+MIB = 1 << 20
+
+VISA_URL = "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar"
+VISA_MD5 = "ef908989b6dc701fc218f643c127a4de"  # as published with anomalib's VisA reader
+CHUNK = 1 << 20
+
+
+def _open_remote(url: str, offset: int, timeout: float) -> tuple[IO[bytes], int, int | None]:
+    """A byte stream of ``url`` from ``offset`` -> (stream, offset served, total size)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        source = Path(url2pathname(parsed.path))
+        if not source.is_file():
+            raise DataError(f"{url} does not exist.", "Check the URL.")
+        total = source.stat().st_size
+        stream = source.open("rb")
+        stream.seek(min(offset, total))
+        return stream, min(offset, total), total
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        response = urlopen(Request(url, headers=headers), timeout=timeout)
+    except HTTPError as error:
+        if error.code == 416 and offset:  # the partial file is already complete
+            return _EmptyStream(), offset, offset
+        raise DataError(
+            f"Downloading {url} failed: HTTP {error.code} {error.reason}.",
+            "Check the URL, or download the file by hand.",
+        ) from None
+    except (URLError, OSError) as error:
+        raise DataError(
+            f"Cannot reach {url} ({getattr(error, 'reason', error)}).",
+            "Check the network connection, or download the file by hand.",
+        ) from None
+    length = response.headers.get("Content-Length")
+    if response.status == 206:
+        content_range = response.headers.get("Content-Range", "")
+        total = content_range.rpartition("/")[2]
+        return response, offset, int(total) if total.isdigit() else None
+    return response, 0, int(length) if length else None  # range ignored: start over
+
+
+class _EmptyStream:
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _reporter(
+    progress: Progress, name: str, total: int | None, done: int
+) -> Iterator[Callable[[int], None]]:
+    """``report(bytes done)`` for the host's progress bars or a plain callable."""
+    if progress is None:
+        yield lambda _: None
+    elif hasattr(progress, "task"):
+        with progress.task(f"{name} (MiB)", -(-total // MIB) if total else None) as advance:
+            shown = [done // MIB]
+            advance(shown[0])
+
+            def report(now: int) -> None:
+                advance(now // MIB - shown[0])
+                shown[0] = now // MIB
+
+            yield report
+    else:
+        progress(done, total)
+        yield lambda now: progress(now, total)
+
+
+def _note(progress: Progress, text: str) -> None:
+    if hasattr(progress, "note"):
+        progress.note(text)
+
+
+def fetch(url: str, dest: Path, progress: Progress | None = None, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest``, resuming ``dest.part`` if an earlier run was cut off."""
+    if dest.is_file():
+        return dest
+    part = dest.with_name(dest.name + ".part")
+    offset = part.stat().st_size if part.is_file() else 0
+    stream, done, total = _open_remote(url, offset, timeout)
+    try:
+        with (
+            part.open("r+b" if part.is_file() else "wb") as out,
+            _reporter(progress, dest.name, total, done) as report,
+        ):
+            out.seek(done)
+            out.truncate()
+            while chunk := stream.read(CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                report(done)
+    except (OSError, HTTPException) as error:
+        raise DataError(
+            f"Downloading {url} stopped after {done} bytes ({error}).",
+            "Run the same command again: it resumes where it stopped.",
+        ) from None
+    finally:
+        stream.close()
+    if total is not None and done != total:
+        raise DataError(
+            f"Downloading {url} stopped after {done} of {total} bytes.",
+            "Run the same command again: it resumes where it stopped.",
+        )
+    os.replace(part, dest)
+    return dest
+
+
+def verify_archive(archive: Path, md5: str | None = None) -> None:
+    """Check the checksum (when known) and that every tar header reads, before unpacking.
+
+    A corrupt archive is deleted, so the next run downloads it afresh rather than resuming.
+    """
+    if md5:
+        digest = hashlib.md5(usedforsecurity=False)
+        with archive.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != md5.lower():
+            archive.unlink()
+            raise DataError(
+                f"{archive.name} has MD5 {digest.hexdigest()}, expected {md5}; it was deleted.",
+                "Run the command again to download it afresh.",
+            )
+    try:
+        _check_tar(archive)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        archive.unlink()
+        raise DataError(
+            f"{archive.name} is not a complete tar archive ({error}); it was deleted.",
+            "Run the command again to download it afresh.",
+        ) from None
+
+
+def _check_tar(archive: Path) -> None:
+    """Raise unless the archive is whole.
+
+    Reading headers alone misses truncation (tarfile takes a missing header for the end), so
+    a plain tar must hold every member's data and the two zero blocks that end an archive;
+    a compressed one is decompressed through, which fails on a cut-off stream.
+    """
+    if not _is_plain_tar(archive):
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                handle = tar.extractfile(member) if member.isreg() else None
+                while handle is not None and handle.read(CHUNK):
+                    pass
+        return
+    with tarfile.open(archive, "r:") as tar:
+        end = 0
+        for member in tar:
+            padded = -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            end = max(end, member.offset_data + (padded if member.isreg() else 0))
+    if archive.stat().st_size < end + 2 * tarfile.BLOCKSIZE:
+        raise tarfile.ReadError("the archive ends early: it was cut off")
+
+
+def _is_plain_tar(archive: Path) -> bool:
+    try:
+        with tarfile.open(archive, "r:"):
+            return True
+    except tarfile.ReadError:
+        return False
+
+
+def unpack(archive: Path, root: Path) -> None:
+    """Extract into ``root``; a single top-level folder in the archive is unwrapped."""
+    staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root))
+    try:
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(staging, filter="data")  # refuses absolute paths, ../ escapes
+        except tarfile.TarError as error:
+            raise DataError(
+                f"{archive.name} cannot be unpacked safely ({error}).",
+                "Check that the URL points at the genuine archive.",
+            ) from None
+        entries = list(staging.iterdir())
+        base = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
+        for entry in base.iterdir():
+            target = root / entry.name
+            if target.exists():
+                raise DataError(
+                    f"{target} already exists; unpacking {archive.name} would overwrite it.",
+                    "Unpack into an empty folder (--to).",
+                )
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def download_visa(
+    root: Path,
+    progress: Progress | None = None,
+    *,
+    url: str = VISA_URL,
+    md5: str | None = VISA_MD5,
+    keep_archive: bool = False,
+) -> Path:
+    """Fetch VisA_20220922.tar into ``root``, verify it and unpack it in place -> ``root``."""
+    root = Path(root).expanduser()
+    if (root / SPLIT_CSV).is_file():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    archive = fetch(url, root / Path(urlparse(url).path).name, progress)
+    _note(progress, f"Verifying {archive.name}")
+    verify_archive(archive, md5)
+    _note(progress, f"Unpacking {archive.name} into {root}")
+    unpack(archive, root)
+    if not (root / SPLIT_CSV).is_file():
+        raise DataError(
+            f"{archive.name} unpacked into {root} but holds no {SPLIT_CSV}.",
+            "Check that the URL points at the VisA archive (VisA_20220922.tar).",
+        )
+    if not keep_archive:
+        archive.unlink()
+    return root

@@ -1,0 +1,191 @@
+"""Reading folder trees: the MVTec layout shared by mvtec, synthetic, folder and converted VisA.
+
+Every reader here lists paths only; pixels are decoded later by :mod:`adcore.loading`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from ad_datasets.guides import MVTEC_LAYOUT
+from ad_datasets.names import class_name
+from adcore.dataset import GOOD, Dataset, Sample, Split
+from adcore.errors import ConfigError, DataError
+from adcore.loading import IMAGE_EXTENSIONS
+
+MASK_SUFFIX = "_mask"
+
+
+def require_root(root: Path | None, dataset: str) -> Path:
+    """The data root, or an error that says how to give it."""
+    if root is None:
+        raise DataError(
+            f"The {dataset} data set needs a data root.",
+            "Pass --data-root; `ad data download --help` says how to obtain the public sets.",
+        )
+    return Path(root).expanduser()
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Images directly in ``folder`` (any case of the usual extensions), sorted; none if absent."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.suffix.lower() in IMAGE_EXTENSIONS
+        and not path.name.startswith(".")
+        and path.is_file()
+    )
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """Visible subfolders, sorted by name."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def describe(root: Path, limit: int = 12) -> str:
+    """What is at ``root``, for error messages: 'does not exist', 'is empty' or its entries."""
+    if not root.exists():
+        return f"{root} does not exist"
+    if not root.is_dir():
+        return f"{root} is a file, not a folder"
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    if not entries:
+        return f"{root} is empty"
+    shown = ", ".join(entries[:limit])
+    more = f", ... ({len(entries)} entries)" if len(entries) > limit else ""
+    return f"{root} holds {shown}{more}"
+
+
+def layout_error(root: Path, dataset: str, expected: str, extra_hint: str = "") -> DataError:
+    """One message with the layout a reader expects and what it found instead."""
+    return DataError(
+        f"{root} is not a {dataset} data set: expected\n{expected}\nbut {describe(root)}.",
+        extra_hint or "Point --data-root at the folder that holds the categories.",
+    )
+
+
+def is_mvtec_category(folder: Path) -> bool:
+    return (folder / "train").is_dir() and (folder / "test").is_dir()
+
+
+def mvtec_categories(root: Path) -> list[str]:
+    """Subfolders of ``root`` laid out as MVTec categories (train/ and test/ inside)."""
+    return [p.name for p in subfolders(root) if is_mvtec_category(p)]
+
+
+def mask_index(folder: Path) -> dict[str, Path]:
+    """Masks in ``folder`` keyed by the stem of the image they belong to.
+
+    Accepts MVTec's ``<stem>_mask.png`` and converted sets' ``<stem>.png``.
+    """
+    index: dict[str, Path] = {}
+    for path in image_files(folder):
+        stem = path.stem
+        key = stem[: -len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem
+        index.setdefault(key, path)
+    return index
+
+
+def mvtec_samples(category_dir: Path, split: Split, masks_required: bool = True) -> list[Sample]:
+    """Samples of one MVTec-layout category.
+
+    A defective test image without a mask gets the path its mask should have when masks are
+    required, so the data check names the missing file instead of treating it as normal.
+    """
+    category = category_dir.name
+    if split == "train":
+        paths = image_files(category_dir / "train" / GOOD) + image_files(category_dir / "train")
+        return [Sample(image_path=p, label=0, category=category) for p in sorted(paths)]
+    samples: list[Sample] = []
+    for defect_dir in subfolders(category_dir / "test"):
+        defect = defect_dir.name
+        if defect == GOOD:
+            samples += [
+                Sample(image_path=p, label=0, category=category) for p in image_files(defect_dir)
+            ]
+            continue
+        masks_dir = category_dir / "ground_truth" / defect
+        masks = mask_index(masks_dir)
+        for path in image_files(defect_dir):
+            mask = masks.get(path.stem)
+            if mask is None and masks_required:
+                mask = masks_dir / f"{path.stem}{MASK_SUFFIX}.png"
+            samples.append(
+                Sample(
+                    image_path=path, label=1, category=category, defect_type=defect, mask_path=mask
+                )
+            )
+    return sorted(samples, key=lambda s: s.image_path)
+
+
+class CategoryDataset(Dataset):
+    """A data set whose categories are known once its root has been read.
+
+    ``requires_masks`` tells the data check whether a defective image without a mask is an
+    error (benchmarks) or expected (a user's folder without masks: image metrics only).
+    """
+
+    requires_masks: bool = True
+
+    def __init__(
+        self,
+        root: Path,
+        categories: Iterable[str],
+        class_names: Mapping[str, str],
+        default_names: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self._categories = list(categories)
+        self._class_names = dict(class_names)
+        self._default_names = dict(default_names or {})
+        unknown = sorted(set(self._class_names) - set(self._categories))
+        if unknown:
+            raise ConfigError(
+                f"class_names names categories that are not in {root}: {', '.join(unknown)}.",
+                f"Categories found: {', '.join(self._categories)}.",
+            )
+
+    def categories(self) -> list[str]:
+        return list(self._categories)
+
+    def require(self, category: str) -> None:
+        """Raise a DataError naming the categories that exist when ``category`` does not."""
+        if category not in self._categories:
+            raise DataError(
+                f"Category {category!r} is not in {self.root}.",
+                f"Categories found: {', '.join(self._categories) or 'none'}.",
+            )
+
+    def class_name(self, category: str) -> str:
+        self.require(category)
+        return class_name(category, self._class_names, self._default_names)
+
+
+class MvtecTree(CategoryDataset):
+    """Any root whose subfolders are categories in the MVTec-AD layout."""
+
+    def __init__(
+        self,
+        root: Path,
+        class_names: Mapping[str, str],
+        default_names: Mapping[str, str] | None = None,
+        dataset: str = "MVTec-AD",
+        masks_required: bool = True,
+    ) -> None:
+        categories = mvtec_categories(root)
+        if not categories:
+            hint = ""
+            if is_mvtec_category(root):
+                hint = f"{root} looks like one category; pass its parent folder {root.parent}."
+            raise layout_error(root, dataset, MVTEC_LAYOUT, hint)
+        self.requires_masks = masks_required
+        super().__init__(root, categories, class_names, default_names)
+
+    def samples(self, category: str, split: Split) -> list[Sample]:
+        self.require(category)
+        return mvtec_samples(self.root / category, split, self.requires_masks)
