@@ -16,6 +16,12 @@ def _reporter(class_name: str):
     return build
 
 
+def _overlay_reporter(_config: object):
+    from adcore.reporters.overlay import OverlayReporter
+
+    return OverlayReporter()
+
+
 @hookimpl
 def adcore_metrics() -> list[MetricSpec]:
     return metric_specs()
@@ -40,6 +46,12 @@ def adcore_reporters() -> list[ReporterSpec]:
             name="summary-json",
             summary="summary.json with the environment",
             factory=_reporter("JsonSummaryReporter"),
+            default=True,
+        ),
+        ReporterSpec(
+            name="overlays",
+            summary="<category>/overlays/*.png heatmaps (when visualization.save_overlay)",
+            factory=_overlay_reporter,
             default=True,
         ),
     ]

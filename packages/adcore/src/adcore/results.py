@@ -22,6 +22,9 @@ from adcore.dataset import Sample
 from adcore.errors import OutputError
 
 COUNT_COLUMNS = ("num_support", "num_test", "num_anomalous", "num_skipped")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give; mkstemp alone gives 0600
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -29,6 +32,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()

@@ -10,7 +10,9 @@ import click
 import typer
 from rich.console import Console
 
-from adcore.cli import bench_cmd, config_cmd, data_cmd, eval_cmd, plugins_cmd
+from adcore.cli import bench_cmd, config_cmd, data_cmd, eval_cmd, plugins_cmd, sweep_cmd, train_cmd
+from adcore.cli.predict_cmd import predict_command
+from adcore.cli.report_cmd import report_command
 from adcore.errors import AdError
 
 app = typer.Typer(
@@ -22,7 +24,11 @@ app = typer.Typer(
 )
 app.command("list-plugins")(plugins_cmd.list_plugins)
 app.command("eval")(eval_cmd.eval_command)
+app.command("report")(report_command)
+app.command("predict")(predict_command)
+app.command("sweep")(sweep_cmd.sweep_command)
 app.command("bench")(bench_cmd.bench_command)
+app.command("train")(train_cmd.train_command)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 

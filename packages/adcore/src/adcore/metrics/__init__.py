@@ -5,9 +5,11 @@ from adcore.metrics.ranking import (
     image_ap,
     image_auroc,
     image_f1_max,
+    image_f1_threshold,
     pixel_ap,
     pixel_auroc,
     pixel_f1_max,
+    pixel_f1_threshold,
 )
 
 __all__ = [
@@ -15,7 +17,9 @@ __all__ = [
     "image_ap",
     "image_auroc",
     "image_f1_max",
+    "image_f1_threshold",
     "pixel_ap",
     "pixel_auroc",
     "pixel_f1_max",
+    "pixel_f1_threshold",
 ]

@@ -33,6 +33,7 @@ class RankCounts:
 
     n_neg: int
     n_pos: int
+    values: np.ndarray  # [U] the distinct anomalous scores, ascending
     pos_at: np.ndarray  # [U] int64
     neg_below: np.ndarray  # [U] int64
     neg_equal: np.ndarray  # [U] int64
@@ -46,7 +47,7 @@ def rank_counts(negatives: np.ndarray, positives: np.ndarray) -> RankCounts:
     n_pos = positives.size
     if n_pos == 0:
         empty = np.zeros(0, np.int64)
-        return RankCounts(negatives.size, 0, empty, empty, empty)
+        return RankCounts(negatives.size, 0, positives[:0], empty, empty, empty)
     new_value = np.empty(n_pos, np.bool_)
     new_value[0] = True
     np.not_equal(positives[1:], positives[:-1], out=new_value[1:])
@@ -59,7 +60,7 @@ def rank_counts(negatives: np.ndarray, positives: np.ndarray) -> RankCounts:
     for part in iter_chunks(values.size):
         neg_below[part] = np.searchsorted(negatives, values[part], side="left")
         neg_equal[part] = np.searchsorted(negatives, values[part], side="right") - neg_below[part]
-    return RankCounts(negatives.size, n_pos, pos_at, neg_below, neg_equal)
+    return RankCounts(negatives.size, n_pos, values, pos_at, neg_below, neg_equal)
 
 
 def auroc_from_counts(counts: RankCounts) -> float:
@@ -92,6 +93,26 @@ def f1_max_from_counts(counts: RankCounts) -> float:
         return float("nan")
     true_pos, false_pos = _true_false_positives(counts)
     return float(np.max(2.0 * true_pos / (true_pos + false_pos + counts.n_pos)))
+
+
+def f1_threshold_from_counts(counts: RankCounts) -> float | None:
+    """The threshold t of the F1-max (predict anomalous when score >= t); the lowest wins a
+    tie. None without anomalies."""
+    if counts.n_pos == 0:
+        return None
+    true_pos, false_pos = _true_false_positives(counts)
+    f1 = 2.0 * true_pos / (true_pos + false_pos + counts.n_pos)
+    return float(counts.values[int(np.argmax(f1))])
+
+
+def image_f1_threshold(scores: Any, labels: Any) -> float | None:
+    """F1-optimal threshold on image scores [N] (the operating point of ``image_f1_max``)."""
+    return f1_threshold_from_counts(rank_counts(*split_scores(scores, labels)))
+
+
+def pixel_f1_threshold(maps: Any, masks: Any) -> float | None:
+    """F1-optimal threshold over all pixels (the operating point of ``pixel_f1_max``)."""
+    return f1_threshold_from_counts(rank_counts(*split_pixels(maps, masks)))
 
 
 def image_auroc(scores: Any, labels: Any) -> float:

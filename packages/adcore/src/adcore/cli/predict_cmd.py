@@ -1,0 +1,77 @@
+"""``ad predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from adcore.cli.options import DeviceOption, JsonOption
+
+
+def predict_command(
+    run: Annotated[
+        Path,
+        typer.Option(
+            "--run", help="Run folder written by ad eval --save-model.", show_default=False
+        ),
+    ],
+    input_: Annotated[
+        list[Path],
+        typer.Option(
+            "--input", "-i", help="Image file or folder to score (repeatable).", show_default=False
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for scores.csv, maps/ and overlays/.")
+    ] = Path("predictions"),
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="Image score at or above which an image is anomalous "
+            "(default: the F1-optimal threshold on the run's test set).",
+        ),
+    ] = None,
+    category: Annotated[
+        str | None,
+        typer.Option(
+            "--category", help="Category whose fitted model to use (if the run has several)."
+        ),
+    ] = None,
+    device: DeviceOption = None,
+    no_overlays: Annotated[
+        bool, typer.Option("--no-overlays", help="Write scores and maps only.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Score new images with a fitted method saved by a run: scores, maps and overlays."""
+    import json
+
+    from adcore.predict import predict
+
+    result = predict(
+        run, input_, out, threshold, category, device or "auto", overlays=not no_overlays
+    )
+    if as_json:
+        rows = [
+            {"path": str(i.path), "score": i.score, "anomalous": i.anomalous} for i in result.images
+        ]
+        payload = {"category": result.category, "threshold": result.threshold, "images": rows}
+        print(json.dumps(payload, indent=2))
+        return
+    table = Table(
+        title=f"{result.category}: threshold {result.threshold:.4g} ({result.threshold_source})"
+    )
+    table.add_column("image")
+    table.add_column("score", justify="right")
+    table.add_column("verdict")
+    for image in result.images:
+        verdict = "[bold red]anomalous[/]" if image.anomalous else "normal"
+        table.add_row(str(image.path), f"{image.score:.4g}", verdict)
+    console = Console()
+    console.print(table)
+    console.print(f"Results: {out}")

@@ -1,0 +1,30 @@
+"""``ad report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+
+def report_command(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run folders written by ad eval (results/<dataset>/<method>/<experiment>).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for report.md, report.csv, report.html, charts.")
+    ] = Path("report"),
+) -> None:
+    """Compare runs side by side: tables, charts and overlays in Markdown, CSV and HTML."""
+    from adcore.report import build_report
+
+    written = build_report(run_dirs, out)
+    console = Console()
+    console.print(f"Compared {len(run_dirs)} run(s); wrote {len(written)} files.")
+    console.print(f"Open {out / 'report.html'}")

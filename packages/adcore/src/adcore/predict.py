@@ -1,0 +1,246 @@
+"""``ad predict``: score new images with a method fitted and saved by ``ad eval --save-model``.
+
+The method is rebuilt from the run's ``config.yaml`` exactly as the run built it (same
+plugin, settings and seed), then its fitted state (``<category>/model.pt``) is loaded, so
+the same image gets the same score as in the run. The decision threshold is the F1-optimal
+image threshold on the run's test set (its ``scores.csv``) unless one is given.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adcore.dataset import Sample
+from adcore.errors import ConfigError, DataError, UsageError
+from adcore.loading import IMAGE_EXTENSIONS
+from adcore.method import Method
+from adcore.metrics import image_f1_threshold
+from adcore.reporters.overlay import (
+    THRESHOLDS_FILE,
+    OverlayImage,
+    read_at_geometry,
+    render_png,
+    safe_name,
+)
+from adcore.results import atomic_write_bytes, atomic_write_text, csv_text
+
+
+@dataclass
+class PredictedImage:
+    path: Path
+    key: str  # where its outputs go, relative and unique: "good/000"
+    score: float
+    anomalous: bool
+
+
+@dataclass
+class PredictOutput:
+    """What ``predict`` wrote and decided."""
+
+    category: str
+    threshold: float
+    threshold_source: str
+    images: list[PredictedImage]
+    scores_csv: Path
+
+
+def find_images(inputs: list[Path]) -> list[tuple[Path, str]]:
+    """Files and folders (searched recursively) -> (image path, unique output key), sorted."""
+    found: list[tuple[Path, str]] = []
+    for given in inputs:
+        if given.is_dir():
+            files = sorted(
+                p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            found += [(p, p.relative_to(given).with_suffix("").as_posix()) for p in files]
+        elif given.is_file():
+            found.append((given, given.stem))
+        else:
+            raise DataError(f"Input {given} does not exist.", "Pass image files or folders.")
+    if not found:
+        listed = ", ".join(str(p) for p in inputs)
+        raise DataError(
+            f"No images found in {listed}.",
+            f"Pass files or folders holding {', '.join(IMAGE_EXTENSIONS)} images.",
+        )
+    keys: dict[str, int] = {}
+    unique = []
+    for path, key in found:
+        keys[key] = keys.get(key, 0) + 1
+        unique.append((path, key if keys[key] == 1 else f"{key}-{keys[key]}"))
+    return unique
+
+
+def run_categories(run_dir: Path) -> list[str]:
+    """Categories of a run: folders holding ``scores.csv``."""
+    return sorted(p.parent.name for p in run_dir.glob("*/scores.csv"))
+
+
+def pick_category(run_dir: Path, category: str | None) -> str:
+    if not (run_dir / "config.yaml").is_file():
+        raise DataError(
+            f"{run_dir} is not a run folder (it has no config.yaml).",
+            "Pass a folder written by ad eval: results/<dataset>/<method>/<experiment>.",
+        )
+    available = run_categories(run_dir)
+    if category is None:
+        if len(available) != 1:
+            raise UsageError(
+                f"The run {run_dir} has {len(available)} categories "
+                f"({', '.join(available) or 'none'}).",
+                "Choose one with --category.",
+            )
+        category = available[0]
+    elif category not in available:
+        raise DataError(
+            f"Category {category!r} is not in the run {run_dir}.",
+            f"Available: {', '.join(available) or 'none'}.",
+        )
+    if not (run_dir / category / "model.pt").is_file():
+        raise DataError(
+            f"The run {run_dir} did not save a fitted model for {category!r} "
+            f"({run_dir / category / 'model.pt'} is missing).",
+            "Rerun ad eval with --save-model (add --set visualization.save_overlay=true for "
+            "the run's pixel threshold).",
+        )
+    return category
+
+
+def load_method(run_dir: Path, category: str, device: str = "auto") -> tuple[Any, Method, Any]:
+    """The run's resolved config, its method with ``category``'s fitted state loaded, and
+    the runtime (device, precision) it runs under."""
+    import torch
+    import yaml
+
+    from adcore.config import resolve, validate_base
+    from adcore.method import Runtime
+    from adcore.plugins import get_registry
+    from adcore.runner import resolve_device
+
+    try:
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{run_dir / 'config.yaml'} is not valid YAML: {error}", "") from None
+    config = resolve(validate_base(raw), get_registry())
+    runtime = Runtime(
+        device=resolve_device(device),
+        precision=config.base.model.precision,
+        seed=config.base.experiment.seed,
+    )
+    torch.manual_seed(runtime.seed)  # as the runner does, so random initialisation matches
+    method = config.method.spec.factory(config.method_config, runtime)
+    state = torch.load(run_dir / category / "model.pt", map_location="cpu", weights_only=True)
+    method.load_fitted_state(state)
+    return config, method, runtime
+
+
+def run_threshold(run_dir: Path, category: str) -> float:
+    """F1-optimal image threshold on the run's test scores."""
+    with (run_dir / category / "scores.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    scores = np.array([float(r["score"]) for r in rows])
+    labels = np.array([int(r["label"]) for r in rows])
+    threshold = image_f1_threshold(scores, labels)
+    if threshold is None:
+        raise DataError(
+            f"The run's test set of {category!r} has no anomalous image, so it gives no threshold.",
+            "Pass one with --threshold.",
+        )
+    return threshold
+
+
+def run_map_settings(run_dir: Path, category: str) -> dict[str, Any]:
+    """Pixel threshold and colour scale saved with the run's overlays, if any."""
+    path = run_dir / category / "overlays" / THRESHOLDS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def predict(
+    run_dir: Path,
+    inputs: list[Path],
+    out_dir: Path,
+    threshold: float | None = None,
+    category: str | None = None,
+    device: str = "auto",
+    overlays: bool = True,
+) -> PredictOutput:
+    """Score ``inputs`` with the run's fitted method; write scores.csv, maps/ and overlays/."""
+    import torch
+
+    from adcore.loading import make_loader
+    from adcore.runner import write_map
+
+    category = pick_category(run_dir, category)
+    images = find_images(inputs)
+    source = "given" if threshold is not None else "F1-optimal on the run's test set"
+    decision = threshold if threshold is not None else run_threshold(run_dir, category)
+    config, method, runtime = load_method(run_dir, category, device)
+    samples = [Sample(image_path=p, label=0, category=category) for p, _ in images]
+    loader = make_loader(samples, method.geometry, config.base.data.batch_size, 0)
+    scores = np.empty(len(samples), dtype=np.float64)
+    low, high = math.inf, -math.inf
+    for batch in loader:
+        index = batch["index"].numpy()
+        with torch.no_grad(), runtime.autocast():
+            prediction = method.predict(batch["image"].to(runtime.device))
+        scores[index] = prediction.scores.float().cpu().numpy()
+        maps = prediction.maps.float().cpu().numpy()  # [B,S,S]
+        low, high = min(low, float(maps.min())), max(high, float(maps.max()))
+        for i, value in zip(index, maps, strict=True):
+            write_map(out_dir / "maps" / f"{images[i][1]}.tiff", value)
+
+    results = [
+        PredictedImage(path, key, float(score), bool(score >= decision))
+        for (path, key), score in zip(images, scores, strict=True)
+    ]
+    rows = [
+        [str(r.path), repr(r.score), int(r.anomalous), repr(decision), f"maps/{r.key}.tiff"]
+        for r in results
+    ]
+    scores_csv = out_dir / "scores.csv"
+    header = ["path", "score", "anomalous", "threshold", "map"]
+    atomic_write_text(scores_csv, csv_text(header, rows))
+    if overlays:
+        _write_overlays(run_dir, category, method, results, out_dir, decision, (low, high))
+    return PredictOutput(category, decision, source, results, scores_csv)
+
+
+def _write_overlays(
+    run_dir: Path,
+    category: str,
+    method: Method,
+    results: list[PredictedImage],
+    out_dir: Path,
+    decision: float,
+    own_range: tuple[float, float],
+) -> None:
+    """One overlay per image, on the run's colour scale and pixel threshold when it saved them."""
+    from PIL import Image
+
+    settings = run_map_settings(run_dir, category)
+    pixel = settings.get("pixel_threshold")
+    if "map_min" in settings:
+        value_range = (settings["map_min"], settings["map_max"])
+    else:
+        value_range = own_range if own_range[1] > own_range[0] else (own_range[0], own_range[0] + 1)
+    for result in results:
+        with Image.open(out_dir / "maps" / f"{result.key}.tiff") as stored:
+            anomaly_map = np.asarray(stored, dtype=np.float32)  # [S,S]
+        verdict = "anomalous" if result.anomalous else "normal"
+        item = OverlayImage(
+            image=read_at_geometry(result.path, method.geometry),
+            anomaly_map=anomaly_map,
+            mask=None,
+            title=f"{category} / {result.path.name}: predicted {verdict}",
+            subtitle=f"score {result.score:.4g}, image threshold {decision:.4g}",
+        )
+        name = safe_name(f"{result.key.replace('/', '_')}_{verdict}_score{result.score:.4g}")
+        png = render_png(item, value_range, pixel, "run's F1-optimal")
+        atomic_write_bytes(out_dir / "overlays" / f"{name}.png", png)

@@ -1,0 +1,144 @@
+"""`ad predict`: a saved fitted method scores new images exactly as in its run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adcore.errors import DataError, UsageError
+from adcore.predict import predict
+from adtest import run_ad, write_mvtec_tree
+
+
+def _eval(data: Path, out: Path, *extra: str) -> Path:
+    result = run_ad(
+        "eval",
+        "--method",
+        "pixel-gaussian",
+        "--dataset",
+        "mvtec",
+        "--data-root",
+        str(data),
+        "--k-shot",
+        "3",
+        "--output",
+        str(out),
+        "--no-progress",
+        "--set",
+        "model.resolution=32",
+        "--set",
+        "evaluation.latency.enabled=false",
+        "--set",
+        "data.num_workers=0",
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr
+    return out / "mvtec/pixel-gaussian/default"
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("predict")
+    data = write_mvtec_tree(root / "mvtec", num_good=4, num_bad=3)
+    run = _eval(
+        data,
+        root / "out",
+        "--save-model",
+        "--save-maps",
+        "--set",
+        "visualization.save_overlay=true",
+    )
+    return data, run
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_predict_reproduces_the_run_scores_through_the_cli(saved_run, tmp_path):
+    from sklearn.metrics import f1_score
+
+    data, run = saved_run
+    out = tmp_path / "pred"
+    result = run_ad(
+        "predict", "--run", str(run), "--category", "plate", "--input",
+        str(data / "plate/test"), "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected = {Path(r["path"]).resolve(): r for r in _rows(run / "plate/scores.csv")}
+    got = _rows(out / "scores.csv")
+    assert len(got) == len(expected) == 7
+    scores = np.array([float(expected[Path(r["path"]).resolve()]["score"]) for r in got])
+    np.testing.assert_allclose([float(r["score"]) for r in got], scores, rtol=1e-5, atol=1e-5)
+
+    # the threshold: the F1-best cut of the run's own test scores, found by a sweep
+    labels = np.array([int(expected[Path(r["path"]).resolve()]["label"]) for r in got])
+    sweep = {t: f1_score(labels, scores >= t) for t in np.unique(scores)}
+    best = max(sweep.values())
+    threshold = float(got[0]["threshold"])
+    assert sweep[threshold] == best
+    assert threshold == min(t for t, f in sweep.items() if f == best)
+    assert [int(r["anomalous"]) for r in got] == [int(s >= threshold) for s in scores]
+
+    for row in got:
+        saved = run / "plate/maps" / row["map"].removeprefix("maps/")
+        with Image.open(out / row["map"]) as ours, Image.open(saved) as theirs:
+            assert ours.mode == "F" and ours.size == (32, 32)
+            np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-5)
+    overlays = sorted((out / "overlays").glob("*.png"))
+    assert len(overlays) == 7
+    assert sum("_anomalous_" in p.name for p in overlays) == int(np.sum(scores >= threshold))
+
+
+def test_given_threshold_and_single_images(saved_run, tmp_path):
+    data, run = saved_run
+    image = data / "widget/test/square/001.png"
+    output = predict(
+        run, [image, data / "widget/test/good"], tmp_path / "p", threshold=1e9, category="widget"
+    )
+    assert output.threshold == 1e9 and output.threshold_source == "given"
+    assert not any(i.anomalous for i in output.images)
+    assert [i.key for i in output.images] == ["001", "000", "001-2", "002", "003"]
+    assert len(list((tmp_path / "p/maps").glob("*.tiff"))) == 5
+
+
+def test_a_run_with_several_categories_needs_category(saved_run, tmp_path):
+    data, run = saved_run
+    with pytest.raises(UsageError, match=r"2 categories \(plate, widget\)\. Choose one with"):
+        predict(run, [data / "plate/test"], tmp_path / "p")
+
+
+def test_a_run_without_saved_model_is_a_clear_error(tmp_path):
+    from adcore.config import build_raw_config, resolve, validate_base
+    from adcore.plugins import get_registry
+    from adcore.runner import Evaluation, RunOptions
+
+    data = write_mvtec_tree(tmp_path / "mvtec", categories=("plate",))
+    raw = build_raw_config(
+        None,
+        assignments=[
+            "model.name=pixel-gaussian",
+            "model.resolution=16",
+            "data.dataset=mvtec",
+            f"data.root={data}",
+            "data.k_shot=2",
+            "data.num_workers=0",
+            f"experiment.output_root={tmp_path / 'out'}",
+            "evaluation.latency.enabled=false",
+        ],
+    )
+    config = resolve(validate_base(raw), get_registry())
+    run = Evaluation(config, get_registry(), RunOptions(show_progress=False)).run().run_dir
+    with pytest.raises(DataError, match="--save-model"):
+        predict(run, [data / "plate/test"], tmp_path / "p")
+
+
+def test_missing_input_is_a_clear_error(saved_run, tmp_path):
+    _, run = saved_run
+    with pytest.raises(DataError, match=r"nothing\.png does not exist"):
+        predict(run, [tmp_path / "nothing.png"], tmp_path / "p", category="plate")
