@@ -69,3 +69,11 @@ def write_distribution(site: Path, name: str, module_source: str, entry_point: s
     (info / "entry_points.txt").write_text(f"[adcore]\n{entry_point} = {module}\n")
     (site / f"{module}.py").write_text(module_source)
     return site
+
+
+def eval_args(data: Path, output: Path, k_shot: str = "2") -> list[str]:
+    """``ad eval`` of the example method on an MVTec-layout tree (weight-free, fast)."""
+    return [
+        "eval", "--method", "pixel-gaussian", "--dataset", "mvtec", "--data-root", str(data),
+        "--k-shot", k_shot, "--output", str(output),
+    ]  # fmt: skip

@@ -19,7 +19,7 @@ from adcore.reporters.overlay import (
     choose_examples,
     compose_overlay,
 )
-from adtest import run_ad, write_mvtec_tree
+from adtest import eval_args, run_ad, write_mvtec_tree
 
 
 def test_f1_optimal_threshold_by_hand():
@@ -92,17 +92,7 @@ def overlay_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("overlays")
     data = write_mvtec_tree(root / "mvtec", categories=("plate",), num_good=4, num_bad=3)
     result = run_ad(
-        "eval",
-        "--method",
-        "pixel-gaussian",
-        "--dataset",
-        "mvtec",
-        "--data-root",
-        str(data),
-        "--k-shot",
-        "3",
-        "--output",
-        str(root / "out"),
+        *eval_args(str(data), str(root / "out"), "3"),
         "--save-maps",
         "--no-progress",
         "--set",
@@ -177,17 +167,7 @@ def test_saved_pixel_threshold_reaches_the_pixel_f1_max(overlay_run):
 def test_no_overlays_unless_asked(tmp_path):
     data = write_mvtec_tree(tmp_path / "mvtec", categories=("plate",))
     result = run_ad(
-        "eval",
-        "--method",
-        "pixel-gaussian",
-        "--dataset",
-        "mvtec",
-        "--data-root",
-        str(data),
-        "--k-shot",
-        "2",
-        "--output",
-        str(tmp_path / "out"),
+        *eval_args(str(data), str(tmp_path / "out"), "2"),
         "--no-progress",
         "--set",
         "model.resolution=32",

@@ -10,7 +10,7 @@ import pytest
 
 from adcore.errors import PluginError
 from adcore.plugins import load_registry
-from adtest import run_ad, write_distribution
+from adtest import eval_args, run_ad, write_distribution
 
 BROKEN = 'raise RuntimeError("this plugin is broken on purpose")\n'
 DUPLICATE = """
@@ -63,17 +63,7 @@ def test_broken_plugin_is_listed_and_others_still_work(tmp_path, mvtec_root):
     assert rows["broken-ad-plugin"]["version"] == "0.1"
 
     evaluated = run_ad(
-        "eval",
-        "--method",
-        "pixel-gaussian",
-        "--dataset",
-        "mvtec",
-        "--data-root",
-        str(mvtec_root),
-        "--k-shot",
-        "2",
-        "--output",
-        str(tmp_path / "out"),
+        *eval_args(str(mvtec_root), str(tmp_path / "out"), "2"),
         "--set",
         "evaluation.latency.enabled=false",
         "--no-progress",

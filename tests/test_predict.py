@@ -11,22 +11,12 @@ from PIL import Image
 
 from adcore.errors import DataError, UsageError
 from adcore.predict import predict
-from adtest import run_ad, write_mvtec_tree
+from adtest import eval_args, run_ad, write_mvtec_tree
 
 
 def _eval(data: Path, out: Path, *extra: str) -> Path:
     result = run_ad(
-        "eval",
-        "--method",
-        "pixel-gaussian",
-        "--dataset",
-        "mvtec",
-        "--data-root",
-        str(data),
-        "--k-shot",
-        "3",
-        "--output",
-        str(out),
+        *eval_args(str(data), str(out), "3"),
         "--no-progress",
         "--set",
         "model.resolution=32",

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from adcore.report import build_report
-from adtest import run_ad, write_mvtec_tree
+from adtest import eval_args, run_ad, write_mvtec_tree
 
 METRICS = ["image_auroc", "pixel_auroc"]
 
@@ -132,17 +132,7 @@ def test_ad_report_over_two_real_runs(tmp_path):
     runs = []
     for k_shot, name in (("2", "few"), ("all", "full")):
         result = run_ad(
-            "eval",
-            "--method",
-            "pixel-gaussian",
-            "--dataset",
-            "mvtec",
-            "--data-root",
-            str(data),
-            "--k-shot",
-            k_shot,
-            "--output",
-            str(tmp_path / "out"),
+            *eval_args(str(data), str(tmp_path / "out"), k_shot),
             "--no-progress",
             "--set",
             f"experiment.name={name}",

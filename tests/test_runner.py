@@ -16,7 +16,7 @@ from adcore.plugins import get_registry
 from adcore.results import atomic_write_text
 from adcore.runner import Evaluation, RunOptions
 from adcore.support import choose_support
-from adtest import run_ad
+from adtest import eval_args, run_ad
 
 
 def _samples(n: int) -> list[Sample]:
@@ -154,20 +154,7 @@ def test_save_maps_writes_float_tiffs(mvtec_root, tmp_path):
     ],
 )
 def test_bad_input_is_one_message_and_nonzero_exit(mvtec_root, tmp_path, args, expected):
-    base = [
-        "eval",
-        "--method",
-        "pixel-gaussian",
-        "--dataset",
-        "mvtec",
-        "--data-root",
-        str(mvtec_root),
-        "--k-shot",
-        "2",
-        "--output",
-        str(tmp_path / "out"),
-    ]
-    result = run_ad(*base, *args)
+    result = run_ad(*eval_args(mvtec_root, tmp_path / "out"), *args)
     assert result.returncode != 0
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
@@ -177,17 +164,7 @@ def test_unwritable_output_folder_is_a_clear_error(mvtec_root, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     result = run_ad(
-        "eval",
-        "--method",
-        "pixel-gaussian",
-        "--dataset",
-        "mvtec",
-        "--data-root",
-        str(mvtec_root),
-        "--k-shot",
-        "2",
-        "--output",
-        str(blocker / "out"),
+        *eval_args(str(mvtec_root), str(blocker / "out"), "2"),
     )
     assert result.returncode == 1
     assert "cannot be written" in result.stderr and "Traceback" not in result.stderr
@@ -195,17 +172,7 @@ def test_unwritable_output_folder_is_a_clear_error(mvtec_root, tmp_path):
 
 def test_eval_through_the_entry_point_prints_a_table_and_writes_json(mvtec_root, tmp_path):
     result = run_ad(
-        "eval",
-        "--method",
-        "pixel-gaussian",
-        "--dataset",
-        "mvtec",
-        "--data-root",
-        str(mvtec_root),
-        "--k-shot",
-        "all",
-        "--output",
-        str(tmp_path / "out"),
+        *eval_args(str(mvtec_root), str(tmp_path / "out"), "all"),
         "--set",
         "model.resolution=32",
         "--json",
