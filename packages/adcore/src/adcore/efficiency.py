@@ -114,11 +114,21 @@ def time_calls(call: Callable[[], Any], device: str, warmup: int, iters: int) ->
 
 
 def count_gflops(call: Callable[[], Any]) -> float:
-    """GFLOPs of one call, multiply-add = 2 FLOPs (FlopCounterMode's convention)."""
+    """GFLOPs of one call, multiply-add = 2 FLOPs (FlopCounterMode's convention).
+
+    PyTorch's fused ``nn.MultiheadAttention`` fast path hides its projections from the
+    counter, so it is switched off while counting: every ViT is counted whole.
+    """
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        call()
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            call()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
     return counter.get_total_flops() / 1e9
 
 

@@ -1,0 +1,527 @@
+"""WinCLIP and WinCLIP+ (Jeong et al., CVPR 2023) on an open_clip ViT.
+
+Zero-shot (Sec. 4.1-4.2): the image embedding and the embedding of every k x k window are
+scored against two text prototypes (normal, anomalous) from the compositional prompt
+ensemble; window scores are harmonically aggregated to patches, and the scales and the
+image-level score are fused by harmonic mean. Few-shot WinCLIP+ (Sec. 4.3): patch tokens
+and window embeddings of k normal images form reference banks; a query's distance to its
+nearest reference gives a visual map that is averaged with the language-guided map.
+
+A window embedding is exact: the class token plus only that window's patch tokens (after
+positional embedding and ``ln_pre``, as open_clip's ``VisionTransformer.forward`` builds
+them) run through the whole transformer, then ``ln_post`` and the projection. All windows
+of a scale go through the transformer as one batch of short sequences. Two shortcuts do the
+same arithmetic with less work: first-block queries, keys and values are per-token
+functions of tokens every window shares, so they are computed once per image and gathered;
+and since only the class token is read out, the last block computes keys and values for
+every token but the query, attention output and MLP for the class token alone.
+
+WinCLIP+ patch-level references are the last-layer patch tokens after ``ln_post``, as
+open_clip returns them (unprojected); window references are window embeddings.
+
+Maps are upsampled bilinearly from the patch grid and not smoothed further: every patch
+score is already a harmonic mean over up to k*k overlapping windows at two scales, which is
+the paper's spatial smoothing; an extra Gaussian is not part of the method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ad_winclip.prompts import prompt_ensemble
+from ad_winclip.windows import (
+    covering_windows,
+    harmonic_aggregation,
+    harmonic_mean,
+    window_indices,
+)
+from adcore.errors import ConfigError, PluginError, WeightsError
+from adcore.method import (
+    CLIP_MEAN,
+    CLIP_STD,
+    FitContext,
+    InputGeometry,
+    Method,
+    Prediction,
+    Runtime,
+)
+from adcore.weights import (
+    file_digest,
+    hf_cache_dir,
+    load_checkpoint,
+    missing_weights,
+    parse_weights,
+)
+
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+def class_scores(embeddings: torch.Tensor, text: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Anomalous probability: softmax over the two states of cos / temperature (Eq. 1).
+
+    embeddings [..., D], text [2, D] (normal, anomalous; unit norm) -> [...].
+    """
+    logits = F.normalize(embeddings.float(), dim=-1) @ text.float().T / temperature
+    return logits.softmax(dim=-1)[..., 1]
+
+
+def visual_association(query: torch.Tensor, bank: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Distance to the nearest reference, min_r (1 - cos(f, r)) / 2 (WinCLIP+, Eq. 5).
+
+    query [B, N, D], bank [M, D] -> [B, N]; the bank is scanned in chunks of ``chunk`` rows.
+    """
+    query = F.normalize(query.float(), dim=-1)
+    best = query.new_full(query.shape[:-1], -1.0)
+    for part in F.normalize(bank.float(), dim=-1).split(chunk):
+        best = torch.maximum(best, (query @ part.T).amax(dim=-1))
+    return ((1.0 - best) / 2.0).clamp_min(0.0)
+
+
+def _plain_block(block: nn.Module) -> bool:
+    """An open_clip ``ResidualAttentionBlock`` on a standard ``nn.MultiheadAttention``."""
+    attn = getattr(block, "attn", None)
+    return (
+        isinstance(attn, nn.MultiheadAttention)
+        and attn._qkv_same_embed_dim
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and all(hasattr(block, name) for name in ("ln_1", "ln_2", "ls_1", "ls_2", "mlp"))
+        and not hasattr(block, "ln_1_kv")
+    )
+
+
+@dataclass
+class WinClipOutput:
+    """Scores and patch-grid maps, with the parts they are fused from (for inspection)."""
+
+    scores: torch.Tensor  # [B]
+    maps: torch.Tensor  # [B, h, w]
+    zero_shot_scores: torch.Tensor  # [B] image-level anomalous probability
+    zero_shot_scale_maps: torch.Tensor  # [B, S, P] one harmonic window map per scale
+    zero_shot_map: torch.Tensor  # [B, P] scales and image score fused
+    visual_maps: torch.Tensor | None  # [B, 1+S, P] patch level, then each scale (WinCLIP+)
+
+
+class WinClip(nn.Module):
+    """The algorithm on an open_clip ``CLIP`` whose visual tower is a ``VisionTransformer``."""
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        tokenizer: Tokenizer,
+        scales: Sequence[int] = (2, 3),
+        temperature: float = 0.07,
+        text_batch_size: int = 64,
+        window_batch_size: int = 2048,
+    ) -> None:
+        super().__init__()
+        visual = clip.visual
+        needed = ("conv1", "class_embedding", "positional_embedding", "transformer", "ln_post")
+        if not all(hasattr(visual, name) for name in needed) or (
+            getattr(visual, "attn_pool", None) is not None
+            or getattr(visual, "pool_type", "tok") != "tok"
+        ):
+            raise PluginError(
+                f"WinCLIP needs an open_clip ViT with a class token; got {type(visual).__name__}.",
+                "Choose an open_clip ViT backbone (e.g. ViT-B-16-plus-240, ViT-B-16, ViT-L-14).",
+            )
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.scales = tuple(scales)
+        self.temperature = temperature
+        self.text_batch_size = text_batch_size
+        self.window_batch_size = window_batch_size
+        self.grid: tuple[int, int] = tuple(visual.grid_size)
+        for k in self.scales:
+            index = window_indices(self.grid, k)
+            # token positions of [class, window patches]: patches sit after the class token
+            tokens = torch.cat([torch.zeros(len(index), 1, dtype=torch.long), index + 1], dim=1)
+            self.register_buffer(f"window_tokens_{k}", tokens, persistent=False)
+            self.register_buffer(f"covering_{k}", covering_windows(self.grid, k), persistent=False)
+        self.text_cache: dict[str, torch.Tensor] = {}
+        self.text_embeddings: torch.Tensor | None = None  # [2, D]
+        self.patch_bank: torch.Tensor | None = None  # [M, C]
+        self.window_banks: dict[int, torch.Tensor] = {}  # k -> [M_k, D]
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.visual.conv1.weight.device
+
+    # --- text ---------------------------------------------------------------------------
+
+    def encode_text(self, class_name: str) -> torch.Tensor:
+        """Normal and anomalous prototypes for a class name, cached -> [2, D] (Sec. 4.1)."""
+        if class_name not in self.text_cache:
+            normal, anomalous = prompt_ensemble(class_name)
+            tokens = self.tokenizer(normal + anomalous).to(self.device)
+            embeddings = torch.cat(
+                [
+                    F.normalize(self.clip.encode_text(part).float(), dim=-1)
+                    for part in tokens.split(self.text_batch_size)
+                ]
+            )
+            prototypes = torch.stack(
+                [embeddings[: len(normal)].mean(0), embeddings[len(normal) :].mean(0)]
+            )
+            self.text_cache[class_name] = F.normalize(prototypes, dim=-1)
+        return self.text_cache[class_name]
+
+    def set_class(self, class_name: str) -> None:
+        """Score against this class's prototypes from now on."""
+        self.text_embeddings = self.encode_text(class_name)
+
+    # --- image --------------------------------------------------------------------------
+
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images [B,3,H,W] -> transformer input tokens [B, 1+P, C].
+
+        The same steps and order as open_clip's ``VisionTransformer._embeds``: patchify,
+        prepend the class token, add positional embeddings, patch dropout (identity in
+        eval), ``ln_pre``.
+        """
+        visual = self.clip.visual
+        x = visual.conv1(images)  # [B, C, h, w]
+        x = x.flatten(2).transpose(1, 2)  # [B, P, C]
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        return visual.ln_pre(visual.patch_dropout(x))
+
+    def first_block_qkv(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Queries, keys and values of the first block for every token [B, 1+P, 3C].
+
+        First-block inputs are the same tokens in every window, so their projections are
+        computed once per image and gathered; None when the block is not a plain
+        ``nn.MultiheadAttention`` block (the windows then run the block as it is).
+        """
+        block = self.clip.visual.transformer.resblocks[0]
+        if not _plain_block(block):
+            return None
+        return F.linear(block.ln_1(tokens), block.attn.in_proj_weight, block.attn.in_proj_bias)
+
+    def _first_block(self, x: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        """The first residual block from precomputed projections: [N, L, C], [N, L, 3C]."""
+        block = self.clip.visual.transformer.resblocks[0]
+        attn = block.attn
+        n, length, width = x.shape
+        q, k, v = qkv.view(n, length, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # [N, H, L, C/H]
+        x = x + block.ls_1(attn.out_proj(out.transpose(1, 2).reshape(n, length, width)))
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    @staticmethod
+    def _class_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A last block that outputs the class token only: [N, L, C] -> [N, C].
+
+        Keys and values come from every token; query, attention output and MLP only from
+        the class token, which is all that is read out.
+        """
+        attn = block.attn
+        n, length, width = x.shape
+        normed = block.ln_1(x)
+        weight, bias = attn.in_proj_weight, attn.in_proj_bias
+        q = F.linear(normed[:, 0], weight[:width], None if bias is None else bias[:width])
+        kv = F.linear(normed, weight[width:], None if bias is None else bias[width:])
+        k, v = kv.view(n, length, 2, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q.view(n, attn.num_heads, 1, -1), k, v)
+        cls = x[:, 0] + block.ls_1(attn.out_proj(out.reshape(n, width)))
+        return cls + block.ls_2(block.mlp(block.ln_2(cls)))
+
+    def run_blocks(
+        self, x: torch.Tensor, qkv: torch.Tensor | None = None, class_only: bool = False
+    ) -> torch.Tensor:
+        """Batch-first tokens [N, L, C] through the transformer -> [N, L, C] or class [N, C].
+
+        The open_clip blocks get their own layout (``transformer.batch_first``): feeding
+        [N, L, C] to sequence-first blocks, or the reverse, mixes tokens of different
+        sequences.
+        """
+        transformer = self.clip.visual.transformer
+        blocks = list(transformer.resblocks)
+        if qkv is not None:
+            x = self._first_block(x, qkv)
+            blocks = blocks[1:]
+        last = blocks.pop() if class_only and blocks and _plain_block(blocks[-1]) else None
+        seq_first = not getattr(transformer, "batch_first", True)
+        if seq_first:
+            x = x.transpose(0, 1)  # [L, N, C]
+        for block in blocks:
+            x = block(x)
+        if seq_first:
+            x = x.transpose(0, 1)  # [N, L, C]
+        if last is not None:
+            return self._class_block(last, x)
+        return x[:, 0] if class_only else x
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        proj = self.clip.visual.proj
+        return pooled @ proj if proj is not None else pooled
+
+    def encode_full(
+        self, tokens: torch.Tensor, qkv: torch.Tensor | None = None, patches: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens [B, 1+P, C] -> image embedding [B, D], patch tokens after ln_post [B, P, C].
+
+        Without ``patches`` (zero-shot) only the class token leaves the last block.
+        """
+        visual = self.clip.visual
+        if not patches:
+            pooled = visual.ln_post(self.run_blocks(tokens, qkv, class_only=True))
+            return self._project(pooled), None
+        x = self.run_blocks(tokens, qkv)
+        if getattr(visual, "final_ln_after_pool", False):
+            pooled, rest = visual.ln_post(x[:, 0]), x[:, 1:]
+        else:
+            x = visual.ln_post(x)
+            pooled, rest = x[:, 0], x[:, 1:]
+        return self._project(pooled), rest
+
+    def window_embeddings(
+        self, tokens: torch.Tensor, k: int, qkv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Tokens [B, 1+P, C] (and first-block qkv [B, 1+P, 3C]) -> windows [B, W, D].
+
+        Sequences (class token + one window's patches) are gathered with an index tensor
+        and run in chunks of ``window_batch_size`` sequences to bound memory.
+        """
+        positions = getattr(self, f"window_tokens_{k}")  # [W, 1+k*k]
+        batch, windows = tokens.shape[0], positions.shape[0]
+        sequence = torch.arange(batch * windows, device=tokens.device)
+        outputs = []
+        for part in sequence.split(self.window_batch_size):
+            index = ((part // windows)[:, None], positions[part % windows])
+            part_qkv = None if qkv is None else qkv[index]  # [n, 1+k*k, 3C]
+            outputs.append(self.run_blocks(tokens[index], part_qkv, class_only=True))
+        pooled = self.clip.visual.ln_post(torch.cat(outputs))  # [B*W, C]
+        return self._project(pooled).view(batch, windows, -1)
+
+    # --- few-shot references ------------------------------------------------------------
+
+    def reset_references(self) -> None:
+        self.patch_bank, self.window_banks = None, {}
+
+    @torch.no_grad()
+    def add_references(self, images: torch.Tensor) -> None:
+        """Append normal images [b,3,H,W] (normalised) to the reference banks (Sec. 4.3)."""
+        tokens = self.embed_tokens(images)
+        qkv = self.first_block_qkv(tokens)
+        _, patches = self.encode_full(tokens, qkv)
+        new = {k: self.window_embeddings(tokens, k, qkv).flatten(0, 1) for k in self.scales}
+        patches = patches.flatten(0, 1)
+        self.patch_bank = (
+            patches if self.patch_bank is None else torch.cat([self.patch_bank, patches])
+        )
+        for k, value in new.items():
+            old = self.window_banks.get(k)
+            self.window_banks[k] = value if old is None else torch.cat([old, value])
+
+    # --- scoring ------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor) -> WinClipOutput:
+        """Normalised images [B,3,H,W] -> ``WinClipOutput`` with maps on the patch grid."""
+        if self.text_embeddings is None:
+            raise PluginError("WinCLIP was asked to predict before fit.", "Call fit first.")
+        text = self.text_embeddings
+        tokens = self.embed_tokens(images)
+        qkv = self.first_block_qkv(tokens)
+        few_shot = self.patch_bank is not None
+        image_embedding, patches = self.encode_full(tokens, qkv, patches=few_shot)
+        image_score = class_scores(image_embedding, text, self.temperature)  # [B]
+        windows = {k: self.window_embeddings(tokens, k, qkv) for k in self.scales}
+        scale_maps = torch.stack(
+            [
+                harmonic_aggregation(
+                    class_scores(windows[k], text, self.temperature),
+                    getattr(self, f"covering_{k}"),
+                )
+                for k in self.scales
+            ],
+            dim=1,
+        )  # [B, S, P]
+        image_level = image_score[:, None, None].expand(-1, 1, scale_maps.shape[-1])
+        zero_shot_map = harmonic_mean(torch.cat([scale_maps, image_level], dim=1), dim=1)
+        scores, fused, visual = image_score, zero_shot_map, None
+        if few_shot:
+            levels = [visual_association(patches, self.patch_bank)]
+            for k in self.scales:
+                distance = visual_association(windows[k], self.window_banks[k])
+                levels.append(harmonic_aggregation(distance, getattr(self, f"covering_{k}")))
+            visual = torch.stack(levels, dim=1)  # [B, 1+S, P]
+            visual_map = visual.mean(dim=1)
+            fused = (zero_shot_map + visual_map) / 2.0
+            scores = (image_score + visual_map.amax(dim=-1)) / 2.0
+        return WinClipOutput(
+            scores=scores,
+            maps=fused.view(-1, *self.grid),
+            zero_shot_scores=image_score,
+            zero_shot_scale_maps=scale_maps,
+            zero_shot_map=zero_shot_map,
+            visual_maps=visual,
+        )
+
+
+def load_clip(
+    backbone: str, pretrained: str, resolution: int, seed: int = 0
+) -> tuple[nn.Module, Tokenizer, dict[str, Any]]:
+    """Build an open_clip model with its weights -> (model in eval, tokenizer, identity)."""
+    import open_clip
+
+    if backbone not in open_clip.list_models():
+        raise ConfigError(
+            f"model.backbone {backbone!r} is not an open_clip model.",
+            "Use a name from open_clip.list_models(), e.g. ViT-B-16-plus-240.",
+        )
+    source = parse_weights(pretrained)
+    identity: dict[str, Any] = {
+        "backbone": backbone,
+        "pretrained": source.value,
+        "random": source.is_random,
+    }
+    if source.kind == "tag":
+        tags = open_clip.list_pretrained_tags_by_model(backbone)
+        if source.value not in tags:
+            raise ConfigError(
+                f"model.pretrained {source.value!r} is not an open_clip tag for {backbone}.",
+                f"Use one of {tags}, a local checkpoint path, or 'none'.",
+            )
+        try:
+            clip = open_clip.create_model(
+                backbone,
+                pretrained=source.value,
+                force_image_size=resolution,
+                cache_dir=str(hf_cache_dir()),
+            )
+        except Exception as error:
+            raise missing_weights(
+                backbone,
+                source.value,
+                f"{type(error).__name__}: {error}",
+                f'Fetch them once with network access: python -c "import open_clip; '
+                f"open_clip.create_model('{backbone}', pretrained='{source.value}')\", then "
+                "rerun (HF_HUB_OFFLINE=1 works afterwards).",
+            ) from None
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            clip = open_clip.create_model(backbone, pretrained=None, force_image_size=resolution)
+        if source.kind == "file":
+            _load_file(clip, source.path, backbone)
+            identity["digest"] = file_digest(source.path)
+    clip.eval().requires_grad_(False)
+    return clip, open_clip.get_tokenizer(backbone), identity
+
+
+def _load_file(clip: nn.Module, path: Any, backbone: str) -> None:
+    from open_clip.model import resize_pos_embed
+
+    state = load_checkpoint(path)
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    resize_pos_embed(state, clip)
+    try:
+        clip.load_state_dict(state)
+    except RuntimeError as error:
+        raise WeightsError(
+            f"Checkpoint {path} does not fit open_clip {backbone} ({str(error)[:300]}).",
+            "Point model.pretrained to a checkpoint of that architecture, or change "
+            "model.backbone to match the checkpoint.",
+        ) from None
+
+
+class WinClipMethod(Method):
+    """The host's view of WinCLIP: uint8 images in, scores and input-size maps out."""
+
+    def __init__(
+        self, model: WinClip, geometry: InputGeometry, runtime: Runtime, identity: dict[str, Any]
+    ) -> None:
+        self.model = model.to(runtime.device).eval()
+        self.geometry = geometry
+        self.runtime = runtime
+        self.identity = identity
+        self.class_name: str | None = None
+
+    def fit(self, context: FitContext) -> None:
+        self.model.reset_references()
+        with torch.no_grad():
+            self.model.set_class(context.class_name)
+            self.class_name = context.class_name
+            for batch in context.batches:
+                self.model.add_references(self._normalize(batch))
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return self.geometry.normalize(images.to(self.runtime.device))
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        output = self.model(self._normalize(images))
+        size = self.geometry.output_size
+        maps = F.interpolate(
+            output.maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False
+        )[:, 0]
+        return Prediction(scores=output.scores.float(), maps=maps)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"clip": self.model.clip}
+
+    def backbone_forward(self, images: torch.Tensor) -> Any:
+        return self.model.clip.visual(images)
+
+    def weights_identity(self) -> dict[str, Any]:
+        return dict(self.identity)
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        model = self.model
+        tensors = [model.text_embeddings, model.patch_bank, *model.window_banks.values()]
+        return [tensor for tensor in tensors if tensor is not None]
+
+    def memory_bank_bytes(self) -> int:
+        return sum(tensor.numel() * tensor.element_size() for tensor in self._state_tensors())
+
+    def fitted_state(self) -> dict[str, Any]:
+        model = self.model
+        if model.text_embeddings is None:
+            raise PluginError("WinCLIP has no fitted state yet.", "Call fit first.")
+        return {
+            "class_name": self.class_name,
+            "text_embeddings": model.text_embeddings.cpu(),
+            "patch_bank": None if model.patch_bank is None else model.patch_bank.cpu(),
+            "window_banks": {str(k): bank.cpu() for k, bank in model.window_banks.items()},
+        }
+
+    def load_fitted_state(self, state: dict[str, Any]) -> None:
+        model, device = self.model, self.runtime.device
+        model.text_embeddings = state["text_embeddings"].to(device)
+        if state.get("class_name") is not None:
+            self.class_name = state["class_name"]
+            model.text_cache[self.class_name] = model.text_embeddings
+        bank = state.get("patch_bank")
+        model.patch_bank = None if bank is None else bank.to(device)
+        model.window_banks = {int(k): v.to(device) for k, v in state["window_banks"].items()}
+
+
+def build(config: Any, runtime: Runtime) -> WinClipMethod:
+    """The plugin factory's body: weights, model and geometry from a ``WinClipConfig``."""
+    clip, tokenizer, identity = load_clip(
+        config.backbone, config.pretrained, config.resolution, runtime.seed
+    )
+    grid = tuple(clip.visual.grid_size)
+    too_big = [k for k in config.scales if k > min(grid)]
+    if too_big:
+        raise ConfigError(
+            f"model.scales {too_big} do not fit the {grid[0]}x{grid[1]} patch grid of "
+            f"{config.backbone} at resolution {config.resolution}.",
+            f"Use window sizes from 1 to {min(grid)}.",
+        )
+    model = WinClip(
+        clip,
+        tokenizer,
+        scales=config.scales,
+        temperature=config.temperature,
+        text_batch_size=config.text_batch_size,
+        window_batch_size=config.window_batch_size,
+    )
+    geometry = InputGeometry(size=config.resolution, mean=CLIP_MEAN, std=CLIP_STD)
+    return WinClipMethod(model, geometry, runtime, identity)
