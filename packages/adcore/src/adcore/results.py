@@ -190,7 +190,8 @@ def refuse_other_config(layout: RunLayout, fingerprint: str, overwrite: bool) ->
     if not marker.exists():
         return False
     found = marker.read_text().strip()
-    if found == fingerprint or overwrite:
+    finished_any = any(layout.root.glob("*/metrics.csv"))
+    if found == fingerprint or overwrite or not finished_any:
         return found == fingerprint
     raise OutputError(
         f"{layout.root} already holds results of a different config (see its config.yaml).",

@@ -54,6 +54,15 @@ EFFICIENCY_COLUMNS = (
 
 
 @dataclass
+class CategoryData:
+    """What one category is evaluated on, after the bad-file check."""
+
+    support: list[Sample]
+    test: list[Sample]
+    num_skipped: int
+
+
+@dataclass
 class RunOptions:
     overwrite: bool = False
     save_maps: bool = False
@@ -269,16 +278,31 @@ class Evaluation:
             self.method = spec.factory(self.config.method_config, self.runtime)
         return self.method
 
-    def fit(self, category: str) -> tuple[Method, list[Sample], int]:
+    def prepare(self, category: str) -> CategoryData:
+        """The seeded support set and the test samples, with bad files refused or left out."""
+        data = self.config.base.data
+        train = self.dataset.samples(category, "train")
+        support = choose_support(train, data.k_shot, self.runtime.seed, category)
+        support, skipped_support = drop_bad_samples(
+            support, data.skip_bad_samples, self.dataset.requires_masks
+        )
+        test, skipped_test = drop_bad_samples(
+            self.dataset.samples(category, "test"),
+            data.skip_bad_samples,
+            self.dataset.requires_masks,
+        )
+        if not test:
+            raise DataError(
+                f"Category {category!r} has no usable test images.", "Check the data set."
+            )
+        return CategoryData(support, test, skipped_support + skipped_test)
+
+    def fit(self, category: str, prepared: CategoryData | None = None) -> Method:
         """Build the method (once) and fit it on the category's seeded support set."""
         import torch
 
         data = self.config.base.data
-        train = self.dataset.samples(category, "train")
-        support = choose_support(train, data.k_shot, self.runtime.seed, category)
-        support, skipped = drop_bad_samples(
-            support, data.skip_bad_samples, self.dataset.requires_masks
-        )
+        support = (prepared or self.prepare(category)).support
         method = self.build_method()
         loader = make_loader(support, method.geometry, data.batch_size, data.num_workers)
         self.progress.note(f"{category}: fitting on {len(support)} image(s)")
@@ -292,7 +316,7 @@ class Evaluation:
                     show_progress=self.options.show_progress,
                 )
             )
-        return method, support, skipped
+        return method
 
     def write_run_files(self) -> None:
         from adcore.env import environment
@@ -323,6 +347,8 @@ class Evaluation:
             self.layout, self.config.fingerprint(), self.options.overwrite
         )
         pending = [c for c in self.categories if not self.finished(c)]
+        # every file is checked before anything is written or any model is built
+        prepared = {category: self.prepare(category) for category in pending}
         if pending or not self.layout.env.exists():
             self.write_run_files()
         else:
@@ -335,7 +361,7 @@ class Evaluation:
                 outputs = None
                 self.progress.note(f"{category}: finished earlier, kept (use --overwrite to redo)")
             else:
-                result, outputs = self.run_category(category)
+                result, outputs = self.run_category(category, prepared[category])
             for reporter in self.reporters:
                 reporter.on_category(result, outputs, context)
             results.append(result)
@@ -352,20 +378,15 @@ class Evaluation:
             reporter.on_run(run, context)
         return run
 
-    def run_category(self, category: str) -> tuple[CategoryResult, CategoryOutputs]:
+    def run_category(
+        self, category: str, prepared: CategoryData
+    ) -> tuple[CategoryResult, CategoryOutputs]:
         import torch
 
         started = time.perf_counter()
         data = self.config.base.data
-        method, support, skipped_support = self.fit(category)
-        test = self.dataset.samples(category, "test")
-        test, skipped_test = drop_bad_samples(
-            test, data.skip_bad_samples, self.dataset.requires_masks
-        )
-        if not test:
-            raise DataError(
-                f"Category {category!r} has no usable test images.", "Check the data set."
-            )
+        method = self.fit(category, prepared)
+        test = prepared.test
         geometry = method.geometry
         workers = data.num_workers
 
@@ -418,10 +439,10 @@ class Evaluation:
             category=category,
             metrics=values,
             efficiency=efficiency,
-            num_support=len(support),
+            num_support=len(prepared.support),
             num_test=len(test),
             num_anomalous=int(labels.sum()),
-            num_skipped=skipped_support + skipped_test,
+            num_skipped=prepared.num_skipped,
             seconds=time.perf_counter() - started,
         )
         if self.options.save_maps:

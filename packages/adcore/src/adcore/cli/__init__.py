@@ -42,7 +42,9 @@ def main() -> None:
     """Entry point of the ``ad`` script."""
     debug = os.environ.get("AD_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer.Exit(code) comes back as a return value
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except AdError as error:
         if debug:
             raise

@@ -79,7 +79,8 @@ def bench_command(
     with Progress(enabled=not as_json) as progress:
         evaluation = Evaluation(resolved, get_registry(), RunOptions(show_progress=False), progress)
         category = evaluation.categories[0]
-        fitted, support, _ = evaluation.fit(category)
+        prepared = evaluation.prepare(category)
+        fitted = evaluation.fit(category, prepared)
         runtime = evaluation.runtime
         progress.note(f"measuring {resolved.method.spec.name} on {runtime.device} ...")
         figures = measure_efficiency(fitted, runtime, warmup, iters, throughput_batch=batch)
@@ -89,7 +90,7 @@ def bench_command(
         "method": resolved.method.spec.name,
         "k_shot": setting,
         "category": category,
-        "support_images": len(support),
+        "support_images": len(prepared.support),
         "random_weights": resolved.random_weights,
         "weights": fitted.weights_identity(),
         "method_figures": figures.model_dump(),
