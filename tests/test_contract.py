@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from adcore import hookspecs
+from adcore.efficiency import measure_backbone, measure_efficiency
 from adcore.evaldata import EvalData
 from adcore.method import FitContext, Method, Prediction, Runtime
 from adcore.plugins import HOOKS, get_registry
@@ -70,6 +71,12 @@ def test_method_contract(component):
     assert torch.isfinite(prediction.scores).all() and torch.isfinite(prediction.maps).all()
     identity = method.weights_identity()
     assert isinstance(identity.get("random"), bool)
+    runtime = Runtime(device="cpu", seed=0)
+    figures = measure_efficiency(method, runtime, warmup_iters=0, measure_iters=1,
+                                 throughput_batch=2)  # fmt: skip
+    backbone = measure_backbone(method, runtime, warmup_iters=0, measure_iters=1)
+    assert figures.latency_ms_median > 0 and figures.throughput_ips > 0
+    assert figures.gflops >= backbone.gflops  # a method does at least its backbone's work
     assert isinstance(method.modules(), dict)
     assert method.memory_bank_bytes() >= 0
 
