@@ -131,7 +131,7 @@ def test_overlay_files_named_sized_and_showing_both_classes(overlay_run):
         assert float(score) == pytest.approx(float(row["score"]), rel=1e-3)
         labels.append(label)
         with Image.open(path) as image:
-            assert image.size == (800, 440) and image.mode == "RGBA"
+            assert image.size == (840, 440) and image.mode == "RGBA"
             pixels = np.asarray(image.convert("RGB"))[:380]  # above the legend
         has_truth = np.all(pixels == TRUTH_COLOUR, axis=-1).any()
         assert has_truth == (label == "anomalous"), path.name

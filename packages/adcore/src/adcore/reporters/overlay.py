@@ -145,7 +145,7 @@ def render_png(
     overlay = compose_overlay(
         item.image, item.anomaly_map, item.mask, threshold, value_range, scale
     )
-    figure = Figure(figsize=(8.0, 4.4), dpi=100)
+    figure = Figure(figsize=(8.4, 4.4), dpi=100)
     FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2)
     for axes, picture, name in ((left, plain, "image"), (right, overlay, "anomaly map")):
@@ -177,7 +177,7 @@ def render_png(
     if handles:
         figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9)
     figure.suptitle(f"{item.title}\n{item.subtitle}", fontsize=11)
-    figure.subplots_adjust(left=0.02, right=0.93, top=0.84, bottom=0.09, wspace=0.05)
+    figure.subplots_adjust(left=0.02, right=0.885, top=0.84, bottom=0.09, wspace=0.05)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
