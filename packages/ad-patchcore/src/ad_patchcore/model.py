@@ -1,0 +1,104 @@
+"""PatchCore's algorithm (Roth et al., CVPR 2022) as plain modules and functions.
+
+Patch features follow the authors' code (amazon-science/patchcore-inspection): each layer's
+map is unfolded into ``p x p`` neighbourhoods (zero padding, stride 1), each neighbourhood's
+flattened ``C*p*p`` vector is adaptive-average-pooled to ``pretrain_embed_dimension``
+(``Preprocessing``/``MeanMapper``), deeper layers are upsampled bilinearly to the first
+layer's grid, and the stacked layers are pooled once more to ``target_embed_dimension``
+(``Aggregator``). When ``C*p*p`` is a multiple of the pooled size times ``p*p`` (layer3 of
+wide_resnet50_2: 1024 channels -> 1024) this is exactly a ``p x p`` average pool per channel
+(paper eq. 2); otherwise each bin averages consecutive (channel, position) entries, as the
+authors' code does. Pooling and upsampling act on different axes, so doing the pooling first
+(cheaper) gives the authors' numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def local_aggregation(features: torch.Tensor, patch_size: int, dim: int) -> torch.Tensor:
+    """Paper eq. 2 with the authors' f_agg: unfold p x p, adaptive average pool to ``dim``."""
+    # [B, C, H, W] -> [B, dim, H, W]
+    b, _, h, w = features.shape
+    unfolded = F.unfold(features, kernel_size=patch_size, padding=(patch_size - 1) // 2)
+    # [B, C*p*p, H*W]: pool along the feature axis only (output width = input width)
+    pooled = F.adaptive_avg_pool2d(unfolded.unsqueeze(1), (dim, h * w)).squeeze(1)
+    return pooled.reshape(b, dim, h, w)
+
+
+class LocallyAwarePatchFeatures(nn.Module):
+    """Backbone stages -> one ``target_dim`` feature per patch of the first stage's grid."""
+
+    def __init__(
+        self, backbone: nn.Module, patch_size: int, pretrain_dim: int, target_dim: int
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.patch_size = patch_size
+        self.pretrain_dim = pretrain_dim
+        self.target_dim = target_dim
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalised images -> patch features and the patch grid."""
+        # [B, 3, H, W] -> [B, h*w, D], (h, w)
+        maps = [m.float() for m in self.backbone(images)]
+        grid = tuple(maps[0].shape[-2:])
+        layers = []
+        for feature_map in maps:
+            pooled = local_aggregation(feature_map, self.patch_size, self.pretrain_dim)
+            if tuple(pooled.shape[-2:]) != grid:
+                pooled = F.interpolate(pooled, size=grid, mode="bilinear", align_corners=False)
+            layers.append(pooled.flatten(2))  # [B, pretrain_dim, h*w]
+        stacked = torch.cat(layers, dim=1)  # [B, L*pretrain_dim, h*w]
+        merged = F.adaptive_avg_pool2d(stacked.unsqueeze(1), (self.target_dim, stacked.shape[-1]))
+        return merged.squeeze(1).transpose(1, 2).contiguous(), (grid[0], grid[1])
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Separable Gaussian with scipy.ndimage.gaussian_filter's kernel and 'reflect' borders,
+    as the authors smooth maps (sigma 4), but batched on the device."""
+    # [B, H, W] -> [B, H, W]
+    if sigma <= 0:
+        return maps
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    out = maps
+    for axis in (1, 2):
+        size = out.shape[axis]
+        index = torch.arange(-radius, size + radius, device=maps.device) % (2 * size)
+        index = torch.where(index < size, index, 2 * size - 1 - index)  # half-sample mirror
+        padded = out.index_select(axis, index)
+        lines = padded.movedim(axis, -1)  # [B, other, size + 2r]
+        shape = lines.shape
+        filtered = F.conv1d(lines.reshape(-1, 1, shape[-1]), kernel.view(1, 1, -1))
+        out = filtered.reshape(*shape[:-1], size).movedim(-1, axis)
+    return out
+
+
+def anomaly_map(patch_scores: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Patch scores upsampled bilinearly to the input size, then Gaussian-smoothed (Sec. 3.3)."""
+    # [B, h, w] -> [B, size, size]
+    upsampled = F.interpolate(
+        patch_scores.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False
+    ).squeeze(1)
+    return gaussian_blur(upsampled, sigma)
+
+
+def reweighted_score(
+    max_score: torch.Tensor, nearest_distance: torch.Tensor, neighbourhood: torch.Tensor
+) -> torch.Tensor:
+    """Paper eq. 7: s = (1 - exp||m_test,* - m*|| / sum_{m in N_b(m*)} exp||m_test,* - m||) s*.
+
+    ``nearest_distance`` is ||m_test,* - m*||; ``neighbourhood`` holds ||m_test,* - m|| for
+    the b nearest memory features m of m* (m* itself among them, as in anomalib). The
+    authors' released code does not implement this re-weighting (its image score is the
+    maximum patch score), hence ``scoring: max`` by default. Computed in log space.
+    """
+    # [B], [B], [B, b] -> [B]
+    ratio = torch.exp(nearest_distance - torch.logsumexp(neighbourhood, dim=1))
+    return (1.0 - ratio) * max_score

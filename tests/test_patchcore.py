@@ -1,0 +1,249 @@
+"""PatchCore: coreset, search, eq. 7, maps and save/load, checked against brute force.
+
+A random-weight resnet18 at 64-80 px stands in for wide_resnet50_2; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+from ad_patchcore.backbone import build_backbone, resolve_out_indices
+from ad_patchcore.coreset import approximate_greedy_coreset, greedy_coreset
+from ad_patchcore.model import gaussian_blur, local_aggregation, reweighted_score
+from ad_patchcore.plugin import PatchCoreConfig, adcore_methods, factory
+from ad_patchcore.search import NearestNeighbours
+from adcore.errors import ConfigError, PluginError, WeightsError
+from adcore.method import FitContext, Runtime
+from adcore.records import Capability
+
+SIZE = 64
+
+
+def small_config(**overrides) -> PatchCoreConfig:
+    settings = {"backbone": "resnet18", "pretrained": "none", "resolution": 72, "crop": SIZE}
+    return PatchCoreConfig(**{**settings, **overrides})
+
+
+def images(count: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (count, 3, SIZE, SIZE), generator=generator, dtype=torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    method = factory(small_config(coreset_ratio=0.25), Runtime(seed=0))
+    train = images(6, seed=1)
+    method.fit(FitContext("toy", "toy", 6, [train[:4], train[4:]]))
+    return method, train
+
+
+def brute_force_patch_scores(method, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min Euclidean distance of each patch to the bank, by torch.cdist in float64."""
+    with torch.no_grad():
+        features, grid = method.model(method.geometry.normalize(batch))
+    distances = torch.cdist(features.double(), method.bank.double()[None])  # [B, n, M]
+    return distances.min(2).values.reshape(len(batch), *grid), features
+
+
+def test_spec_declares_few_and_full_shot_and_geometry():
+    (spec,) = adcore_methods()
+    assert spec.name == "patchcore"
+    assert spec.capabilities == {Capability.FEW_SHOT, Capability.FULL_SHOT}
+    defaults = PatchCoreConfig()
+    assert (defaults.backbone, defaults.pretrained) == ("wide_resnet50_2", "tv_in1k")
+    assert defaults.layers == ["layer2", "layer3"]
+    assert (defaults.resolution, defaults.crop, defaults.coreset_ratio) == (256, 224, 0.1)
+
+
+def test_greedy_coreset_is_farthest_point_selection():
+    generator = torch.Generator().manual_seed(0)
+    points = torch.randn(300, 16, generator=generator)
+    anchors = torch.tensor([3, 50, 120, 200, 299])
+    chosen = greedy_coreset(points, 40, anchors, chunk=64).tolist()
+    assert len(set(chosen)) == 40
+    exact = points.double()
+    running = torch.cdist(exact, exact[anchors]).mean(1)  # the authors' anchor start
+    for index in chosen:
+        assert running[index] >= running.max() * (1 - 1e-5)
+        running = torch.minimum(running, torch.cdist(exact, exact[[index]])[:, 0])
+
+
+def test_coreset_ratio_size_seed_and_full_ratio():
+    points = torch.randn(500, 8, generator=torch.Generator().manual_seed(1))
+    first = approximate_greedy_coreset(points, 0.1, seed=3)
+    assert len(first) == 50 and torch.equal(first, approximate_greedy_coreset(points, 0.1, seed=3))
+    assert torch.equal(approximate_greedy_coreset(points, 1.0, seed=3), torch.arange(500))
+
+
+def test_faiss_search_equals_brute_force():
+    generator = torch.Generator().manual_seed(2)
+    bank = torch.randn(400, 32, generator=generator)
+    queries = torch.randn(150, 32, generator=generator)
+    distances, indices = NearestNeighbours(bank).search(queries, k=3, chunk=40)
+    expected = torch.cdist(queries.double(), bank.double()).topk(3, largest=False)
+    assert torch.equal(indices, expected.indices)
+    assert torch.allclose(distances.double(), expected.values, atol=1e-4)
+
+
+def test_reweighted_score_matches_hand_computation():
+    # s* = 2, ||m_test - m*|| = 1, N_b(m*) at distances 1, 2, 3 from m_test:
+    # s = (1 - e / (e + e^2 + e^3)) * 2 = (1 - 1 / 11.107337927) * 2 = 1.819938
+    score = reweighted_score(
+        torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([[1.0, 2.0, 3.0]])
+    )
+    assert score.item() == pytest.approx(1.819938, abs=1e-6)
+
+
+def test_reweighted_method_follows_eq_7(fitted):
+    method, _ = fitted
+    reweighting = factory(small_config(coreset_ratio=0.25, scoring="reweighted"), Runtime(seed=0))
+    reweighting.load_fitted_state(method.fitted_state())
+    test = images(2, seed=5)
+    patch, features = brute_force_patch_scores(method, test)
+    bank = method.bank.double()
+    for i in range(len(test)):
+        worst = patch[i].flatten().argmax()
+        m_test = features[i, worst].double()
+        to_bank = torch.linalg.vector_norm(bank - m_test, dim=1)
+        m_star = bank[to_bank.argmin()]
+        neighbourhood = torch.linalg.vector_norm(bank - m_star, dim=1).topk(9, largest=False)
+        denominator = torch.exp(to_bank[neighbourhood.indices]).sum()
+        expected = (1 - math.exp(to_bank.min().item()) / denominator) * to_bank.min()
+        assert reweighting.predict(test[i : i + 1]).scores.item() == pytest.approx(
+            expected.item(), rel=1e-4
+        )
+
+
+def test_maps_at_input_size_smoothed_and_scores_are_max(fitted):
+    method, _ = fitted
+    test = images(3, seed=7)
+    prediction = method.predict(test)
+    assert prediction.scores.shape == (3,) and prediction.maps.shape == (3, SIZE, SIZE)
+    patch, _ = brute_force_patch_scores(method, test)
+    assert torch.allclose(prediction.scores.double(), patch.flatten(1).max(1).values, rtol=1e-4)
+    upsampled = F.interpolate(patch[:, None], size=(SIZE, SIZE), mode="bilinear")[:, 0]
+    expected = np.stack([gaussian_filter(m, sigma=4.0) for m in upsampled.numpy()])
+    assert np.allclose(prediction.maps.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("shape", "sigma"), [((37, 50), 4.0), ((10, 7), 4.0), ((20, 20), 1.5)])
+def test_gaussian_blur_equals_scipy(shape, sigma):
+    maps = torch.rand(2, *shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = np.stack([gaussian_filter(m, sigma=sigma) for m in maps.numpy()])
+    assert np.allclose(gaussian_blur(maps, sigma).numpy(), expected, atol=1e-12)
+
+
+def test_saved_and_loaded_models_give_identical_scores(fitted, tmp_path):
+    method, _ = fitted
+    test = images(2, seed=9)
+    before = method.predict(test)
+    torch.save(method.fitted_state(), tmp_path / "bank.pt")
+    state = torch.load(tmp_path / "bank.pt", weights_only=True)
+    restored = factory(small_config(coreset_ratio=0.25), Runtime(seed=0))
+    restored.load_fitted_state(state)
+    after = restored.predict(test)
+    assert torch.equal(before.scores, after.scores) and torch.equal(before.maps, after.maps)
+    assert restored.memory_bank_bytes() == method.bank.numel() * 4
+    with pytest.raises(PluginError, match="other settings"):
+        factory(small_config(patch_size=5), Runtime(seed=0)).load_fitted_state(state)
+    with pytest.raises(PluginError, match="other backbone weights"):
+        factory(small_config(coreset_ratio=0.25), Runtime(seed=1)).load_fitted_state(state)
+
+
+def test_full_ratio_bank_is_every_patch_feature(fitted):
+    method, train = fitted
+    full = factory(small_config(coreset_ratio=1.0), Runtime(seed=0))
+    full.fit(FitContext("toy", "toy", 6, [train[:4], train[4:]]))
+    with torch.no_grad():
+        features, _ = method.model(method.geometry.normalize(train))
+    features = features.reshape(-1, features.shape[-1])
+    assert torch.allclose(full.bank, features, atol=1e-6)
+    # the coreset bank is a subset of those features, of the authors' size int(N * ratio)
+    assert len(method.bank) == int(len(features) * 0.25)
+    assert torch.cdist(method.bank.double(), features.double()).min(1).values.max() < 1e-6
+
+
+def test_fit_without_images_is_a_plugin_error(fitted):
+    method, _ = fitted
+    with pytest.raises(PluginError, match="no training images"):
+        method.fit(FitContext("toy", "toy", 0, []))
+
+
+def test_local_aggregation_is_a_3x3_mean_when_pooling_keeps_channels():
+    maps = torch.randn(2, 16, 9, 7, generator=torch.Generator().manual_seed(4))
+    expected = F.avg_pool2d(maps, 3, stride=1, padding=1, count_include_pad=True)
+    assert torch.allclose(local_aggregation(maps, 3, 16), expected, atol=1e-6)
+
+
+def authors_patch_features(maps: list[torch.Tensor], pre: int, target: int) -> torch.Tensor:
+    """Transcription of patchcore-inspection's PatchCore._embed + Preprocessing + Aggregator."""
+    patched = []
+    for feature_map in maps:
+        b, c, h, w = feature_map.shape
+        unfolded = F.unfold(feature_map, kernel_size=3, padding=1).reshape(b, c, 3, 3, -1)
+        patched.append((unfolded.permute(0, 4, 1, 2, 3), (h, w)))
+    out, (h0, w0) = [patched[0][0]], patched[0][1]
+    for features, (h, w) in patched[1:]:
+        features = features.reshape(features.shape[0], h, w, *features.shape[2:])
+        features = features.permute(0, -3, -2, -1, 1, 2)
+        base = features.shape
+        features = features.reshape(-1, h, w).unsqueeze(1)
+        features = F.interpolate(features, size=(h0, w0), mode="bilinear", align_corners=False)
+        features = features.squeeze(1).reshape(*base[:-2], h0, w0)
+        features = features.permute(0, -2, -1, 1, 2, 3)
+        out.append(features.reshape(len(features), -1, *features.shape[-3:]))
+    flat = [x.reshape(-1, *x.shape[-3:]) for x in out]
+    pooled = [F.adaptive_avg_pool1d(x.reshape(len(x), 1, -1), pre).squeeze(1) for x in flat]
+    stacked = torch.stack(pooled, dim=1).reshape(len(pooled[0]), 1, -1)
+    return F.adaptive_avg_pool1d(stacked, target).reshape(len(stacked), -1)
+
+
+def test_patch_features_match_authors_code_and_shapes():
+    config = small_config(pretrain_embed_dimension=96, target_embed_dimension=80)
+    method = factory(config, Runtime(seed=0))
+    batch = method.geometry.normalize(images(2, seed=11))
+    with torch.no_grad():
+        features, grid = method.model(batch)
+        maps = method.model.backbone(batch)
+    assert [m.shape[1:] for m in maps] == [(128, 8, 8), (256, 4, 4)]
+    assert grid == (8, 8) and features.shape == (2, 64, 80)
+    expected = authors_patch_features(maps, 96, 80).reshape(2, 64, 80)
+    assert torch.allclose(features, expected, atol=1e-5)
+
+
+def test_layer_names_resolve_through_feature_info():
+    names = ["act1", "layer1", "layer2", "layer3", "layer4"]
+    assert resolve_out_indices(names, ["layer2", "layer3"]) == (2, 3)
+    with pytest.raises(ConfigError, match="layer9"):
+        resolve_out_indices(names, ["layer9"])
+    with pytest.raises(ConfigError, match="shallow to deep"):
+        resolve_out_indices(names, ["layer3", "layer2"])
+
+
+def test_local_checkpoint_loads_and_missing_tag_names_cache(tmp_path, monkeypatch):
+    torch.manual_seed(5)
+    source = timm.create_model("resnet18", pretrained=False)
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    backbone, identity = build_backbone("resnet18", str(tmp_path / "resnet18.pth"), ["layer2"], 0)
+    assert torch.equal(
+        backbone.state_dict()["layer2.0.conv1.weight"], source.layer2[0].conv1.weight
+    )
+    assert identity["random"] is False
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(WeightsError) as caught:
+        build_backbone("resnet18", "a1_in1k", ["layer2"], 0)
+    message = str(caught.value)
+    assert "resnet18.a1_in1k" in message and str(tmp_path / "hub") in message
+    assert "pretrained=True" in message
