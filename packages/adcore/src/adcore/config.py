@@ -166,24 +166,26 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def read_yaml_mapping(path: Path, what: str, where: str) -> dict[str, Any]:
+    """A YAML file that must exist and hold a mapping; errors name the file and the fix."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist.", f"Check {where}.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} {path} is not valid YAML: {error}", "Fix the syntax.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping of keys.", f"See {where}.")
+    return data
+
+
 def load_yaml_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a config file and the files it extends (relative to it), base first."""
     path = path.expanduser().resolve()
     if path in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, path))
         raise ConfigError(f"Config files extend each other in a cycle: {cycle}.", "Break it.")
-    if not path.is_file():
-        raise ConfigError(
-            f"Config file {path} does not exist.", "Check the path given to --config or extends."
-        )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(
-            f"Config file {path} is not valid YAML: {error}", "Fix the syntax."
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"Config file {path} must hold a mapping of sections.", "")
+    data = read_yaml_mapping(path, "Config file", "the path given to --config or extends")
     parent = data.pop("extends", None)
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:

@@ -29,10 +29,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adcore.config import build_raw_config, deep_merge, format_validation, nested
+from adcore.config import (
+    build_raw_config,
+    deep_merge,
+    format_validation,
+    nested,
+    read_yaml_mapping,
+)
 from adcore.errors import ConfigError
 
 PATH_AXES = ("model.name", "data.dataset")  # already in results/<dataset>/<method>/
@@ -173,16 +178,7 @@ def describe_point(point: dict[str, Any]) -> str:
 
 def load_sweep(path: Path) -> Sweep:
     path = path.expanduser().resolve()
-    if not path.is_file():
-        raise ConfigError(f"Sweep file {path} does not exist.", "Check the path given to ad sweep.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(
-            f"Sweep file {path} is not valid YAML: {error}", "Fix the syntax."
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"Sweep file {path} must hold a mapping.", "See `ad sweep --help`.")
+    data = read_yaml_mapping(path, "Sweep file", "the path given to ad sweep")
     try:
         spec = SweepFile.model_validate(data)
     except ValidationError as error:
