@@ -159,9 +159,11 @@ def drop_bad_samples(
     return kept, len(samples) - len(kept)
 
 
-def _on_device(loader: Any, device: str) -> Iterator[Any]:
+def _on_device(loader: Any, device: str, advance: Any) -> Iterator[Any]:
+    """Support images to the device, advancing the fit bar as the method consumes them."""
     for batch in loader:
         yield batch["image"].to(device, non_blocking=True)
+        advance(len(batch["image"]))
 
 
 def _crop_box(size: tuple[int, int], config: ResolvedConfig, method: Method) -> tuple[int, ...]:
@@ -305,14 +307,17 @@ class Evaluation:
         support = (prepared or self.prepare(category)).support
         method = self.build_method()
         loader = make_loader(support, method.geometry, data.batch_size, data.num_workers)
-        self.progress.note(f"{category}: fitting on {len(support)} image(s)")
-        with torch.no_grad(), self.runtime.autocast():
+        with (
+            self.progress.task(f"{category}: fit", total=len(support)) as advance,
+            torch.no_grad(),
+            self.runtime.autocast(),
+        ):
             method.fit(
                 FitContext(
                     category=category,
                     class_name=self.dataset.class_name(category),
                     num_images=len(support),
-                    batches=_on_device(loader, self.runtime.device) if support else [],
+                    batches=_on_device(loader, self.runtime.device, advance) if support else [],
                     show_progress=self.options.show_progress,
                 )
             )
@@ -395,7 +400,7 @@ class Evaluation:
         maps = np.empty((len(test), size, size), dtype=np.float32)
         masks = np.empty((len(test), size, size), dtype=bool)
         loader = make_loader(test, geometry, data.batch_size, workers)
-        with self.progress.task(f"{category}", total=len(test)) as advance:
+        with self.progress.task(f"{category}: predict", total=len(test)) as advance:
             for batch in loader:
                 images = batch["image"].to(self.runtime.device, non_blocking=True)
                 with torch.no_grad(), self.runtime.autocast():
@@ -433,6 +438,7 @@ class Evaluation:
             self.progress.note(f"{category}: anomalous images without masks, pixel metrics n/a")
         efficiency: dict[str, float] = {}
         if self.config.base.evaluation.latency.enabled:
+            self.progress.note(f"{category}: measuring latency, throughput and FLOPs")
             efficiency = efficiency_figures(method, self.runtime, self.config)
 
         result = CategoryResult(
