@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,3 +22,19 @@ class EvalData:
     labels: np.ndarray  # [N] int, 1 anomalous
     maps: np.ndarray | Sequence[np.ndarray]  # [N,H,W] float32
     masks: np.ndarray | Sequence[np.ndarray]  # [N,H,W] bool
+
+    @functools.cached_property
+    def image_counts(self) -> Any:
+        """Rank counts of the image scores, sorted once for every image metric."""
+        from adcore.metrics.inputs import split_scores
+        from adcore.metrics.ranking import rank_counts
+
+        return rank_counts(*split_scores(self.scores, self.labels))
+
+    @functools.cached_property
+    def pixel_counts(self) -> Any:
+        """Rank counts of all pixels, sorted once for every pixel metric (the costly sort)."""
+        from adcore.metrics.inputs import split_pixels
+        from adcore.metrics.ranking import rank_counts
+
+        return rank_counts(*split_pixels(self.maps, self.masks))

@@ -22,22 +22,14 @@ class ProConfig(PluginConfig):
     fpr_limit: float = Field(0.3, gt=0.0, le=1.0)
 
 
-def _image(name: str) -> Callable[[EmptyConfig], MetricFn]:
+def _from_counts(level: str, statistic: str) -> Callable[[EmptyConfig], MetricFn]:
+    """A metric read off the category's rank counts, which all metrics of a level share."""
+
     def factory(config: EmptyConfig) -> MetricFn:
-        from adcore import metrics
+        from adcore.metrics import ranking
 
-        function = getattr(metrics, name)
-        return lambda data: function(data.scores, data.labels)
-
-    return factory
-
-
-def _pixel(name: str) -> Callable[[EmptyConfig], MetricFn]:
-    def factory(config: EmptyConfig) -> MetricFn:
-        from adcore import metrics
-
-        function = getattr(metrics, name)
-        return lambda data: function(data.maps, data.masks)
+        function = getattr(ranking, f"{statistic}_from_counts")
+        return lambda data: function(getattr(data, f"{level}_counts"))
 
     return factory
 
@@ -55,37 +47,37 @@ def metric_specs() -> list[MetricSpec]:
             name="image_auroc",
             summary="Image-level AUROC (ties half credit, as roc_auc_score).",
             level="image",
-            factory=_image("image_auroc"),
+            factory=_from_counts("image", "auroc"),
         ),
         MetricSpec(
             name="image_ap",
             summary="Image-level average precision (as average_precision_score).",
             level="image",
-            factory=_image("image_ap"),
+            factory=_from_counts("image", "ap"),
         ),
         MetricSpec(
             name="image_f1_max",
             summary="Image-level F1 at the best threshold.",
             level="image",
-            factory=_image("image_f1_max"),
+            factory=_from_counts("image", "f1_max"),
         ),
         MetricSpec(
             name="pixel_auroc",
             summary="Pixel-level AUROC over all pixels of the category.",
             level="pixel",
-            factory=_pixel("pixel_auroc"),
+            factory=_from_counts("pixel", "auroc"),
         ),
         MetricSpec(
             name="pixel_ap",
             summary="Pixel-level average precision over all pixels of the category.",
             level="pixel",
-            factory=_pixel("pixel_ap"),
+            factory=_from_counts("pixel", "ap"),
         ),
         MetricSpec(
             name="pixel_f1_max",
             summary="Pixel-level F1 at the best threshold.",
             level="pixel",
-            factory=_pixel("pixel_f1_max"),
+            factory=_from_counts("pixel", "f1_max"),
         ),
         MetricSpec(
             name="pro",
