@@ -184,3 +184,10 @@ def test_eval_through_the_entry_point_prints_a_table_and_writes_json(mvtec_root,
     assert [c["category"] for c in summary["categories"]] == ["plate", "widget"]
     assert summary["categories"][0]["num_support"] == 6
     assert summary["categories"][0]["efficiency"]["latency_ms_median"] > 0
+
+
+def test_usage_errors_exit_with_code_2(mvtec_root, tmp_path):
+    unknown_option = run_ad(*eval_args(mvtec_root, tmp_path / "out"), "--bogus")
+    assert unknown_option.returncode == 2 and "No such option" in unknown_option.stderr
+    bad_k_shot = run_ad(*eval_args(mvtec_root, tmp_path / "out"), "--k-shot", "two")
+    assert bad_k_shot.returncode == 2 and "Traceback" not in bad_k_shot.stderr

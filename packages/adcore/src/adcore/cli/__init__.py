@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 from rich.console import Console
 
@@ -42,25 +41,14 @@ def main() -> None:
     """Entry point of the ``ad`` script."""
     debug = os.environ.get("AD_DEBUG") == "1"
     try:
-        code = app(standalone_mode=False)  # typer.Exit(code) comes back as a return value
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        # standalone: usage errors print the usage and exit 2; typer.Exit codes are kept
+        app()
     except AdError as error:
         if debug:
             raise
         _fail(str(error), error.exit_code)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
-    except click.exceptions.Abort:
-        _fail("Aborted.", 1)
-    except click.ClickException as error:
+    except OSError as error:  # e.g. a full disk or a permission problem while writing
         if debug:
             raise
-        error.show()
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        _fail("Interrupted. Finished categories are saved; rerun the same command to resume.", 130)
-    except PermissionError as error:
-        if debug:
-            raise
-        _fail(f"Permission denied: {error.filename}. Choose a writable location.", 1)
+        where = f" ({error.filename})" if error.filename else ""
+        _fail(f"{error.strerror or error}{where}. Check the path and free space.", 1)
