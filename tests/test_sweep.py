@@ -239,3 +239,19 @@ def test_ray_retries_a_unit_whose_worker_died(tmp_path, data_root, ray_cluster, 
     files = metric_files(output)
     assert len(files) == 8
     assert files[f"{failed}/metrics.csv"].stat().st_mtime_ns >= marker.stat().st_mtime_ns
+
+
+def test_the_shipped_winclip_paper_sweep_expands_to_the_paper_grid():
+    from adcore.config import resolve, validate_base
+    from adcore.plugins import get_registry
+    from adcore.sweep.spec import load_sweep
+
+    path = Path(__file__).resolve().parents[1] / "configs/sweeps/winclip_paper.yaml"
+    sweep = load_sweep(path)
+    points = sweep.points()
+    # 2 data sets x (1 zero-shot + 3 few-shot settings x 5 seeds)
+    assert len(points) == 2 * (1 + 3 * 5)
+    for point in points:
+        config = resolve(validate_base(sweep.raw_config(point)), get_registry())
+        assert config.method.spec.name == "winclip"
+        assert config.method_config.pretrained == "laion400m_e31"
