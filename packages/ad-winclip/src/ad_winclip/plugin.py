@@ -46,7 +46,7 @@ class WinClipConfig(PluginConfig):
 
 def factory(config: WinClipConfig, runtime: Any) -> Any:
     """Build the method: weights, model, geometry (heavy imports happen here)."""
-    from ad_winclip.model import build
+    from ad_winclip.method import build
 
     return build(config, runtime)
 
