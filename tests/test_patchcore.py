@@ -16,10 +16,11 @@ from scipy.ndimage import gaussian_filter
 
 from ad_patchcore.backbone import build_backbone, resolve_out_indices
 from ad_patchcore.coreset import approximate_greedy_coreset, greedy_coreset
-from ad_patchcore.model import gaussian_blur, local_aggregation, reweighted_score
+from ad_patchcore.model import local_aggregation, reweighted_score
 from ad_patchcore.plugin import PatchCoreConfig, adcore_methods, factory
 from ad_patchcore.search import NearestNeighbours
 from adcore.errors import ConfigError, PluginError, WeightsError
+from adcore.maps import gaussian_blur
 from adcore.method import FitContext, Runtime
 from adcore.records import Capability
 

@@ -12,9 +12,10 @@ from torch import nn
 
 from ad_afclip.clip_models import load_clip
 from ad_afclip.losses import dice_loss, focal_loss, l1_loss, patch_alignment_loss
-from ad_afclip.model import AFCLIP, gaussian_blur, grid_labels, memory_scores, upsample
+from ad_afclip.model import AFCLIP, grid_labels, memory_scores
 from ad_afclip.plugin import AFCLIPConfig
 from adcore.errors import WeightsError
+from adcore.maps import anomaly_map
 from adcore.method import (
     CLIP_MEAN,
     CLIP_STD,
@@ -186,7 +187,7 @@ class AFCLIPMethod(TrainableMethod):
             weight = self.config.fewshot_weight
             scores = memory.flatten(1).amax(dim=1) + weight * scores
             maps = memory + weight * maps
-        maps = gaussian_blur(upsample(maps, self.geometry.output_size), self.config.map_sigma)
+        maps = anomaly_map(maps, self.geometry.output_size, self.config.map_sigma)
         return Prediction(scores=scores, maps=maps)
 
     def fitted_state(self) -> dict[str, Any]:

@@ -172,29 +172,6 @@ def memory_scores(tokens: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -
     return distances.mean(dim=0).reshape(batch, length)
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """[B, H, W] -> [B, H, W], separable Gaussian truncated at 4 sigma, reflected borders."""
-    if sigma <= 0:
-        return maps
-    radius = min(int(4 * sigma + 0.5), maps.shape[-1] - 1, maps.shape[-2] - 1)
-    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float32)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).to(maps.dtype)
-    x = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    return x[:, 0]
-
-
-def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
-    """[B, h, w] -> [B, size, size], bilinear."""
-    if maps.shape[-1] == size and maps.shape[-2] == size:
-        return maps
-    return F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[
-        :, 0
-    ]
-
-
 def grid_labels(masks: torch.Tensor, grid: int) -> torch.Tensor:
     """[B, H, W] float masks -> [B, grid, grid] 0/1 patch labels (bilinear, >= 0.5)."""
     resized = F.interpolate(

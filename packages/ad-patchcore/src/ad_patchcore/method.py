@@ -10,10 +10,11 @@ from torch import nn
 
 from ad_patchcore.backbone import build_backbone
 from ad_patchcore.coreset import approximate_greedy_coreset, random_projection
-from ad_patchcore.model import LocallyAwarePatchFeatures, anomaly_map, reweighted_score
+from ad_patchcore.model import LocallyAwarePatchFeatures, reweighted_score
 from ad_patchcore.plugin import PatchCoreConfig
 from ad_patchcore.search import NearestNeighbours
 from adcore.errors import PluginError
+from adcore.maps import anomaly_map
 from adcore.method import FitContext, InputGeometry, Method, Prediction, Runtime
 
 # Settings that change the bank; a saved bank only loads into a model that agrees on them.

@@ -57,38 +57,6 @@ class LocallyAwarePatchFeatures(nn.Module):
         return merged.squeeze(1).transpose(1, 2).contiguous(), (grid[0], grid[1])
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    """Separable Gaussian with scipy.ndimage.gaussian_filter's kernel and 'reflect' borders,
-    as the authors smooth maps (sigma 4), but batched on the device."""
-    # [B, H, W] -> [B, H, W]
-    if sigma <= 0:
-        return maps
-    radius = int(truncate * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(maps.dtype)
-    out = maps
-    for axis in (1, 2):
-        size = out.shape[axis]
-        index = torch.arange(-radius, size + radius, device=maps.device) % (2 * size)
-        index = torch.where(index < size, index, 2 * size - 1 - index)  # half-sample mirror
-        padded = out.index_select(axis, index)
-        lines = padded.movedim(axis, -1)  # [B, other, size + 2r]
-        shape = lines.shape
-        filtered = F.conv1d(lines.reshape(-1, 1, shape[-1]), kernel.view(1, 1, -1))
-        out = filtered.reshape(*shape[:-1], size).movedim(-1, axis)
-    return out
-
-
-def anomaly_map(patch_scores: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """Patch scores upsampled bilinearly to the input size, then Gaussian-smoothed (Sec. 3.3)."""
-    # [B, h, w] -> [B, size, size]
-    upsampled = F.interpolate(
-        patch_scores.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False
-    ).squeeze(1)
-    return gaussian_blur(upsampled, sigma)
-
-
 def reweighted_score(
     max_score: torch.Tensor, nearest_distance: torch.Tensor, neighbourhood: torch.Tensor
 ) -> torch.Tensor:

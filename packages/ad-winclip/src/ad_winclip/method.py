@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ad_winclip.backbone import load_clip
 from ad_winclip.model import WinClip
 from adcore.errors import ConfigError, PluginError
+from adcore.maps import upsample
 from adcore.method import (
     CLIP_MEAN,
     CLIP_STD,
@@ -47,10 +47,7 @@ class WinClipMethod(Method):
 
     def predict(self, images: torch.Tensor) -> Prediction:
         output = self.model(self._normalize(images))
-        size = self.geometry.output_size
-        maps = F.interpolate(
-            output.maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False
-        )[:, 0]
+        maps = upsample(output.maps.float(), self.geometry.output_size)
         return Prediction(scores=output.scores.float(), maps=maps)
 
     def modules(self) -> dict[str, nn.Module]:

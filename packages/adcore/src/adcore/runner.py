@@ -183,8 +183,9 @@ def original_resolution(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Maps resized (bilinear) to each mask's own size, cropped alike."""
     import torch
-    import torch.nn.functional as F
     from PIL import Image
+
+    from adcore.maps import upsample
 
     resized_maps, masks = [], []
     for value, sample in zip(maps, samples, strict=True):
@@ -192,9 +193,7 @@ def original_resolution(
             size = image.size
         mask = read_mask(sample.mask_path, size).crop(_crop_box(size, config, method))
         target = np.asarray(mask, dtype=bool)  # [H,W]
-        tensor = torch.from_numpy(value)[None, None]  # [1,1,S,S]
-        up = F.interpolate(tensor, size=target.shape, mode="bilinear", align_corners=False)
-        resized_maps.append(up[0, 0].numpy())
+        resized_maps.append(upsample(torch.from_numpy(value)[None], target.shape)[0].numpy())
         masks.append(target)
     return resized_maps, masks
 
