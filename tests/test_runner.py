@@ -191,3 +191,27 @@ def test_usage_errors_exit_with_code_2(mvtec_root, tmp_path):
     assert unknown_option.returncode == 2 and "No such option" in unknown_option.stderr
     bad_k_shot = run_ad(*eval_args(mvtec_root, tmp_path / "out"), "--k-shot", "two")
     assert bad_k_shot.returncode == 2 and "Traceback" not in bad_k_shot.stderr
+
+
+def test_original_resolution_compares_maps_at_each_masks_own_size(mvtec_root, tmp_path):
+    import json
+
+    import torch
+    from PIL import Image
+    from sklearn.metrics import roc_auc_score
+
+    config = _config(mvtec_root, tmp_path / "out", "data.categories=[plate]",
+                     "evaluation.resolution=original")  # fmt: skip
+    result = _run(config, save_maps=True)
+    run_dir = result.run_dir
+    assert json.loads((run_dir / "env.json").read_text())["evaluation_resolution"] == "original"
+    values, truths = [], []
+    for tiff in sorted((run_dir / "plate/maps").rglob("*.tiff")):
+        small = torch.from_numpy(np.array(Image.open(tiff), dtype=np.float32))  # [32,32]
+        up = torch.nn.functional.interpolate(small[None, None], size=(64, 64), mode="bilinear")
+        values.append(up[0, 0].numpy().ravel())
+        mask_file = mvtec_root / "plate/ground_truth" / tiff.parent.name / f"{tiff.stem}_mask.png"
+        mask = np.asarray(Image.open(mask_file)) > 0 if mask_file.exists() else np.zeros((64, 64))
+        truths.append(np.asarray(mask, bool).ravel())
+    expected = roc_auc_score(np.concatenate(truths), np.concatenate(values))
+    assert result.categories[0].metrics["pixel_auroc"] == pytest.approx(expected, abs=1e-6)
