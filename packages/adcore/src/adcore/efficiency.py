@@ -32,6 +32,17 @@ if TYPE_CHECKING:
     from adcore.method import Method, Runtime
 
 MIB = 2**20
+# the figures written to each category's metrics.csv; all but throughput are better lower
+RESULT_COLUMNS = (
+    "latency_ms_median",
+    "latency_ms_p90",
+    "throughput_ips",
+    "peak_memory_mb",
+    "params_total",
+    "memory_bank_mb",
+    "gflops",
+)
+LOWER_IS_BETTER = frozenset(RESULT_COLUMNS) - {"throughput_ips"}
 
 
 class EfficiencyFigures(BaseModel):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from adcore.dataset import Sample
-from adcore.errors import ConfigError, DataError, UsageError
+from adcore.errors import DataError, UsageError
 from adcore.loading import IMAGE_EXTENSIONS
 from adcore.method import Method
 from adcore.metrics import image_f1_threshold
@@ -116,27 +116,19 @@ def pick_category(run_dir: Path, category: str | None) -> str:
 def load_method(run_dir: Path, category: str, device: str = "auto") -> tuple[Any, Method, Any]:
     """The run's resolved config, its method with ``category``'s fitted state loaded, and
     the runtime (device, precision) it runs under."""
-    import torch
-    import yaml
-
-    from adcore.config import resolve, validate_base
+    from adcore.config import load_yaml_file, resolve, validate_base
     from adcore.method import Runtime
     from adcore.plugins import get_registry
-    from adcore.runner import resolve_device
+    from adcore.runner import build_method, read_fitted_state, resolve_device
 
-    try:
-        raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{run_dir / 'config.yaml'} is not valid YAML: {error}", "") from None
-    config = resolve(validate_base(raw), get_registry())
+    config = resolve(validate_base(load_yaml_file(run_dir / "config.yaml")), get_registry())
     runtime = Runtime(
         device=resolve_device(device),
         precision=config.base.model.precision,
         seed=config.base.experiment.seed,
     )
-    torch.manual_seed(runtime.seed)  # as the runner does, so random initialisation matches
-    method = config.method.spec.factory(config.method_config, runtime)
-    state = torch.load(run_dir / category / "model.pt", map_location="cpu", weights_only=True)
+    method = build_method(config, runtime)
+    state = read_fitted_state(run_dir / category / "model.pt")
     method.load_fitted_state(state)
     return config, method, runtime
 

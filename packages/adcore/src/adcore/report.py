@@ -20,12 +20,11 @@ from typing import Any
 
 import yaml
 
+from adcore.efficiency import LOWER_IS_BETTER, RESULT_COLUMNS
 from adcore.errors import DataError
 from adcore.results import atomic_write_bytes, atomic_write_text, csv_text
 
-LOWER_IS_BETTER = {"latency_ms_median", "latency_ms_p90", "peak_memory_mb", "params_total",
-                   "memory_bank_mb", "gflops"}  # fmt: skip
-EFFICIENCY_NAMES = {*LOWER_IS_BETTER, "throughput_ips"}
+EFFICIENCY_NAMES = frozenset(RESULT_COLUMNS)
 RANDOM_TAG = "(random weights)"
 ACCURACY_PREFERENCE = ("image_auroc", "pixel_auroc", "pro")
 

@@ -42,16 +42,6 @@ from adcore.results import (
 )
 from adcore.support import choose_support
 
-EFFICIENCY_COLUMNS = (
-    "latency_ms_median",
-    "latency_ms_p90",
-    "throughput_ips",
-    "peak_memory_mb",
-    "params_total",
-    "memory_bank_mb",
-    "gflops",
-)
-
 
 @dataclass
 class CategoryData:
@@ -209,7 +199,7 @@ def write_map(path: Any, value: np.ndarray) -> None:
 def efficiency_figures(
     method: Method, runtime: Runtime, config: ResolvedConfig
 ) -> dict[str, float]:
-    from adcore.efficiency import measure_efficiency
+    from adcore.efficiency import RESULT_COLUMNS, measure_efficiency
 
     latency = config.base.evaluation.latency
     figures = measure_efficiency(
@@ -220,7 +210,7 @@ def efficiency_figures(
         throughput_batch=latency.throughput_batch,
     )
     values = figures.as_numbers()
-    return {k: values[k] for k in EFFICIENCY_COLUMNS if k in values}
+    return {k: values[k] for k in RESULT_COLUMNS if k in values}
 
 
 class Evaluation:
@@ -272,11 +262,7 @@ class Evaluation:
 
     def build_method(self) -> Method:
         if self.method is None:
-            import torch
-
-            torch.manual_seed(self.runtime.seed)
-            spec = self.config.method.spec
-            self.method = spec.factory(self.config.method_config, self.runtime)
+            self.method = build_method(self.config, self.runtime)
         return self.method
 
     def prepare(self, category: str) -> CategoryData:
@@ -459,6 +445,21 @@ class Evaluation:
         write_category(self.layout, result, self.metric_names)
         self.progress.note(_category_line(result, self.metric_names))
         return result, CategoryOutputs(test, scores, maps, masks, geometry)
+
+
+def build_method(config: ResolvedConfig, runtime: Runtime) -> Method:
+    """The config's method, seeded first so random initialisation is the same everywhere."""
+    import torch
+
+    torch.manual_seed(runtime.seed)
+    return config.method.spec.factory(config.method_config, runtime)
+
+
+def read_fitted_state(path: Path) -> dict[str, Any]:
+    """What ``save_fitted_state`` wrote, loaded safely (``weights_only=True``)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def save_fitted_state(method: Method, path: Any) -> None:
