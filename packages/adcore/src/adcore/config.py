@@ -147,6 +147,11 @@ class ResolvedConfig(BaseModel):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
+    def metric_names(self) -> list[str]:
+        """Result column of each metric: its name without a ``distribution:`` prefix."""
+        return [m.rpartition(":")[2] for m in self.base.evaluation.metrics]
+
+    @property
     def random_weights(self) -> bool:
         values = weights_fields(self.method_config).values()
         return any(isinstance(v, str) and v.strip().lower() == RANDOM for v in values)

@@ -241,7 +241,7 @@ class Evaluation:
         self.dataset = build_dataset(config.dataset, config.dataset_config, base.data.root)
         self.categories = select_categories(self.dataset, categories or base.data.categories)
         self.resuming = False
-        self.metric_names = [m.rpartition(":")[2] for m in base.evaluation.metrics]
+        self.metric_names = config.metric_names
         self.metrics = {
             name: registry.resolve("metric", qualified).spec
             for name, qualified in zip(self.metric_names, base.evaluation.metrics, strict=True)
@@ -355,15 +355,7 @@ class Evaluation:
             for reporter in self.reporters:
                 reporter.on_category(result, outputs, context)
             results.append(result)
-        run = RunResult(
-            run_dir=self.layout.root,
-            dataset=self.config.dataset.spec.name,
-            method=self.config.method.spec.name,
-            experiment=self.config.base.experiment.name,
-            metric_names=self.metric_names,
-            categories=results,
-            random_weights=bool(self.env.get("random_weights", self.config.random_weights)),
-        )
+        run = run_result(self.config, self.layout, results, self.env)
         for reporter in self.reporters:
             reporter.on_run(run, context)
         return run
@@ -445,6 +437,21 @@ class Evaluation:
         write_category(self.layout, result, self.metric_names)
         self.progress.note(_category_line(result, self.metric_names))
         return result, CategoryOutputs(test, scores, maps, masks, geometry)
+
+
+def run_result(
+    config: ResolvedConfig, layout: RunLayout, results: list[CategoryResult], env: dict[str, Any]
+) -> RunResult:
+    """A run's categories as one result; ``env.json`` knows whether any weights were random."""
+    return RunResult(
+        run_dir=layout.root,
+        dataset=config.dataset.spec.name,
+        method=config.method.spec.name,
+        experiment=config.base.experiment.name,
+        metric_names=config.metric_names,
+        categories=results,
+        random_weights=bool(env.get("random_weights", config.random_weights)),
+    )
 
 
 def build_method(config: ResolvedConfig, runtime: Runtime) -> Method:

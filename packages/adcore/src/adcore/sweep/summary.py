@@ -20,6 +20,7 @@ from typing import Any
 from adcore.plugins import Registry
 from adcore.reporting import RunContext, default_reporters
 from adcore.results import RunResult, atomic_write_text, csv_text, read_category
+from adcore.runner import run_result
 from adcore.sweep.plan import Experiment
 
 SEED_KEY = "experiment.seed"
@@ -27,26 +28,13 @@ SETTING_COLUMNS = ("method", "dataset", "k_shot")
 SETTING_KEYS = ("model.name", "data.dataset", "data.k_shot")
 
 
-def metric_names(experiment: Experiment) -> list[str]:
-    return [m.rpartition(":")[2] for m in experiment.config.base.evaluation.metrics]
-
-
 def rewrite_run_summary(experiment: Experiment, registry: Registry) -> RunResult:
     """Read back every finished category and call the default reporters, as a resume does."""
     layout, config = experiment.layout, experiment.config
-    names = metric_names(experiment)
     finished = [c for c in experiment.categories if layout.metrics(c).exists()]
-    results = [read_category(layout, c, names) for c in finished]
+    results = [read_category(layout, c, config.metric_names) for c in finished]
     env = json.loads(layout.env.read_text()) if layout.env.exists() else {}
-    run = RunResult(
-        run_dir=layout.root,
-        dataset=config.dataset.spec.name,
-        method=config.method.spec.name,
-        experiment=config.base.experiment.name,
-        metric_names=names,
-        categories=results,
-        random_weights=config.random_weights,
-    )
+    run = run_result(config, layout, results, env)
     if not results:
         return run
     context = RunContext(layout, config, env)
