@@ -71,9 +71,17 @@ def write_distribution(site: Path, name: str, module_source: str, entry_point: s
     return site
 
 
-def eval_args(data: Path, output: Path, k_shot: str = "2") -> list[str]:
-    """``ad eval`` of the example method on an MVTec-layout tree (weight-free, fast)."""
+def eval_args(data: Path, output: Path, k_shot: str = "2", dataset: str = "mvtec") -> list[str]:
+    """``ad eval`` of the example method (weight-free, fast) on a data set tree."""
     return [
-        "eval", "--method", "pixel-gaussian", "--dataset", "mvtec", "--data-root", str(data),
+        "eval", "--method", "pixel-gaussian", "--dataset", dataset, "--data-root", str(data),
         "--k-shot", k_shot, "--output", str(output),
+    ]  # fmt: skip
+
+
+def fast_flags(resolution: int = 32) -> list[str]:
+    """Options that keep a test run to seconds: small maps, no probe, no workers, no bars."""
+    return [
+        "--no-progress", "--set", f"model.resolution={resolution}",
+        "--set", "evaluation.latency.enabled=false", "--set", "data.num_workers=0",
     ]  # fmt: skip

@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import json
 
-from adtest import run_ad
+from adtest import eval_args, fast_flags, run_ad
 from test_datacheck import write_tree
 from test_datasets_folder import write_normal_abnormal
 from test_datasets_visa import COUNTS, write_visa
 
-FAST = ("--set", "model.resolution=16", "--set", "evaluation.latency.enabled=false",
-        "--no-progress")  # fmt: skip
+FAST = fast_flags(resolution=16)
 
 
 def _summary(run_dir):
@@ -21,20 +20,7 @@ def _summary(run_dir):
 
 def test_eval_on_a_visa_tree(tmp_path):
     root = write_visa(tmp_path / "visa")
-    result = run_ad(
-        "eval",
-        "--method",
-        "pixel-gaussian",
-        "--dataset",
-        "visa",
-        "--data-root",
-        str(root),
-        "-k",
-        "1",
-        "--output",
-        str(tmp_path / "out"),
-        *FAST,
-    )
+    result = run_ad(*eval_args(root, tmp_path / "out", "1", "visa"), *FAST)
     assert result.returncode == 0, result.stderr
     rows = _summary(tmp_path / "out/visa/pixel-gaussian/default")
     assert set(rows) == {*COUNTS, "mean"}
@@ -47,20 +33,7 @@ def test_eval_on_a_visa_tree(tmp_path):
 
 def test_eval_on_a_folder_without_masks_reports_pixel_metrics_as_missing(tmp_path):
     root = write_normal_abnormal(tmp_path / "parts", masks=False)
-    result = run_ad(
-        "eval",
-        "--method",
-        "pixel-gaussian",
-        "--dataset",
-        "folder",
-        "--data-root",
-        str(root),
-        "-k",
-        "2",
-        "--output",
-        str(tmp_path / "out"),
-        *FAST,
-    )
+    result = run_ad(*eval_args(root, tmp_path / "out", "2", "folder"), *FAST)
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out/folder/pixel-gaussian/default/summary.json").read_text())
     (category,) = summary["categories"]
@@ -74,20 +47,7 @@ def test_eval_on_a_folder_without_masks_reports_pixel_metrics_as_missing(tmp_pat
 
 def test_a_missing_mask_stops_the_run_or_is_skipped_and_counted(tmp_path):
     root = write_normal_abnormal(tmp_path / "parts", masks=True)  # d1 has no mask
-    args = [
-        "eval",
-        "--method",
-        "pixel-gaussian",
-        "--dataset",
-        "folder",
-        "--data-root",
-        str(root),
-        "-k",
-        "2",
-        "--output",
-        str(tmp_path / "out"),
-        *FAST,
-    ]
+    args = [*eval_args(root, tmp_path / "out", "2", "folder"), *FAST]
     stopped = run_ad(*args)
     assert stopped.returncode == 1
     assert "d1" in stopped.stderr and "--skip-bad-samples" in stopped.stderr

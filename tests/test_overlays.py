@@ -19,7 +19,7 @@ from adcore.reporters.overlay import (
     choose_examples,
     compose_overlay,
 )
-from adtest import eval_args, run_ad, write_mvtec_tree
+from adtest import eval_args, fast_flags, run_ad, write_mvtec_tree
 
 
 def test_f1_optimal_threshold_by_hand():
@@ -94,13 +94,7 @@ def overlay_run(tmp_path_factory) -> Path:
     result = run_ad(
         *eval_args(str(data), str(root / "out"), "3"),
         "--save-maps",
-        "--no-progress",
-        "--set",
-        "model.resolution=32",
-        "--set",
-        "evaluation.latency.enabled=false",
-        "--set",
-        "data.num_workers=0",
+        *fast_flags(),
         "--set",
         "visualization.save_overlay=true",
         "--set",
@@ -168,13 +162,7 @@ def test_no_overlays_unless_asked(tmp_path):
     data = write_mvtec_tree(tmp_path / "mvtec", categories=("plate",))
     result = run_ad(
         *eval_args(str(data), str(tmp_path / "out"), "2"),
-        "--no-progress",
-        "--set",
-        "model.resolution=32",
-        "--set",
-        "evaluation.latency.enabled=false",
-        "--set",
-        "data.num_workers=0",
+        *fast_flags(),
     )
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "out/mvtec/pixel-gaussian/default/plate/overlays").exists()

@@ -11,19 +11,13 @@ from PIL import Image
 
 from adcore.errors import DataError, UsageError
 from adcore.predict import predict
-from adtest import eval_args, run_ad, write_mvtec_tree
+from adtest import eval_args, fast_flags, run_ad, write_mvtec_tree
 
 
 def _eval(data: Path, out: Path, *extra: str) -> Path:
     result = run_ad(
         *eval_args(str(data), str(out), "3"),
-        "--no-progress",
-        "--set",
-        "model.resolution=32",
-        "--set",
-        "evaluation.latency.enabled=false",
-        "--set",
-        "data.num_workers=0",
+        *fast_flags(),
         *extra,
     )
     assert result.returncode == 0, result.stderr

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from adcore.report import build_report
-from adtest import eval_args, run_ad, write_mvtec_tree
+from adtest import eval_args, fast_flags, run_ad, write_mvtec_tree
 
 METRICS = ["image_auroc", "pixel_auroc"]
 
@@ -133,15 +133,9 @@ def test_ad_report_over_two_real_runs(tmp_path):
     for k_shot, name in (("2", "few"), ("all", "full")):
         result = run_ad(
             *eval_args(str(data), str(tmp_path / "out"), k_shot),
-            "--no-progress",
             "--set",
             f"experiment.name={name}",
-            "--set",
-            "model.resolution=32",
-            "--set",
-            "evaluation.latency.enabled=false",
-            "--set",
-            "data.num_workers=0",
+            *fast_flags(),
             "--set",
             "visualization.save_overlay=true",
             "--set",
