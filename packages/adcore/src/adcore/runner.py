@@ -128,7 +128,7 @@ def select_categories(dataset: Dataset, requested: Sequence[str] | None) -> list
     return list(requested)
 
 
-def drop_bad_samples(
+def screen_samples(
     samples: list[Sample], skip: bool, require_masks: bool
 ) -> tuple[list[Sample], int]:
     """Check files before any model work: stop naming each bad file, or leave them out."""
@@ -270,10 +270,10 @@ class Evaluation:
         data = self.config.base.data
         train = self.dataset.samples(category, "train")
         support = choose_support(train, data.k_shot, self.runtime.seed, category)
-        support, skipped_support = drop_bad_samples(
+        support, skipped_support = screen_samples(
             support, data.skip_bad_samples, self.dataset.requires_masks
         )
-        test, skipped_test = drop_bad_samples(
+        test, skipped_test = screen_samples(
             self.dataset.samples(category, "test"),
             data.skip_bad_samples,
             self.dataset.requires_masks,
