@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from ad_afclip.plugin import TINYCLIP_8M
-from adcore.errors import ConfigError, WeightsError
-from adcore.weights import hf_cache_dir, load_checkpoint, missing_weights, parse_weights
+from adcore.errors import WeightsError
+from adcore.openclip import load_open_clip
+from adcore.weights import hf_cache_dir, missing_weights, parse_weights
 
 # Architecture of TinyCLIP-ViT-8M/16 Text-3M (TinyCLIP model zoo, open_clip JSON format).
 TINYCLIP_CONFIGS: dict[str, dict[str, Any]] = {
@@ -67,35 +68,6 @@ def _register_known() -> None:
         register_model_config(name, config)
 
 
-def _clean_state(state: dict[str, Any]) -> dict[str, Any]:
-    """Strip DDP/TinyCLIP wrapper prefixes so keys match open_clip's CLIP."""
-    cleaned = {}
-    for key, value in state.items():
-        for prefix in (*_WRAPPER_PREFIXES, "module."):
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-                break
-        cleaned[key] = value
-    return cleaned
-
-
-def _load_file(model: torch.nn.Module, path: Path, backbone: str) -> None:
-    import open_clip.factory
-
-    state = _clean_state(load_checkpoint(path))
-    if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
-        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
-    open_clip.factory.resize_pos_embed(state, model)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise WeightsError(
-            f"Checkpoint {path} does not fit the open_clip architecture {backbone} "
-            f"({str(error).splitlines()[0]}).",
-            "Set model.backbone to the architecture the checkpoint was trained with.",
-        ) from None
-
-
 def _tinyclip_release(backbone: str, tag: str) -> Path:
     """The released TinyCLIP file in the Hugging Face cache, downloaded once if allowed."""
     url, sha256 = TINYCLIP_RELEASES[(backbone, tag)]
@@ -125,46 +97,10 @@ def _tinyclip_release(backbone: str, tag: str) -> Path:
 
 
 def load_clip(backbone: str, pretrained: str | None) -> torch.nn.Module:
-    """An open_clip CLIP in eval mode with every parameter frozen."""
-    import open_clip
-
+    """An open_clip CLIP in eval mode with every parameter frozen (TinyCLIP included)."""
     _register_known()
-    if backbone not in open_clip.list_models():
-        raise ConfigError(
-            f"Backbone {backbone!r} is not an open_clip architecture.",
-            f"Choose one of open_clip.list_models(), e.g. ViT-L-14-336 or {TINYCLIP_8M}.",
-        )
     source = parse_weights(pretrained)
     if source.kind == "tag" and (backbone, source.value.lower()) in TINYCLIP_RELEASES:
-        source = parse_weights(str(_tinyclip_release(backbone, source.value.lower())))
-    if source.kind == "tag":
-        tag_cfg = open_clip.get_pretrained_cfg(backbone, source.value)
-        if not tag_cfg:
-            raise ConfigError(
-                f"Pretrained tag {source.value!r} is unknown for {backbone}.",
-                f"Known tags: {open_clip.list_pretrained_tags_by_model(backbone) or 'none'}; "
-                "or give a local checkpoint path, or 'none' for random weights.",
-            )
-        try:
-            model = open_clip.create_model(
-                backbone,
-                pretrained=source.value,
-                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-                cache_dir=None,
-            )
-        except (RuntimeError, OSError) as error:
-            raise missing_weights(
-                backbone,
-                source.value,
-                error,
-                f"Run once online, or fetch {tag_cfg.get('hf_hub') or tag_cfg.get('url')} "
-                "into the cache.",
-            ) from None
-    else:
-        model = open_clip.create_model(backbone, pretrained=None)
-        if source.kind == "file":
-            _load_file(model, source.path, backbone)
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
+        pretrained = str(_tinyclip_release(backbone, source.value.lower()))
+    model, _ = load_open_clip(backbone, pretrained, strip_prefixes=(*_WRAPPER_PREFIXES, "module."))
     return model
