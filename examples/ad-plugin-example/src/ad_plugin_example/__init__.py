@@ -1,7 +1,6 @@
 """A third-party ad method, registered only through its ``adcore`` entry point."""
 
-from adcore import hookimpl
-from adcore.records import Capability, MethodSpec, PluginConfig
+from adcore.api import Capability, MethodSpec, PluginConfig, hookimpl
 
 
 class PixelGaussianConfig(PluginConfig):

@@ -4,8 +4,7 @@ anomaly map is the squared Mahalanobis distance, summed over channels, lightly b
 import torch
 import torch.nn.functional as F
 
-from adcore.errors import PluginError
-from adcore.method import FitContext, InputGeometry, Method, Prediction
+from adcore.api import FitContext, InputGeometry, Method, PluginError, Prediction
 
 
 class PixelGaussian(Method):

@@ -15,9 +15,7 @@ from typing import Any
 import torch
 
 from ad_afclip.plugin import TINYCLIP_8M
-from adcore.errors import WeightsError
-from adcore.openclip import load_open_clip
-from adcore.weights import hf_cache_dir, missing_weights, parse_weights
+from adcore.api import WeightsError, hf_cache_dir, load_open_clip, missing_weights, parse_weights
 
 # Architecture of TinyCLIP-ViT-8M/16 Text-3M (TinyCLIP model zoo, open_clip JSON format).
 TINYCLIP_CONFIGS: dict[str, dict[str, Any]] = {

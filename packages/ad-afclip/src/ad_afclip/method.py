@@ -14,9 +14,7 @@ from ad_afclip.clip_models import load_clip
 from ad_afclip.losses import dice_loss, focal_loss, l1_loss, patch_alignment_loss
 from ad_afclip.model import AFCLIP, grid_labels, memory_scores
 from ad_afclip.plugin import AFCLIPConfig
-from adcore.errors import WeightsError
-from adcore.maps import anomaly_map
-from adcore.method import (
+from adcore.api import (
     CLIP_MEAN,
     CLIP_STD,
     FitContext,
@@ -25,9 +23,14 @@ from adcore.method import (
     Runtime,
     TrainableMethod,
     TrainingSettings,
+    WeightsError,
+    anomaly_map,
+    checkpoint_metadata,
+    file_digest,
+    load_checkpoint,
+    parse_weights,
+    tensors_digest,
 )
-from adcore.training import checkpoint_metadata
-from adcore.weights import file_digest, load_checkpoint, parse_weights, tensors_digest
 
 
 class AFCLIPMethod(TrainableMethod):

@@ -19,7 +19,7 @@ from torch import nn
 from ad_afclip.adaptor import Adaptor
 from ad_afclip.aggregation import aggregation_weights, spatial_aggregation
 from ad_afclip.prompts import StatePrompts
-from adcore.errors import ConfigError
+from adcore.api import ConfigError
 
 TEMPERATURE = 0.07
 

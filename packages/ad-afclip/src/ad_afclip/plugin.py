@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
-from adcore.hookspecs import hookimpl
-from adcore.records import Capability, MethodSpec, PluginConfig
+from adcore.api import Capability, MethodSpec, PluginConfig, hookimpl
 
 if TYPE_CHECKING:
-    from adcore.method import Runtime
+    from adcore.api import Runtime
 
 TINYCLIP_8M = "TinyCLIP-ViT-8M-16-Text-3M"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ad_datasets.names import class_names_field
-from adcore.records import PluginConfig
+from adcore.api import PluginConfig
 
 
 class MvtecConfig(PluginConfig):

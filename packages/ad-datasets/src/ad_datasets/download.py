@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from urllib.request import Request, url2pathname, urlopen
 
 from ad_datasets.visa import SPLIT_CSV
-from adcore.errors import DataError
+from adcore.api import DataError
 
 # ``progress`` is adcore.progress.Progress (``task(description, total)`` yielding
 # ``advance(n)``; shown in MiB) or a plain callable ``(bytes done, bytes in total or None)``.

@@ -27,8 +27,7 @@ from ad_datasets.layout import (
     require_root,
     subfolders,
 )
-from adcore.dataset import Sample, Split
-from adcore.loading import IMAGE_EXTENSIONS
+from adcore.api import IMAGE_EXTENSIONS, Sample, Split
 
 NORMAL, NORMAL_TEST, ABNORMAL, MASKS = "normal", "normal_test", "abnormal", "masks"
 

@@ -10,9 +10,7 @@ from pathlib import Path
 
 from ad_datasets.guides import MVTEC_LAYOUT
 from ad_datasets.names import class_name
-from adcore.dataset import GOOD, Dataset, Sample, Split
-from adcore.errors import ConfigError, DataError
-from adcore.loading import IMAGE_EXTENSIONS
+from adcore.api import GOOD, IMAGE_EXTENSIONS, ConfigError, DataError, Dataset, Sample, Split
 
 MASK_SUFFIX = "_mask"
 

@@ -7,8 +7,7 @@ from typing import Any
 
 from ad_datasets.configs import FolderConfig, MvtecConfig, SyntheticConfig, VisaConfig
 from ad_datasets.guides import MVTEC_DOWNLOAD_HELP
-from adcore.hookspecs import hookimpl
-from adcore.records import DatasetSpec
+from adcore.api import DatasetSpec, hookimpl
 
 
 def _mvtec(config: MvtecConfig, root: Path | None) -> Any:

@@ -22,8 +22,7 @@ import numpy as np
 
 from ad_datasets.configs import SyntheticConfig
 from ad_datasets.layout import MASK_SUFFIX, MvtecTree
-from adcore.dataset import GOOD
-from adcore.errors import DataError
+from adcore.api import GOOD, DataError
 
 GENERATOR_VERSION = 1  # part of the cache key: bump when the images change
 MARKER = "synthetic.json"

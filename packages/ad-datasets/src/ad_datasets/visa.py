@@ -22,8 +22,7 @@ from ad_datasets.layout import (
 )
 from ad_datasets.layout import mvtec_categories as find_mvtec_categories
 from ad_datasets.names import VISA_NAMES
-from adcore.dataset import GOOD, Dataset, Sample, Split
-from adcore.errors import DataError
+from adcore.api import GOOD, DataError, Dataset, Sample, Split
 
 SPLIT_CSV = Path("split_csv") / "1cls.csv"
 COLUMNS = ("object", "split", "label", "image", "mask")

@@ -8,8 +8,15 @@ import timm
 import torch
 from torch import nn
 
-from adcore.errors import ConfigError, PluginError, WeightsError
-from adcore.weights import load_checkpoint, missing_weights, parse_weights, tensors_digest
+from adcore.api import (
+    ConfigError,
+    PluginError,
+    WeightsError,
+    load_checkpoint,
+    missing_weights,
+    parse_weights,
+    tensors_digest,
+)
 
 
 def resolve_out_indices(module_names: list[str], layers: list[str]) -> tuple[int, ...]:

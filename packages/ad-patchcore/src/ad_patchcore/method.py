@@ -13,9 +13,15 @@ from ad_patchcore.coreset import approximate_greedy_coreset, random_projection
 from ad_patchcore.model import LocallyAwarePatchFeatures, reweighted_score
 from ad_patchcore.plugin import PatchCoreConfig
 from ad_patchcore.search import NearestNeighbours
-from adcore.errors import PluginError
-from adcore.maps import anomaly_map
-from adcore.method import FitContext, InputGeometry, Method, Prediction, Runtime
+from adcore.api import (
+    FitContext,
+    InputGeometry,
+    Method,
+    PluginError,
+    Prediction,
+    Runtime,
+    anomaly_map,
+)
 
 # Settings that change the bank; a saved bank only loads into a model that agrees on them.
 _BANK_KEYS = (

@@ -6,11 +6,10 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from adcore.hookspecs import hookimpl
-from adcore.records import Capability, MethodSpec, PluginConfig
+from adcore.api import Capability, MethodSpec, PluginConfig, hookimpl
 
 if TYPE_CHECKING:
-    from adcore.method import Method, Runtime
+    from adcore.api import Method, Runtime
 
 
 class PatchCoreConfig(PluginConfig):

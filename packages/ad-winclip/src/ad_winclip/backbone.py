@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from ad_winclip.model import Tokenizer
-from adcore.openclip import load_open_clip
+from adcore.api import load_open_clip
 
 
 def load_clip(

@@ -9,16 +9,17 @@ from torch import nn
 
 from ad_winclip.backbone import load_clip
 from ad_winclip.model import WinClip
-from adcore.errors import ConfigError, PluginError
-from adcore.maps import upsample
-from adcore.method import (
+from adcore.api import (
     CLIP_MEAN,
     CLIP_STD,
+    ConfigError,
     FitContext,
     InputGeometry,
     Method,
+    PluginError,
     Prediction,
     Runtime,
+    upsample,
 )
 
 

@@ -40,7 +40,7 @@ from ad_winclip.windows import (
     harmonic_mean,
     window_indices,
 )
-from adcore.errors import PluginError
+from adcore.api import PluginError
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 

@@ -14,8 +14,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from adcore.hookspecs import hookimpl
-from adcore.records import Capability, MethodSpec, PluginConfig
+from adcore.api import Capability, MethodSpec, PluginConfig, hookimpl
 
 
 class WinClipConfig(PluginConfig):
