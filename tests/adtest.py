@@ -54,7 +54,10 @@ def write_mvtec_tree(
 
 def run_ad(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
     """Run the installed `ad` entry point as a user would."""
-    full_env = {**os.environ, "AD_DEBUG": "0", "COLUMNS": "200", **(env or {})}
+    env = dict(env or {})
+    if "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):  # extra sites go first
+        env["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
+    full_env = {**os.environ, "AD_DEBUG": "0", "COLUMNS": "200", **env}
     return subprocess.run(
         [str(AD), *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600
     )

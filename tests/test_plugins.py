@@ -36,6 +36,23 @@ def adcore_methods():
                        capabilities={Capability.FEW_SHOT})]
 """
 
+MISSPELT = """
+from adcore.api import Capability, MethodSpec, PluginConfig, hookimpl
+
+class Config(PluginConfig):
+    pass
+
+@hookimpl
+def adcore_method():
+    return [MethodSpec(name="misspelt", summary="never seen", config=Config,
+                       factory=lambda config, runtime: None,
+                       capabilities={Capability.FEW_SHOT})]
+"""
+SPECNAME = MISSPELT.replace("@hookimpl\n", '@hookimpl(specname="adcore_methods")\n').replace(
+    "misspelt", "renamed"
+)
+UNMARKED = MISSPELT.replace("@hookimpl\ndef adcore_method(", "def adcore_methods(")
+
 
 def _site_entry_points(site: Path, monkeypatch) -> list[metadata.EntryPoint]:
     """Put the fake site on sys.path; discovery then sees it beside the real installs."""
@@ -136,3 +153,26 @@ def test_unknown_method_lists_what_exists(tmp_path):
     assert "Unknown method 'nosuchmethod'" in result.stderr
     assert "pixel-gaussian" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_misspelt_hook_marks_its_plugin_errored_with_the_right_name(tmp_path):
+    site = write_distribution(tmp_path / "site", "misspelt-ad-plugin", MISSPELT, "misspelt")
+    listed = run_ad("list-plugins", "--json", env={"PYTHONPATH": str(site)})
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    errored = {r["distribution"]: r["summary"] for r in rows if r["status"] == "error"}
+    assert "'adcore_method' matches no hook" in errored["misspelt-ad-plugin"]
+    assert "did you mean 'adcore_methods'?" in errored["misspelt-ad-plugin"]
+    assert "misspelt" not in {r["component"] for r in rows if r["status"] == "ok"}
+    assert {"pixel-gaussian", "patchcore"} <= {r["component"] for r in rows}
+
+
+def test_specname_hook_loads_and_unmarked_hook_is_reported(tmp_path, monkeypatch):
+    site = write_distribution(tmp_path / "site", "specname-ad-plugin", SPECNAME, "renamed")
+    write_distribution(site, "unmarked-ad-plugin", UNMARKED, "unmarked")
+    registry = load_registry(_site_entry_points(site, monkeypatch))
+    status = {p.distribution: p for p in registry.plugins}
+    assert status["specname-ad-plugin"].status == "ok"
+    assert registry.resolve("method", "renamed").plugin.distribution == "specname-ad-plugin"
+    assert status["unmarked-ad-plugin"].status == "error"
+    assert "not marked with @hookimpl" in status["unmarked-ad-plugin"].error

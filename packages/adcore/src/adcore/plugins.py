@@ -8,6 +8,7 @@ and reporters come through the same entry-point group and are always loaded.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 from collections.abc import Iterable
@@ -117,6 +118,8 @@ def _wanted(distribution: str) -> bool:
 
 
 def _describe(error: BaseException) -> str:
+    if isinstance(error, PluginError):
+        return str(error)
     if isinstance(error, ValidationError):
         parts = [
             f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in error.errors()
@@ -125,21 +128,45 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _records_of(module: Any, manager: pluggy.PluginManager) -> list[ComponentSpec]:
-    """Call each hook this module implements; every item must be the hook's record type."""
-    records: list[ComponentSpec] = []
-    for kind, (hook_name, record_type) in HOOKS.items():
-        implementation = getattr(module, hook_name, None)
-        if implementation is None:
+def unmatched_hooks(manager: pluggy.PluginManager, plugin: object) -> list[str]:
+    """Hook implementations of ``plugin`` that match no spec, each with the name it should have.
+
+    pluggy's ``check_pending()`` for one plugin: a misspelt ``adcore_method`` would otherwise
+    load as "ok" with no components. Functions named ``adcore_*`` that lack ``@hookimpl`` are
+    never called either, so they are reported too.
+    """
+    specs = sorted(hook for hook, _ in HOOKS.values())
+    callers = manager.get_hookcallers(plugin) or []
+    problems = []
+    for caller in callers:
+        if caller.has_spec():
             continue
-        produced = implementation()
-        for record in produced or ():
-            if not isinstance(record, record_type):
-                raise TypeError(
-                    f"{hook_name}() yielded {type(record).__name__}, expected "
-                    f"{record_type.__name__} (a {kind} record)"
-                )
-            records.append(record)
+        close = difflib.get_close_matches(caller.name, specs, n=1, cutoff=0.5)
+        should = f"did you mean {close[0]!r}?" if close else f"the hooks are {', '.join(specs)}."
+        problems.append(f"hook {caller.name!r} matches no hook of adcore; {should}")
+    marked = {impl.function for c in callers for impl in c.get_hookimpls() if impl.plugin is plugin}
+    for name in specs:
+        function = getattr(plugin, name, None)
+        if callable(function) and function not in marked:
+            problems.append(f"{name}() is not marked with @hookimpl, so it is never called.")
+    return problems
+
+
+def _records_of(manager: pluggy.PluginManager, plugin_name: str, others: list[str]) -> list[Any]:
+    """Call each hook through pluggy for this plugin alone; every item must be the hook's
+    record type. Hooks called with no arguments: implementations may take fewer than a spec."""
+    records: list[ComponentSpec] = []
+    others_objects = [manager.get_plugin(name) for name in others]
+    for kind, (hook_name, record_type) in HOOKS.items():
+        caller = manager.subset_hook_caller(hook_name, remove_plugins=others_objects)
+        for produced in caller():
+            for record in produced or ():
+                if not isinstance(record, record_type):
+                    raise TypeError(
+                        f"{hook_name}() yielded {type(record).__name__}, expected "
+                        f"{record_type.__name__} (a {kind} record)"
+                    )
+                records.append(record)
     return records
 
 
@@ -150,6 +177,7 @@ def load_registry(entry_points: Iterable[metadata.EntryPoint] | None = None) -> 
     registry = Registry()
     if entry_points is None:
         entry_points = metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP)
+    loaded: list[str] = []
     for entry_point in sorted(
         entry_points, key=lambda ep: (ep.dist.name if ep.dist else "", ep.name)
     ):
@@ -159,13 +187,20 @@ def load_registry(entry_points: Iterable[metadata.EntryPoint] | None = None) -> 
             continue
         info = PluginInfo(entry_point.name, distribution, version)
         registry.plugins.append(info)
+        plugin_name = f"{distribution}:{entry_point.name}"
         try:
             module = entry_point.load()
-            manager.register(module, name=f"{distribution}:{entry_point.name}")
-            records = _records_of(module, manager)
+            manager.register(module, name=plugin_name)
+            problems = unmatched_hooks(manager, module)
+            if problems:
+                raise PluginError(" ".join(problems))
+            records = _records_of(manager, plugin_name, loaded)
         except Exception as error:  # a broken plugin is reported, never fatal
             info.status, info.error = "error", _describe(error)
+            if manager.has_plugin(plugin_name):
+                manager.unregister(name=plugin_name)
             continue
+        loaded.append(plugin_name)
         registry.components.extend(Component(record, info) for record in records)
     return registry
 
