@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ad_afclip.plugin import TINYCLIP_8M
+from ad_afclip.tinyclip import TINYCLIP_8M
 from adcore.api import WeightsError, hf_cache_dir, load_open_clip, missing_weights, parse_weights
 
 # Architecture of TinyCLIP-ViT-8M/16 Text-3M (TinyCLIP model zoo, open_clip JSON format).

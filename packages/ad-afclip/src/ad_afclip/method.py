@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,6 @@ from torch import nn
 from ad_afclip.clip_models import load_clip
 from ad_afclip.losses import dice_loss, focal_loss, l1_loss, patch_alignment_loss
 from ad_afclip.model import AFCLIP, grid_labels, memory_scores
-from ad_afclip.plugin import AFCLIPConfig
 from adcore.api import (
     CLIP_MEAN,
     CLIP_STD,
@@ -31,6 +30,9 @@ from adcore.api import (
     parse_weights,
     tensors_digest,
 )
+
+if TYPE_CHECKING:  # the record module builds this class; it must not be imported back
+    from ad_afclip.plugin import AFCLIPConfig
 
 
 class AFCLIPMethod(TrainableMethod):

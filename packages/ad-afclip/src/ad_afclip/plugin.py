@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
+from ad_afclip.tinyclip import TINYCLIP_8M
 from adcore.api import Capability, MethodSpec, PluginConfig, hookimpl
 
 if TYPE_CHECKING:
     from adcore.api import Runtime
-
-TINYCLIP_8M = "TinyCLIP-ViT-8M-16-Text-3M"
 
 
 class AFCLIPConfig(PluginConfig):

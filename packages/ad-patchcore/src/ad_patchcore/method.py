@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -11,7 +11,6 @@ from torch import nn
 from ad_patchcore.backbone import build_backbone
 from ad_patchcore.coreset import approximate_greedy_coreset, random_projection
 from ad_patchcore.model import LocallyAwarePatchFeatures, reweighted_score
-from ad_patchcore.plugin import PatchCoreConfig
 from ad_patchcore.search import NearestNeighbours
 from adcore.api import (
     FitContext,
@@ -34,6 +33,9 @@ _BANK_KEYS = (
     "target_embed_dimension",
     "patch_size",
 )
+
+if TYPE_CHECKING:  # the record module builds this class; it must not be imported back
+    from ad_patchcore.plugin import PatchCoreConfig
 
 
 class PatchCore(Method):

@@ -320,7 +320,6 @@ def resolve(
     if random_weights:
         updates = dict.fromkeys(weights_fields(method_config), RANDOM)
         method_config = method_config.model_copy(update=updates)
-    dataset_config = _plugin_config(dataset, dict(base.data.model_extra or {}), "data", DataSection)
     unknown_metrics = [
         m for m in base.evaluation.metrics if m.rpartition(":")[2] not in registry.names("metric")
     ]

@@ -14,48 +14,30 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from adcore.efficiency import LOWER_IS_BETTER, RESULT_COLUMNS
+from adcore.efficiency import LOWER_IS_BETTER
 from adcore.errors import DataError
+from adcore.report_html import report_html
+from adcore.report_rows import (
+    EFFICIENCY_NAMES,
+    Row,
+    RunSummary,
+    best_of,
+    figure,
+    higher_is_better,
+    parse_number,
+    percent,
+    place_name,
+    shown_best,
+)
 from adcore.results import atomic_write_bytes, atomic_write_text, csv_text
 
-EFFICIENCY_NAMES = frozenset(RESULT_COLUMNS)
 RANDOM_TAG = "(random weights)"
 ACCURACY_PREFERENCE = ("image_auroc", "pixel_auroc", "pro")
-
-
-@dataclass
-class RunSummary:
-    """One run folder as the report sees it."""
-
-    run_dir: Path
-    method: str
-    dataset: str
-    experiment: str
-    k_shot: str
-    seed: int
-    random_weights: bool
-    metric_names: list[str]
-    efficiency_names: list[str]
-    values: dict[str, dict[str, float]]  # category (and "mean") -> column -> value
-    label: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def categories(self) -> list[str]:
-        return [c for c in self.values if c != "mean"]
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def read_run(run_dir: Path) -> RunSummary:
@@ -70,7 +52,7 @@ def read_run(run_dir: Path) -> RunSummary:
     with summary_csv.open(newline="") as stream:
         reader = csv.DictReader(stream)
         header = [h for h in reader.fieldnames or [] if h != "category"]
-        values = {row["category"]: {h: _number(row[h]) for h in header} for row in reader}
+        values = {row["category"]: {h: parse_number(row[h]) for h in header} for row in reader}
     config = _yaml(run_dir / "config.yaml")
     env = _json(run_dir / "env.json")
     summary = _json(run_dir / "summary.json")
@@ -125,36 +107,6 @@ def label_runs(runs: list[RunSummary]) -> None:
             run.label = f"{run.label} {RANDOM_TAG}"
 
 
-def higher_is_better(name: str) -> bool:
-    if name in EFFICIENCY_NAMES:
-        return name not in LOWER_IS_BETTER
-    try:
-        from adcore.plugins import get_registry
-
-        return bool(get_registry().resolve("metric", name).spec.higher_is_better)
-    except Exception:  # a metric from a plugin no longer installed: the usual convention
-        return True
-
-
-@dataclass
-class Row:
-    """One table row: a metric on one category (or the mean) across runs."""
-
-    metric: str
-    dataset: str
-    category: str
-    values: list[float]  # one per run, NaN where the run lacks it
-    best: list[int]  # indices of the best runs
-
-
-def best_of(values: list[float], higher: bool) -> list[int]:
-    present = [v for v in values if not math.isnan(v)]
-    if not present:
-        return []
-    target = max(present) if higher else min(present)
-    return [i for i, v in enumerate(values) if v == target]
-
-
 def comparison_rows(runs: list[RunSummary]) -> list[Row]:
     """Every metric, on every (data set, category) any run has, then each data set's mean."""
     metrics = list(dict.fromkeys(m for run in runs for m in run.metric_names))
@@ -185,23 +137,6 @@ def efficiency_rows(runs: list[RunSummary]) -> list[Row]:
         if not all(math.isnan(v) for v in values):
             rows.append(Row(name, "", "mean", values, best_of(values, higher_is_better(name))))
     return rows
-
-
-def shown_best(row: Row, formatter: Any) -> list[int]:
-    """Best runs as displayed: values equal after rounding are marked alike."""
-    return best_of([_number(formatter(v)) for v in row.values], higher_is_better(row.metric))
-
-
-def percent(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
-
-
-def figure(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.4g}"
-
-
-def place_name(row: Row, many_datasets: bool) -> str:
-    return f"{row.dataset}/{row.category}" if many_datasets else row.category
 
 
 def report_csv(runs: list[RunSummary], rows: list[Row], efficiency: list[Row]) -> str:
@@ -405,7 +340,6 @@ def _params(count: float) -> str:
 
 def build_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     """Read ``run_dirs`` and write the comparison under ``out_dir``; returns the files written."""
-    from adcore.report_html import report_html
     from adcore.results import ensure_writable
 
     if not run_dirs:

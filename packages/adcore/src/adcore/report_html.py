@@ -10,10 +10,17 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from adcore.report import Row, RunSummary
+from adcore.efficiency import LOWER_IS_BETTER
+from adcore.report_rows import (
+    Row,
+    RunSummary,
+    figure,
+    higher_is_better,
+    percent,
+    place_name,
+    shown_best,
+)
 
 GALLERY_PER_CATEGORY = 4
 
@@ -55,8 +62,6 @@ def _label(run: RunSummary) -> str:
 
 
 def _table(runs: list[RunSummary], rows: list[Row], names: list[str], formatter) -> str:
-    from adcore.report import shown_best
-
     head = "".join(f"<th>{_label(run)}</th>" for run in runs)
     body = []
     for name, row in zip(names, rows, strict=True):
@@ -118,8 +123,6 @@ def _gallery(runs: list[RunSummary]) -> str:
 def report_html(
     runs: list[RunSummary], rows: list[Row], efficiency: list[Row], charts: list[Path]
 ) -> str:
-    from adcore.report import LOWER_IS_BETTER, figure, higher_is_better, percent, place_name
-
     many = len({run.dataset for run in runs}) > 1
     parts = [
         "<!DOCTYPE html><html><head><meta charset=utf-8>",
