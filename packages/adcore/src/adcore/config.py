@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from adcore.errors import ConfigError
+from adcore.errors import ConfigError, PluginError
 from adcore.method import Precision
 from adcore.plugins import Component, Registry
-from adcore.records import PluginConfig
+from adcore.records import PluginConfig, listify_scalars
 from adcore.weights import RANDOM
 
 DEFAULT_METRICS = ["image_auroc", "image_f1_max", "pixel_auroc", "pixel_f1_max", "pro"]
@@ -29,6 +29,11 @@ SECTIONS = ("experiment", "data", "model", "evaluation", "visualization")
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listify(cls, data: Any) -> Any:
+        return listify_scalars(cls, data)
 
 
 class ExperimentSection(Section):
@@ -53,8 +58,10 @@ class DataSection(Section):
     root: Path | None = Field(None, description="Data set root folder.")
     categories: list[str] | None = Field(None, description="Categories to run; all if unset.")
     batch_size: int = Field(8, ge=1, description="Test images per predict batch.")
-    k_shot: int | Literal["all"] = Field(
-        0, description="Normal training images given to fit: 0 zero-shot, k few-shot, all."
+    k_shot: int | Literal["all"] | None = Field(
+        None,
+        description="Normal training images given to fit: 0 zero-shot, k few-shot, all; "
+        "null: the method's natural setting.",
     )
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes.")
     skip_bad_samples: bool = Field(False, description="Leave out unreadable or bad samples.")
@@ -125,6 +132,7 @@ class ResolvedConfig(BaseModel):
     dataset: Component
     method_config: PluginConfig
     dataset_config: PluginConfig
+    notes: list[str] = []  # choices made for the user, e.g. the natural k_shot
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, complete values, as written to ``config.yaml``."""
@@ -184,8 +192,31 @@ def read_yaml_mapping(path: Path, what: str, where: str) -> dict[str, Any]:
     return data
 
 
-def load_yaml_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a config file and the files it extends (relative to it), base first."""
+def yaml_locations(path: Path) -> dict[str, str]:
+    """Dotted key -> ``file:line`` of every key in a YAML file, for error messages."""
+    try:
+        root = yaml.compose(path.read_text())
+    except yaml.YAMLError:
+        return {}
+    found: dict[str, str] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                dotted = f"{prefix}.{key.value}" if prefix else str(key.value)
+                found[dotted] = f"{path}:{key.start_mark.line + 1}"
+                walk(value, dotted)
+
+    if root is not None:
+        walk(root, "")
+    return found
+
+
+def load_yaml_file(
+    path: Path, _chain: tuple[Path, ...] = (), locations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Read a config file and the files it extends (relative to it), base first;
+    ``locations`` receives each key's ``file:line`` (the last file that sets it wins)."""
     path = path.expanduser().resolve()
     if path in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, path))
@@ -199,9 +230,14 @@ def load_yaml_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
             f"Allowed sections: extends, {', '.join(SECTIONS)}.",
         )
     if parent is None:
-        return data
-    base = load_yaml_file(path.parent / str(parent), (*_chain, path))
-    return deep_merge(base, data)
+        merged = data
+    else:
+        merged = deep_merge(
+            load_yaml_file(path.parent / str(parent), (*_chain, path), locations), data
+        )
+    if locations is not None:
+        locations.update({k: v for k, v in yaml_locations(path).items() if k != "extends"})
+    return merged
 
 
 def nested(dotted: str, value: Any) -> dict[str, Any]:
@@ -237,44 +273,72 @@ def build_raw_config(
     config_file: Path | None = None,
     sugar: dict[str, Any] | None = None,
     assignments: list[str] | None = None,
+    locations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Merge file, sugar options (dotted keys) and ``--set`` assignments, in that order."""
-    raw = load_yaml_file(config_file) if config_file else {}
+    """Merge file, sugar options (dotted keys) and ``--set`` assignments, in that order;
+    ``locations`` receives where each key was given (``file:line``, ``--set ...``)."""
+    raw = load_yaml_file(config_file, locations=locations) if config_file else {}
     for dotted, value in (sugar or {}).items():
         if value is not None:
             raw = deep_merge(raw, nested(dotted, value))
+            if locations is not None:
+                locations[dotted] = "command-line option"
     for assignment in assignments or []:
         raw = deep_merge(raw, parse_assignment(assignment))
+        if locations is not None:
+            locations[assignment.partition("=")[0].strip()] = f"--set {assignment}"
     return raw
 
 
 # --- validation ------------------------------------------------------------------------------
 
 
-def format_validation(error: ValidationError, prefix: str = "") -> str:
-    """One bullet per problem: the field, the value given, and what is allowed."""
+def _where(dotted: str, locations: dict[str, str] | None) -> str:
+    """`` (file:line)`` of the longest prefix of ``dotted`` that was given somewhere."""
+    key = dotted
+    while key and locations:
+        if key in locations:
+            return f" ({locations[key]})"
+        key = key.rpartition(".")[0]
+    return ""
+
+
+def validation_lines(
+    error: ValidationError, prefix: str = "", locations: dict[str, str] | None = None
+) -> list[str]:
+    """One bullet per problem: the field, the value given, what is allowed, and where."""
     lines = []
     for item in error.errors():
         location = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
         unknown = item["type"] == "extra_forbidden"
         message = "unknown key" if unknown else item["msg"]
         shown = "" if unknown or item["type"] == "missing" else f" (got {item.get('input')!r})"
-        lines.append(f"  - {location}: {message}{shown}")
-    return "\n".join(lines)
+        lines.append(f"  - {location}: {message}{shown}{_where(location, locations)}")
+    return lines
+
+
+def format_validation(error: ValidationError, prefix: str = "") -> str:
+    return "\n".join(validation_lines(error, prefix))
 
 
 def _allowed_keys(model: type[BaseModel], shared: type[BaseModel]) -> str:
     return ", ".join(sorted({*model.model_fields, *shared.model_fields}))
 
 
-def validate_base(raw: dict[str, Any]) -> ExperimentConfig:
+FIX_HINT = "Fix the listed keys in the config file or the --set options."
+
+
+def config_problems(lines: list[str]) -> ConfigError:
+    found = sum(line.startswith("  - ") for line in lines)
+    count = f"{found} problems" if found > 1 else "a problem"
+    return ConfigError(f"The config has {count}:\n" + "\n".join(lines), FIX_HINT)
+
+
+def validate_base(raw: dict[str, Any], locations: dict[str, str] | None = None) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(
-            "The config is invalid:\n" + format_validation(error),
-            "Fix the listed keys in the config file or the --set options.",
-        ) from None
+        raise config_problems(validation_lines(error, "", locations)) from None
 
 
 def weights_fields(config: BaseModel) -> dict[str, Any]:
@@ -287,63 +351,222 @@ def weights_fields(config: BaseModel) -> dict[str, Any]:
     return found
 
 
-def _plugin_config(
-    component: Component, values: dict[str, Any], section: str, shared: type[BaseModel]
-) -> PluginConfig:
+def _plugin_settings(
+    registry: Registry,
+    kind: str,
+    name: str,
+    values: dict[str, Any],
+    section: str,
+    shared: type[BaseModel],
+    problems: list[str],
+    locations: dict[str, str] | None = None,
+) -> tuple[Component | None, PluginConfig | None]:
+    """The plugin and its own settings; what is wrong goes to ``problems``."""
+    try:
+        component = registry.resolve(kind, name)
+    except PluginError as error:
+        problems.append(f"  - {section}: {error}{_where(f'{section}.name', locations)}")
+        return None, None
     model = component.spec.config
     try:
-        return model.model_validate(values)
+        return component, model.model_validate(values)
     except ValidationError as error:
-        raise ConfigError(
-            f"The {section} section is invalid for {component.spec.kind} "
-            f"{component.spec.name!r}:\n" + format_validation(error, section),
-            f"Allowed keys in {section}: {_allowed_keys(model, shared)}.",
-        ) from None
+        lines = validation_lines(error, section, locations)
+        if any(item["type"] == "extra_forbidden" for item in error.errors()):
+            lines.append(
+                f"    allowed keys in {section} for {kind} {component.spec.name!r}: "
+                f"{_allowed_keys(model, shared)}"
+            )
+        problems.extend(lines)
+        return component, None
 
 
 def resolve_dataset(base: ExperimentConfig, registry: Registry) -> tuple[Component, PluginConfig]:
     """The data set plugin and its own settings from the ``data`` section."""
-    dataset = registry.resolve("dataset", base.data.dataset)
-    values = dict(base.data.model_extra or {})
-    return dataset, _plugin_config(dataset, values, "data", DataSection)
+    problems: list[str] = []
+    dataset, settings = _plugin_settings(
+        registry, "dataset", base.data.dataset, dict(base.data.model_extra or {}), "data",
+        DataSection, problems,
+    )  # fmt: skip
+    if problems or dataset is None or settings is None:
+        raise config_problems(problems)
+    return dataset, settings
+
+
+def _natural_k_shot(method: Component, problems: list[str]) -> tuple[int | str | None, str]:
+    spec = method.spec
+    natural = spec.natural_setting
+    if natural is None:
+        problems.append(
+            f"  - data.k_shot: not given, and {spec.name!r} has no natural setting (it is "
+            "few-shot only); give --k-shot K or data.k_shot"
+        )
+        return None, ""
+    setting = {0: "zero-shot", "all": "full-shot"}.get(natural, f"{natural}-shot")
+    return natural, (
+        f"k_shot not given: {spec.name} runs its natural setting, {setting} (k_shot={natural}); "
+        "--k-shot chooses another."
+    )
+
+
+def _check_metrics(
+    metrics: Any, registry: Registry, problems: list[str], locations: dict[str, str] | None
+) -> None:
+    names = metrics if isinstance(metrics, list) else [metrics]
+    unknown = [str(m) for m in names if str(m).rpartition(":")[2] not in registry.names("metric")]
+    if unknown:
+        problems.append(
+            f"  - evaluation.metrics: unknown metric(s) {', '.join(unknown)}; available: "
+            f"{', '.join(registry.names('metric'))}{_where('evaluation.metrics', locations)}"
+        )
 
 
 def resolve(
-    base: ExperimentConfig, registry: Registry, random_weights: bool = False
+    base: ExperimentConfig,
+    registry: Registry,
+    random_weights: bool = False,
+    locations: dict[str, str] | None = None,
 ) -> ResolvedConfig:
-    """Find the plugins and validate their own fields; ``random_weights`` sets every
-    weights field of the method to ``none``."""
-    method = registry.resolve("method", base.model.name)
-    dataset, dataset_config = resolve_dataset(base, registry)
-    method_values = dict(base.model.model_extra or {})
-    method_config = _plugin_config(method, method_values, "model", ModelSection)
+    """Find the plugins and validate their own fields, reporting every problem at once;
+    ``random_weights`` sets every weights field of the method to ``none``; a missing
+    ``data.k_shot`` becomes the method's natural setting (said in ``notes``)."""
+    problems: list[str] = []
+    method, method_config = _plugin_settings(
+        registry, "method", base.model.name, dict(base.model.model_extra or {}), "model",
+        ModelSection, problems, locations,
+    )  # fmt: skip
+    dataset, dataset_config = _plugin_settings(
+        registry, "dataset", base.data.dataset, dict(base.data.model_extra or {}), "data",
+        DataSection, problems, locations,
+    )  # fmt: skip
+    _check_metrics(base.evaluation.metrics, registry, problems, locations)
+    notes = []
+    k_shot = base.data.k_shot
+    if k_shot is None and method is not None:
+        k_shot, note = _natural_k_shot(method, problems)
+        notes.append(note)
+    if problems or method is None or dataset is None:
+        raise config_problems(problems)
+    assert method_config is not None and dataset_config is not None
     if random_weights:
         updates = dict.fromkeys(weights_fields(method_config), RANDOM)
         method_config = method_config.model_copy(update=updates)
-    unknown_metrics = [
-        m for m in base.evaluation.metrics if m.rpartition(":")[2] not in registry.names("metric")
-    ]
-    if unknown_metrics:
-        raise ConfigError(
-            f"Unknown metric(s) {', '.join(unknown_metrics)} in evaluation.metrics.",
-            f"Available metrics: {', '.join(registry.names('metric'))}.",
-        )
+    if base.data.k_shot is None:
+        base = base.model_copy(deep=True)
+        base.data.k_shot = k_shot
     return ResolvedConfig(
         base=base,
         method=method,
         dataset=dataset,
         method_config=method_config,
         dataset_config=dataset_config,
+        notes=[n for n in notes if n],
     )
 
 
+def resolve_raw(
+    raw: dict[str, Any],
+    registry: Registry,
+    random_weights: bool = False,
+    locations: dict[str, str] | None = None,
+) -> ResolvedConfig:
+    """:func:`resolve` from merged YAML values: the shared sections and the plugins' own
+    settings are checked together, so every problem is reported in one message."""
+    try:
+        base = ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = validation_lines(error, "", locations)
+        for section, shared, kind, key in (
+            ("model", ModelSection, "method", "name"),
+            ("data", DataSection, "dataset", "dataset"),
+        ):
+            values = raw.get(section) if isinstance(raw.get(section), dict) else {}
+            name = values.get(key, shared.model_fields[key].default)
+            own = {k: v for k, v in values.items() if k not in shared.model_fields}
+            if isinstance(name, str):
+                _plugin_settings(registry, kind, name, own, section, shared, problems, locations)
+        evaluation = raw.get("evaluation") if isinstance(raw.get("evaluation"), dict) else {}
+        if "metrics" in evaluation:
+            _check_metrics(evaluation["metrics"], registry, problems, locations)
+        raise config_problems(problems) from None
+    return resolve(base, registry, random_weights, locations)
+
+
+def _section_schema(
+    component: Component, shared: type[BaseModel], defs: dict[str, Any]
+) -> dict[str, Any]:
+    """The shared keys plus the plugin's own, nothing else (its nested models into ``defs``)."""
+    own = component.spec.config.model_json_schema()
+    defs.update(own.pop("$defs", {}))
+    base = shared.model_json_schema()
+    defs.update(base.pop("$defs", {}))
+    return {
+        "title": f"{shared.__name__} for {component.spec.kind} {component.qualified_name}",
+        "type": "object",
+        "properties": {**base.get("properties", {}), **own.get("properties", {})},
+        "additionalProperties": False,
+    }
+
+
 def config_schema(registry: Registry) -> dict[str, Any]:
-    """JSON schema of the config, with each plugin's own settings under ``$defs``."""
+    """JSON schema of the config. ``model`` and ``data`` are checked against the chosen
+    plugin's own settings (``if``/``then`` on ``model.name`` and ``data.dataset``, either
+    spelling, ``name`` or ``distribution:name``), so editors flag unknown keys; each plugin's
+    settings also sit under ``x-plugin-configs``."""
     schema = ExperimentConfig.model_json_schema()
+    defs = schema.setdefault("$defs", {})
     plugins: dict[str, Any] = {}
-    for kind in ("method", "dataset"):
+    for kind, section, key, shared in (
+        ("method", "model", "name", ModelSection),
+        ("dataset", "data", "dataset", DataSection),
+    ):
+        rules = []
+        default = shared.model_fields[key].default
         for component in registry.of_kind(kind):
-            key = f"{kind}:{component.qualified_name}"
-            plugins[key] = component.spec.config.model_json_schema()
+            ref = f"{section}:{component.qualified_name}"
+            defs[ref] = _section_schema(component, shared, defs)
+            plugins[f"{kind}:{component.qualified_name}"] = (
+                component.spec.config.model_json_schema()
+            )
+            names = [component.spec.name, component.qualified_name]
+            rules.append(
+                {
+                    "if": {"required": [key], "properties": {key: {"enum": names}}},
+                    "then": {"$ref": f"#/$defs/{ref}"},
+                }
+            )
+            if component.spec.name == default:
+                rules.append(
+                    {"if": {"not": {"required": [key]}}, "then": {"$ref": f"#/$defs/{ref}"}}
+                )
+        section_ref = schema["properties"][section].pop("$ref", None)
+        schema["properties"][section] = {
+            "allOf": [*([{"$ref": section_ref}] if section_ref else []), *rules],
+            **schema["properties"][section],
+        }
     schema["x-plugin-configs"] = plugins
+    _accept_scalars(schema)
     return schema
+
+
+def _accept_scalars(node: Any) -> None:
+    """Where a list is expected, a single item is allowed too, as the loader reads it."""
+    if isinstance(node, list):
+        for item in node:
+            _accept_scalars(item)
+        return
+    if not isinstance(node, dict):
+        return
+    for value in node.values():
+        _accept_scalars(value)
+    for prop in (node.get("properties") or {}).values():
+        options = prop.get("anyOf", [prop] if prop.get("type") == "array" else [])
+        arrays = [o for o in options if o.get("type") == "array" and "items" in o]
+        if not arrays or any(o.get("type") == "string" for o in options):
+            continue
+        if "anyOf" in prop:
+            prop["anyOf"] = [*options, arrays[0]["items"]]
+        else:
+            items = prop.pop("items")
+            prop.pop("type")
+            prop["anyOf"] = [{"type": "array", "items": items}, items]

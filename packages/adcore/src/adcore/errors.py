@@ -18,7 +18,8 @@ class AdError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.problem} {self.hint}".strip()
+        separator = "\n" if "\n" in self.problem else " "  # a list of problems, then the fix
+        return f"{self.problem}{separator}{self.hint}".strip()
 
 
 class UsageError(AdError):
@@ -45,3 +46,9 @@ class WeightsError(AdError):
 
 class OutputError(AdError):
     """The results folder cannot be written, or holds a run with another config."""
+
+
+class Interrupted(AdError):
+    """Stopped by Ctrl-C (exit code 130, as shells report SIGINT)."""
+
+    exit_code = 130

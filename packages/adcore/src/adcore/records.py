@@ -8,18 +8,49 @@ from __future__ import annotations
 
 import enum
 import re
+import types
+import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 SLUG = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
+def _takes_list(annotation: Any) -> bool:
+    """A list type, or a union with a list but no string (``list[str] | None``)."""
+    if typing.get_origin(annotation) is list:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        return any(_takes_list(m) for m in members) and str not in members
+    return False
+
+
+def listify_scalars(model: type[BaseModel], data: Any) -> Any:
+    """A single value given for a list field is a one-item list (``categories: fabric``)."""
+    if not isinstance(data, dict):
+        return data
+    fixed = dict(data)
+    for name, info in model.model_fields.items():
+        value = fixed.get(name)
+        scalar = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        if scalar and _takes_list(info.annotation):
+            fixed[name] = [value]
+    return fixed
+
+
 class PluginConfig(BaseModel):
-    """Base for a component's own settings: unknown keys are errors, not silently ignored."""
+    """Base for a component's own settings: unknown keys are errors, not silently ignored;
+    a single value for a list field is read as a one-item list."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listify(cls, data: Any) -> Any:
+        return listify_scalars(cls, data)
 
 
 class EmptyConfig(PluginConfig):
@@ -76,6 +107,17 @@ class MethodSpec(ComponentSpec):
     kind: Literal["method"] = "method"
     capabilities: frozenset[Capability]
     smoke_config: dict[str, Any] = {}
+    natural_k_shot: int | Literal["all"] | None = None
+
+    @property
+    def natural_setting(self) -> int | Literal["all"] | None:
+        """``data.k_shot`` when none is given: ``natural_k_shot``, else zero-shot when
+        supported, else full-shot (``"all"``); None for a few-shot-only method."""
+        if self.natural_k_shot is not None:
+            return self.natural_k_shot
+        if Capability.ZERO_SHOT in self.capabilities:
+            return 0
+        return "all" if Capability.FULL_SHOT in self.capabilities else None
 
     @field_validator("capabilities")
     @classmethod

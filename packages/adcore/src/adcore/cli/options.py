@@ -80,8 +80,9 @@ def resolved_config(
     **sugar_values: Any,
 ):
     """File, sugar options and --set merged, validated, and the plugins resolved."""
-    from adcore.config import build_raw_config, resolve, validate_base
+    from adcore.config import build_raw_config, resolve_raw
     from adcore.plugins import get_registry
 
-    raw = build_raw_config(config, sugar(**sugar_values), assignments)
-    return resolve(validate_base(raw), get_registry(), random_weights=random_weights)
+    locations: dict[str, str] = {}
+    raw = build_raw_config(config, sugar(**sugar_values), assignments, locations)
+    return resolve_raw(raw, get_registry(), random_weights, locations)
