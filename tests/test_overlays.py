@@ -166,3 +166,15 @@ def test_no_overlays_unless_asked(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "out/mvtec/pixel-gaussian/default/plate/overlays").exists()
+
+
+def test_colour_bar_ticks_are_evenly_spaced_along_the_bar_with_the_threshold_in_the_middle():
+    from adcore.reporters.overlay import colour_bar_ticks, colour_scale
+
+    for value_range, threshold in (((0.0, 3.0), 1.2), ((0.1, 0.3), 0.28), ((2.0, 6.0), None)):
+        ticks = colour_bar_ticks(value_range, threshold)
+        positions = np.asarray(colour_scale(value_range, threshold)(np.array(ticks)))
+        np.testing.assert_allclose(positions, [0, 0.25, 0.5, 0.75, 1], atol=1e-12)
+        assert ticks[0] == value_range[0] and ticks[-1] == value_range[1]
+        if threshold is not None:
+            assert ticks[2] == pytest.approx(threshold)

@@ -126,3 +126,41 @@ def test_missing_input_is_a_clear_error(saved_run, tmp_path):
     _, run = saved_run
     with pytest.raises(DataError, match=r"nothing\.png does not exist"):
         predict(run, [tmp_path / "nothing.png"], tmp_path / "p", category="plate")
+
+
+def test_predict_reports_a_normalised_score_beside_the_raw_one(saved_run, tmp_path):
+    """Hand formula: 0 at the run's lowest test score, 0.5 at the threshold, 1 at its highest,
+    linear between; the threshold is recomputed here by brute force over the test scores."""
+    import json
+
+    data, run = saved_run
+    args = ["predict", "--run", str(run), "--category", "plate", "--out", str(tmp_path / "p")]
+    result = run_ad(*args, "--input", str(data / "plate/test"), "--json")
+    assert result.returncode == 0, result.stderr
+    images = json.loads(result.stdout)["images"]
+    run_rows = _rows(run / "plate/scores.csv")
+    scores = np.array([float(r["score"]) for r in run_rows])
+    labels = np.array([int(r["label"]) for r in run_rows])
+
+    def f1(t: float) -> float:
+        predicted = scores >= t
+        tp = np.sum(predicted & (labels == 1))
+        return 2 * tp / (predicted.sum() + labels.sum())
+
+    threshold = max(sorted(set(scores)), key=lambda t: (f1(t), -t))
+    low, high = scores.min(), scores.max()
+    for image in images:
+        s = image["score"]
+        expected = (
+            0.5 * (s - low) / (threshold - low)
+            if s < threshold
+            else 0.5 + 0.5 * (s - threshold) / (high - threshold)
+        )
+        assert image["normalised_score"] == pytest.approx(np.clip(expected, 0, 1), abs=1e-6)
+        assert (image["normalised_score"] >= 0.5) == image["anomalous"]
+    values = sorted(image["normalised_score"] for image in images)
+    assert values[0] == pytest.approx(0, abs=1e-6) and values[-1] == pytest.approx(1, abs=1e-6)
+    assert 0.5 in [round(v, 9) for v in values]  # the image at the threshold
+    table = run_ad(*args, "--input", str(data / "plate/test"))
+    assert "normalised" in table.stdout and "0.5 at the threshold" in table.stdout
+    assert "normalised_score" in (tmp_path / "p/scores.csv").read_text().splitlines()[0]

@@ -41,6 +41,7 @@ class PluginInfo:
     version: str
     status: str = "ok"  # ok | error
     error: str | None = None
+    module: str = ""  # the entry point's module, e.g. ``ad_patchcore.plugin``
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Registry:
 
     plugins: list[PluginInfo] = field(default_factory=list)
     components: list[Component] = field(default_factory=list)
+    used: list[Component] = field(default_factory=list)  # resolved in this process
 
     def of_kind(self, kind: str) -> list[Component]:
         return [c for c in self.components if c.spec.kind == kind]
@@ -77,6 +79,8 @@ class Registry:
             if c.spec.name == short and (not distribution or c.plugin.distribution == distribution)
         ]
         if len(matches) == 1:
+            if matches[0] not in self.used:
+                self.used.append(matches[0])
             return matches[0]
         if not matches:
             available = ", ".join(self.names(kind)) or "none"
@@ -185,7 +189,8 @@ def load_registry(entry_points: Iterable[metadata.EntryPoint] | None = None) -> 
         version = entry_point.dist.version if entry_point.dist else "?"
         if not _wanted(distribution):
             continue
-        info = PluginInfo(entry_point.name, distribution, version)
+        module_name = entry_point.value.partition(":")[0].strip()
+        info = PluginInfo(entry_point.name, distribution, version, module=module_name)
         registry.plugins.append(info)
         plugin_name = f"{distribution}:{entry_point.name}"
         try:

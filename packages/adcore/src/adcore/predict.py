@@ -30,6 +30,7 @@ from adcore.reporters.overlay import (
     safe_name,
 )
 from adcore.results import atomic_write_bytes, atomic_write_text, csv_text
+from adcore.scorescale import ScoreScale
 
 
 @dataclass
@@ -38,6 +39,7 @@ class PredictedImage:
     key: str  # where its outputs go, relative and unique: "good/000"
     score: float
     anomalous: bool
+    normalised: float = float("nan")  # 0..1, 0.5 at the threshold (adcore.scorescale)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class PredictOutput:
     threshold_source: str
     images: list[PredictedImage]
     scores_csv: Path
+    scale: ScoreScale | None = None
 
 
 def find_images(inputs: list[Path]) -> list[tuple[Path, str]]:
@@ -133,12 +136,16 @@ def load_method(run_dir: Path, category: str, device: str = "auto") -> tuple[Any
     return config, method, runtime
 
 
-def run_threshold(run_dir: Path, category: str) -> float:
-    """F1-optimal image threshold on the run's test scores."""
+def run_test_scores(run_dir: Path, category: str) -> tuple[np.ndarray, np.ndarray]:
+    """The run's test image scores [N] and labels [N], from its ``scores.csv``."""
     with (run_dir / category / "scores.csv").open(newline="") as stream:
         rows = list(csv.DictReader(stream))
-    scores = np.array([float(r["score"]) for r in rows])
-    labels = np.array([int(r["label"]) for r in rows])
+    return np.array([float(r["score"]) for r in rows]), np.array([int(r["label"]) for r in rows])
+
+
+def run_threshold(run_dir: Path, category: str) -> float:
+    """F1-optimal image threshold on the run's test scores."""
+    scores, labels = run_test_scores(run_dir, category)
     threshold = image_f1_threshold(scores, labels)
     if threshold is None:
         raise DataError(
@@ -188,20 +195,23 @@ def predict(
         for i, value in zip(index, maps, strict=True):
             write_map(out_dir / "maps" / f"{images[i][1]}.tiff", value)
 
+    scale = ScoreScale.from_scores(run_test_scores(run_dir, category)[0], decision)
+    normalised = scale.normalise(scores)  # [N] in [0, 1]
     results = [
-        PredictedImage(path, key, float(score), bool(score >= decision))
-        for (path, key), score in zip(images, scores, strict=True)
+        PredictedImage(path, key, float(score), bool(score >= decision), float(norm))
+        for (path, key), score, norm in zip(images, scores, normalised, strict=True)
     ]
     rows = [
-        [str(r.path), repr(r.score), int(r.anomalous), repr(decision), f"maps/{r.key}.tiff"]
+        [str(r.path), repr(r.score), repr(r.normalised), int(r.anomalous), repr(decision),
+         f"maps/{r.key}.tiff"]
         for r in results
-    ]
+    ]  # fmt: skip
     scores_csv = out_dir / "scores.csv"
-    header = ["path", "score", "anomalous", "threshold", "map"]
+    header = ["path", "score", "normalised_score", "anomalous", "threshold", "map"]
     atomic_write_text(scores_csv, csv_text(header, rows))
     if overlays:
         _write_overlays(run_dir, category, method, results, out_dir, decision, (low, high))
-    return PredictOutput(category, decision, source, results, scores_csv)
+    return PredictOutput(category, decision, source, results, scores_csv, scale)
 
 
 def _write_overlays(

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from adcore.efficiency import LOWER_IS_BETTER
+from adcore.env import machine_summary
 from adcore.errors import DataError
 from adcore.report_html import report_html
 from adcore.report_rows import (
@@ -72,6 +73,7 @@ def read_run(run_dir: Path) -> RunSummary:
         metric_names=[m for m in metric_names if m in header],
         efficiency_names=[h for h in header if h not in metric_names],
         values=values,
+        machine=machine_summary(env),
     )
 
 
@@ -177,13 +179,13 @@ def report_markdown(
             "the pipeline working, not the method's accuracy.\n\n"
         )
     parts.append("## Runs\n\n")
-    parts.append("| run | method | data set | k-shot | seed | weights | folder |\n")
-    parts.append("|---|---|---|---|---|---|---|\n")
+    parts.append("| run | method | data set | k-shot | seed | weights | machine | folder |\n")
+    parts.append("|---|---|---|---|---|---|---|---|\n")
     for run in runs:
         weights = "**random**" if run.random_weights else "as configured"
         parts.append(
             f"| {run.label} | {run.method} | {run.dataset} | {run.k_shot} | {run.seed} | "
-            f"{weights} | `{run.run_dir}` |\n"
+            f"{weights} | {run.machine} | `{run.run_dir}` |\n"
         )
     parts.append("\nMetrics in percent; the best value of each row in **bold**.\n")
     for metric in dict.fromkeys(row.metric for row in rows):
@@ -194,6 +196,10 @@ def report_markdown(
         parts.append(markdown_table(["category", *labels], chosen, names, percent))
     if efficiency:
         parts.append("\n## Efficiency (mean over categories)\n\n")
+        parts.append(
+            "Times depend on the machine and its load when each run was made (the machine "
+            "column of Runs): compare them only between runs on the same machine and load.\n\n"
+        )
         names = [
             f"{row.metric} ({'lower' if row.metric in LOWER_IS_BETTER else 'higher'} is better)"
             for row in efficiency

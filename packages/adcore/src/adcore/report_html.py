@@ -77,11 +77,12 @@ def _table(runs: list[RunSummary], rows: list[Row], names: list[str], formatter)
 
 def _runs_table(runs: list[RunSummary]) -> str:
     head = "<tr><th>run</th><th>method</th><th>data set</th><th>k-shot</th><th>seed</th>"
-    head += "<th>weights</th><th>folder</th></tr>"
+    head += "<th>weights</th><th>machine</th><th>folder</th></tr>"
     body = "".join(
         f"<tr><td>{_label(r)}</td><td>{html.escape(r.method)}</td>"
         f"<td>{html.escape(r.dataset)}</td><td>{html.escape(r.k_shot)}</td><td>{r.seed}</td>"
         f"<td>{'<b class=random>random</b>' if r.random_weights else 'as configured'}</td>"
+        f"<td>{html.escape(r.machine)}</td>"
         f"<td><code>{html.escape(str(r.run_dir))}</code></td></tr>"
         for r in runs
     )

@@ -31,6 +31,7 @@ class RunSummary:
     efficiency_names: list[str]
     values: dict[str, dict[str, float]]  # category (and "mean") -> column -> value
     label: str = ""
+    machine: str = ""  # CPU, threads, load (and GPU) when the run was made
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -184,8 +184,26 @@ def read_category(layout: RunLayout, category: str, metric_names: Sequence[str])
     )
 
 
-def refuse_other_config(layout: RunLayout, fingerprint: str, overwrite: bool) -> bool:
-    """True when the folder holds this same config (resume); an error for another config."""
+def differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings (missing counts)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted({*old, *new}, key=str)
+        found = []
+        for key in keys:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            found += differing_keys(old.get(key), new.get(key), dotted)
+        return found
+    return [] if old == new else [prefix]
+
+
+RUNTIME_ONLY_KEYS = ("data.num_workers", "experiment.output_root")  # not in the fingerprint
+
+
+def refuse_other_config(
+    layout: RunLayout, fingerprint: str, overwrite: bool, config: dict[str, Any] | None = None
+) -> bool:
+    """True when the folder holds this same config (resume); an error for another config,
+    naming the keys that differ when ``config`` (the new resolved config) is given."""
     marker = layout.root / ".fingerprint"
     if not marker.exists():
         return False
@@ -193,7 +211,23 @@ def refuse_other_config(layout: RunLayout, fingerprint: str, overwrite: bool) ->
     finished_any = any(layout.root.glob("*/metrics.csv"))
     if found == fingerprint or overwrite or not finished_any:
         return found == fingerprint
+    differences = ""
+    if config is not None and layout.config.is_file():
+        import yaml
+
+        old = yaml.safe_load(layout.config.read_text()) or {}
+        keys = [k for k in differing_keys(old, config) if k not in RUNTIME_ONLY_KEYS]
+        if keys:
+            shown = "; ".join(f"{k}: {_dotted(old, k)!r} -> {_dotted(config, k)!r}" for k in keys)
+            differences = f" Differing keys: {shown}."
     raise OutputError(
-        f"{layout.root} already holds results of a different config (see its config.yaml).",
+        f"{layout.root} already holds results of a different config (see its config.yaml)."
+        + differences,
         "Use another experiment.name (or --output), or rerun with --overwrite to replace them.",
     )
+
+
+def _dotted(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree

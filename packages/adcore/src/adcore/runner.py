@@ -334,7 +334,7 @@ class Evaluation:
     def run(self) -> RunResult:
         ensure_writable(self.layout.root)
         self.resuming = refuse_other_config(
-            self.layout, self.config.fingerprint(), self.options.overwrite
+            self.layout, self.config.fingerprint(), self.options.overwrite, self.config.to_dict()
         )
         pending = [c for c in self.categories if not self.finished(c)]
         # every file is checked before anything is written or any model is built

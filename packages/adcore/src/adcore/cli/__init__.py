@@ -8,6 +8,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from adcore.cli import bench_cmd, config_cmd, data_cmd, eval_cmd, plugins_cmd, sweep_cmd, train_cmd
 from adcore.cli.predict_cmd import predict_command
@@ -33,7 +34,10 @@ app.add_typer(data_cmd.app, name="data")
 
 
 def _fail(message: str, code: int) -> None:
-    Console(stderr=True).print(f"[bold red]Error:[/] {message}", highlight=False)
+    # soft_wrap: lines are not broken at 80 columns when stderr is a log file
+    Console(stderr=True).print(
+        f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True
+    )
     sys.exit(code)
 
 
@@ -52,3 +56,20 @@ def main() -> None:
             raise
         where = f" ({error.filename})" if error.filename else ""
         _fail(f"{error.strerror or error}{where}. Check the path and free space.", 1)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _fail("Interrupted.", 130)
+    except Exception as error:
+        failure = None if debug else _plugin_failure(error)
+        if failure is None:
+            raise
+        _fail(str(failure), failure.exit_code)
+
+
+def _plugin_failure(error: Exception) -> AdError | None:
+    """An exception from a plugin's code as one paragraph naming the plugin, else None."""
+    from adcore.failures import plugin_failure
+    from adcore.plugins import get_registry
+
+    return plugin_failure(error, get_registry())

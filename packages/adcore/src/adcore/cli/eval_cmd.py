@@ -23,7 +23,8 @@ from adcore.cli.options import (
     SetOption,
     resolved_config,
 )
-from adcore.results import RunResult
+from adcore.errors import Interrupted
+from adcore.results import RunLayout, RunResult
 
 RANDOM_BANNER = (
     "[bold yellow]Random weights:[/] every model is randomly initialised; the numbers below "
@@ -44,6 +45,21 @@ def results_table(result: RunResult) -> Table:
         ]
         table.add_row(category, *cells, end_section=index == len(rows) - 2)
     return table
+
+
+def interrupted(layout: RunLayout, categories: list[str]) -> Interrupted:
+    """What Ctrl-C left behind: finished categories are kept on disk, and a rerun resumes."""
+    done = [c for c in categories if layout.metrics(c).exists()]
+    left = [c for c in categories if c not in done]
+    kept = (
+        f"Finished and kept in {layout.root}: {', '.join(done)}."
+        if done
+        else f"No category had finished; nothing was kept in {layout.root}."
+    )
+    return Interrupted(
+        f"Interrupted. {kept} Not finished: {', '.join(left) or 'none'}.",
+        "Rerun the same command to resume: finished categories are kept, the others computed.",
+    )
 
 
 def eval_command(
@@ -93,12 +109,24 @@ def eval_command(
         output=output,
     )
     console = Console(stderr=as_json)
+    for note in resolved.notes:
+        console.print(note, highlight=False)
     if resolved.random_weights:
         console.print(RANDOM_BANNER)
     options = RunOptions(overwrite, save_maps, save_model, show_progress=not no_progress)
     with Progress(enabled=not no_progress and not as_json) as progress:
         evaluation = Evaluation(resolved, get_registry(), options, progress)
-        result = evaluation.run()
+        try:
+            result = evaluation.run()
+        except KeyboardInterrupt:
+            raise interrupted(evaluation.layout, evaluation.categories) from None
+    kept = [r.category for r in result.categories if r.resumed]
+    if kept:
+        console.print(
+            f"Kept from an earlier run (same config, not recomputed): {', '.join(kept)}. "
+            "--overwrite recomputes them.",
+            highlight=False,
+        )
     if as_json:
         print((result.run_dir / "summary.json").read_text())
         return

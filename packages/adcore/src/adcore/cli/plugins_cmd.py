@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adcore.cli.options import JsonOption
+from adcore.cli.tables import print_table
 from adcore.plugins import get_registry
 
 
@@ -56,4 +57,4 @@ def list_plugins(as_json: JsonOption = False) -> None:
         table.add_row(
             row["component"], row["kind"], row["distribution"], row["version"], status, summary
         )
-    Console().print(table)
+    print_table(table, Console())

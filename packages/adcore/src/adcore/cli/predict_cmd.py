@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adcore.cli.options import DeviceOption, JsonOption
+from adcore.cli.tables import print_table
 
 
 def predict_command(
@@ -58,7 +59,13 @@ def predict_command(
     )
     if as_json:
         rows = [
-            {"path": str(i.path), "score": i.score, "anomalous": i.anomalous} for i in result.images
+            {
+                "path": str(i.path),
+                "score": i.score,
+                "normalised_score": i.normalised,
+                "anomalous": i.anomalous,
+            }
+            for i in result.images
         ]
         payload = {"category": result.category, "threshold": result.threshold, "images": rows}
         print(json.dumps(payload, indent=2))
@@ -68,10 +75,19 @@ def predict_command(
     )
     table.add_column("image")
     table.add_column("score", justify="right")
+    table.add_column("normalised", justify="right")
     table.add_column("verdict")
     for image in result.images:
         verdict = "[bold red]anomalous[/]" if image.anomalous else "normal"
-        table.add_row(str(image.path), f"{image.score:.4g}", verdict)
+        table.add_row(str(image.path), f"{image.score:.4g}", f"{image.normalised:.3f}", verdict)
     console = Console()
-    console.print(table)
+    print_table(table, console)
+    if result.scale is not None:
+        scale = result.scale
+        console.print(
+            f"normalised: 0 at the run's lowest test score ({scale.low:.4g}), 0.5 at the "
+            f"threshold ({scale.threshold:.4g}), 1 at its highest ({scale.high:.4g}), linear "
+            "in between; >= 0.5 means anomalous.",
+            highlight=False,
+        )
     console.print(f"Results: {out}")

@@ -11,6 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from adcore.cli.eval_cmd import RANDOM_BANNER
+from adcore.cli.options import RandomWeightsOption
+from adcore.cli.tables import print_table
+
 
 class ExecutorName(str, Enum):
     local = "local"
@@ -80,6 +84,7 @@ def sweep_command(
         bool, typer.Option("--overwrite", help="Recompute finished units and replace their runs.")
     ] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    random_weights: RandomWeightsOption = False,
 ) -> None:
     """Run a grid of experiments (every category of each), skipping finished units, then
     summarise: each run's summary, and mean ± std over seeds per setting."""
@@ -93,9 +98,11 @@ def sweep_command(
     else:
         chosen = LocalExecutor()
     with Progress(enabled=not no_progress) as progress:
-        outcome = run_sweep(sweep_file, chosen, overwrite, progress)
+        outcome = run_sweep(sweep_file, chosen, overwrite, progress, random_weights)
     if outcome.rows:
-        console.print(sweep_table(outcome.header, outcome.rows))
+        print_table(sweep_table(outcome.header, outcome.rows), console)
+    if any(e.config.random_weights for e in outcome.plan.experiments):
+        console.print(RANDOM_BANNER.replace("below", "above"))
     console.print(
         f"{len(outcome.computed)} unit(s) run, {outcome.skipped} finished earlier. "
         f"Summary: {outcome.summary_dir}"

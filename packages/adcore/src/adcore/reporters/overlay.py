@@ -76,6 +76,23 @@ def colour_scale(value_range: tuple[float, float], threshold: float | None) -> A
     return Normalize(low, high if high > low else low + 1.0)
 
 
+COLOUR_BAR_LABEL = "anomaly map value (pixel score)"
+SCALE_NOTE = (
+    "Colours: the anomaly map's pixel values on one scale per category, in two linear pieces "
+    "that meet at the pixel threshold. The image score is the method's own image-level score "
+    "(e.g. the maximum of unsmoothed patch scores) and may lie outside this scale."
+)
+
+
+def colour_bar_ticks(value_range: tuple[float, float], threshold: float | None) -> list[float]:
+    """Five ticks evenly spaced along the bar: the range's ends, the threshold at the middle
+    when it lies inside the range, and the middle of each piece."""
+    low, high = value_range
+    if threshold is not None and low < threshold < high:
+        return [*np.linspace(low, threshold, 3), *np.linspace(threshold, high, 3)[1:]]
+    return list(np.linspace(low, high, 5))
+
+
 def colourise(anomaly_map: np.ndarray, scale: Any) -> tuple[np.ndarray, np.ndarray]:
     """[H,W] float -> colours [H,W,3] in [0,1] and scaled values [H,W] in [0,1]."""
     from matplotlib import colormaps
@@ -158,9 +175,8 @@ def render_png(
         fraction=0.046,
         pad=0.03,
     )
-    low, high = value_range
-    if threshold is not None and low < threshold < high:  # ticks on both halves of the scale
-        bar.set_ticks([*np.linspace(low, threshold, 3)[:-1], *np.linspace(threshold, high, 4)])
+    bar.set_ticks(colour_bar_ticks(value_range, threshold))
+    bar.set_label(COLOUR_BAR_LABEL, fontsize=8)
     bar.ax.tick_params(labelsize=8)
     bar.ax.yaxis.set_major_formatter("{x:.3g}")
     handles = []
@@ -175,9 +191,13 @@ def render_png(
         label = f"predicted region (map >= {threshold:.4g}, {threshold_label}{none})"
         handles.append(Line2D([], [], color=np.array(PREDICTED_COLOUR) / 255, lw=3, label=label))
     if handles:
-        figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9)
+        figure.legend(
+            handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.05), ncol=len(handles),
+            fontsize=9,
+        )  # fmt: skip
     figure.suptitle(f"{item.title}\n{item.subtitle}", fontsize=11)
-    figure.subplots_adjust(left=0.02, right=0.885, top=0.84, bottom=0.09, wspace=0.05)
+    figure.text(0.5, 0.005, SCALE_NOTE, ha="center", va="bottom", fontsize=6.5, wrap=True)
+    figure.subplots_adjust(left=0.02, right=0.86, top=0.84, bottom=0.14, wspace=0.05)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -41,6 +41,7 @@ def run_sweep(
     executor: Executor | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    random_weights: bool = False,
 ) -> SweepOutcome:
     """Run every unfinished unit of the sweep, then write the run and sweep summaries.
 
@@ -53,7 +54,8 @@ def run_sweep(
     progress = progress or Progress(enabled=False)
     sweep = load_sweep(sweep_file)
     registry = get_registry()
-    plan = plan_sweep(sweep, registry, overwrite, os.environ.get(FAIL_ONCE_ENV) or None)
+    fail_once = os.environ.get(FAIL_ONCE_ENV) or None
+    plan = plan_sweep(sweep, registry, overwrite, fail_once, random_weights)
     if not plan.experiments:
         raise OutputError(
             f"Sweep file {sweep.path} excludes every point of its grid.", "Loosen exclude:."

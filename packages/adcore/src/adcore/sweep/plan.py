@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adcore.config import ResolvedConfig, resolve, validate_base
+from adcore.config import ResolvedConfig, resolve, validate_base, weights_fields
 from adcore.errors import AdError, ConfigError
 from adcore.plugins import Registry
 from adcore.results import RunLayout, refuse_other_config
 from adcore.runner import build_dataset, check_capability, select_categories
 from adcore.sweep.spec import Sweep, describe_point, merge_dotted
 from adcore.sweep.unit import Unit
+from adcore.weights import RANDOM
 
 
 @dataclass
@@ -61,15 +62,24 @@ def _fail(point: dict[str, Any], error: AdError) -> AdError:
 
 
 def plan_sweep(
-    sweep: Sweep, registry: Registry, overwrite: bool = False, fail_once: str | None = None
+    sweep: Sweep,
+    registry: Registry,
+    overwrite: bool = False,
+    fail_once: str | None = None,
+    random_weights: bool = False,
 ) -> Plan:
+    """Every point's experiment and its pending units; ``random_weights`` writes ``none``
+    into each method's weights fields, so workers resolve the same config."""
     experiments: list[Experiment] = []
     datasets: dict[str, Any] = {}
     folders: dict[Path, dict[str, Any]] = {}
     for point in sweep.points():
         try:
             raw = _absolute(sweep.raw_config(point))
-            config = resolve(validate_base(raw), registry)
+            config = resolve(validate_base(raw), registry, random_weights)
+            if random_weights:
+                fields = weights_fields(config.method_config)
+                raw = merge_dotted(raw, {f"model.{name}": RANDOM for name in fields})
             check_capability(config)
             data = config.dataset_config.model_dump(mode="json")
             key = json.dumps([config.dataset.qualified_name, data, str(config.base.data.root)])
@@ -95,7 +105,9 @@ def plan_sweep(
             )
         folders[layout.root] = point
         try:
-            resuming = refuse_other_config(layout, config.fingerprint(), overwrite)
+            resuming = refuse_other_config(
+                layout, config.fingerprint(), overwrite, config.to_dict()
+            )
         except AdError as error:
             raise _fail(point, error) from None
         done = resuming and not overwrite
