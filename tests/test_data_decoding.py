@@ -378,3 +378,35 @@ def test_a_test_split_of_one_class_gives_n_a_with_its_reason_everywhere(tmp_path
     rows = list(csv.DictReader((run_dir / "summary_metrics.csv").open()))
     assert "one class only" in rows[0]["notes"] and "n/a where" in rows[1]["notes"]
     assert "one class only" in (run_dir / "summary_metrics_pretty.md").read_text()
+
+
+def test_data_check_reports_each_kind_in_the_console(tmp_path):
+    """One tree, one category per kind: `ad data check` names 16-bit images and their range,
+    orientation tags, grey-level masks, and an empty mask (exit 1 for the last only)."""
+    clean = clean_tree(tmp_path)
+    root = tmp_path / "kinds"
+    copy_tree(
+        clean / "widget",
+        root / "deep",
+        image=lambda a, p: Image.fromarray(grey(a).astype(np.uint16) * 257).save(f"{p}.png"),
+    )
+    copy_tree(clean / "widget", root / "turned", image=oriented_writer("png"))
+    copy_tree(
+        clean / "widget",
+        root / "lossy",
+        mask=lambda a, p: Image.fromarray(a).save(f"{p}.jpg", quality=75),
+    )
+    copy_tree(clean / "widget", root / "empty")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(
+        root / "empty/ground_truth/square/002_mask.png"
+    )
+    result = run_ad("data", "check", "--dataset", "mvtec", "--data-root", str(root))
+    text = " ".join(result.stdout.split())  # rich wraps long lines
+    assert result.returncode == 1 and "Traceback" not in text
+    assert "12 images have more than 8 bits per value (I;16 12)" in text
+    assert "integer 0..65535" in text
+    assert "12 images or masks carry an EXIF orientation tag" in text
+    assert "3 masks have many grey levels" in text and "000_mask.jpg" in text
+    assert "mask_empty" in text and "002_mask.png" in text
+    bad = [line for line in result.stdout.splitlines() if line.startswith("bad ")]
+    assert len(bad) == 1  # only the empty mask is an error

@@ -23,7 +23,7 @@ numbers:
 from __future__ import annotations
 
 import math
-import warnings
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,7 @@ TRANSPOSES = {  # EXIF orientation -> the transpose that undoes it (as ImageOps.
 }
 SKIP_HINT = "Replace or remove the file, or rerun with --skip-bad-samples to leave it out."
 
+_UNLIMITED = threading.Lock()  # guards the moment PIL's global limit is lifted
 IntensityRule = Literal["category", "type"] | tuple[float, float]
 
 
@@ -105,19 +106,18 @@ def too_large_error(path: Path, size: tuple[int, int], limit: int) -> DataError:
 
 def open_image(path: Path, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Open ``path`` lazily (header only), refusing it when over ``max_image_pixels``."""
-    # PIL's own bomb check runs inside Image.open; it follows our limit, ours names the fix
-    Image.MAX_IMAGE_PIXELS = max_image_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+        with _UNLIMITED:  # PIL's own bomb check is off while the header is read: ours follows
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
     except FileNotFoundError:
         raise DataError(
             f"File {path} does not exist{dangling(path)}.",
             "Check the data set root and its layout.",
         ) from None
-    except Image.DecompressionBombError:
-        raise too_large_error(path, _header_size(path), max_image_pixels or 0) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(
             f"File {path} cannot be decoded as an image ({error}).", SKIP_HINT
@@ -126,16 +126,6 @@ def open_image(path: Path, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXE
         image.close()
         raise too_large_error(path, image.size, max_image_pixels)
     return image
-
-
-def _header_size(path: Path) -> tuple[int, int]:
-    """Size from the header with PIL's bomb check off (for the message only)."""
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-    try:
-        with Image.open(path) as image:
-            return image.size
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
 
 
 def dangling(path: Path) -> str:
