@@ -155,6 +155,35 @@ def test_16_bit_12_bit_and_float_images_read_like_their_8_bit_copy(tmp_path):
     assert check.intensity_range == {"integer": [0.0, 4095.0]}
 
 
+def test_bit_depth_rule_by_hand(tmp_path):
+    """32-bit integers (mode I) and floats outside 0..1 follow the category rule; 'type'
+    takes the container's scale; the expected pixels are computed here with numpy."""
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 256, (2, 6, 5))
+    paths = []
+    for i, v in enumerate(values):
+        Image.fromarray((v * 257).astype(np.int32), mode="I").save(tmp_path / f"i{i}.tiff")
+        paths.append(tmp_path / f"i{i}.tiff")
+    assert Image.open(paths[0]).mode == "I"
+    decoding = category_decoding(paths)
+    assert decoding.integer_range == (0.0, 65535.0)  # largest value 65535 or less: 16 bits
+    for path, v in zip(paths, values, strict=True):
+        assert np.array_equal(np.asarray(read_image(path, decoding))[..., 1], v)
+
+    floats = [rng.uniform(-1, 3, (6, 5)).astype(np.float32) for _ in range(2)]
+    for i, f in enumerate(floats):
+        Image.fromarray(f, mode="F").save(tmp_path / f"f{i}.tiff")
+    decoding = category_decoding([tmp_path / "f0.tiff", tmp_path / "f1.tiff"])
+    low, high = min(f.min() for f in floats), max(f.max() for f in floats)
+    assert decoding.float_range == (pytest.approx(low), pytest.approx(high))
+    expected = np.clip(np.rint((floats[1].astype(float) - low) * 255 / (high - low)), 0, 255)
+    assert np.array_equal(np.asarray(read_image(tmp_path / "f1.tiff", decoding))[..., 0], expected)
+
+    Image.fromarray(np.full((4, 4), 4095, np.uint16)).save(tmp_path / "d.png")
+    assert category_decoding([tmp_path / "d.png"], "type").integer_range is None
+    assert np.asarray(read_image(tmp_path / "d.png", Decoding()))[0, 0, 0] == 16  # 4095/257
+
+
 # --- orientation ----------------------------------------------------------------------------
 
 
