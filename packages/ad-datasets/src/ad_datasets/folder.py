@@ -26,6 +26,7 @@ from ad_datasets.layout import (
     mvtec_samples,
     require_root,
     subfolders,
+    tree_images,
 )
 from adcore.api import IMAGE_EXTENSIONS, Sample, Split
 
@@ -36,19 +37,6 @@ FOLDER_LAYOUT = f"""\
   (or one such folder per category under <root>), or the MVTec layout:
 {MVTEC_LAYOUT}
   (images: {", ".join(IMAGE_EXTENSIONS)})"""
-
-
-def tree_images(folder: Path) -> list[Path]:
-    """Images anywhere under ``folder``, sorted; hidden files and folders are skipped."""
-    if not folder.is_dir():
-        return []
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-        and path.is_file()
-    )
 
 
 def is_normal_abnormal(folder: Path) -> bool:
@@ -114,6 +102,8 @@ class FolderDataset(CategoryDataset):
         for path in tree_images(abnormal):
             relative = path.relative_to(abnormal)
             defect = relative.parts[0] if len(relative.parts) > 1 else ABNORMAL
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:  # a dangling link to a folder
+                defect = path.name
             mask = masks.get(mask_key(path, abnormal))
             if mask is None and len(by_stem.get(path.stem, [])) == 1:
                 mask = by_stem[path.stem][0]

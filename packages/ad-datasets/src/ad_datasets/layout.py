@@ -5,6 +5,7 @@ Every reader here lists paths only; pixels are decoded later by :mod:`adcore.loa
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -25,16 +26,61 @@ def require_root(root: Path | None, dataset: str) -> Path:
     return Path(root).expanduser()
 
 
+def is_dangling(path: Path) -> bool:
+    """A symbolic link whose target does not exist (moved, renamed, unmounted)."""
+    return path.is_symlink() and not path.exists()
+
+
 def image_files(folder: Path) -> list[Path]:
-    """Images directly in ``folder`` (any case of the usual extensions), sorted; none if absent."""
+    """Images directly in ``folder`` (any case of the usual extensions), sorted; none if absent.
+
+    Linked files are followed; a dangling link is listed too, whatever its name, so that the
+    data check names it instead of the data silently shrinking.
+    """
     if not folder.is_dir():
         return []
     return sorted(
         path
         for path in folder.iterdir()
-        if path.suffix.lower() in IMAGE_EXTENSIONS
-        and not path.name.startswith(".")
-        and path.is_file()
+        if not path.name.startswith(".")
+        and ((path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()) or is_dangling(path))
+    )
+
+
+def tree_images(folder: Path) -> list[Path]:
+    """Images anywhere under ``folder``, sorted, following linked folders as :func:`image_files`
+    follows linked files (each real folder once, so link cycles end); hidden entries are
+    skipped and dangling links listed."""
+    if not folder.is_dir():
+        return []
+    found: list[Path] = []
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(top) / name
+            if name.startswith("."):
+                continue
+            if (path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()) or is_dangling(path):
+                found.append(path)
+    return sorted(found)
+
+
+def dangling_entries(folder: Path) -> list[Path]:
+    """Dangling links directly in ``folder`` that are not named like images (linked folders)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if is_dangling(p)
+        and p.suffix.lower() not in IMAGE_EXTENSIONS
+        and not p.name.startswith(".")
     )
 
 
@@ -100,6 +146,11 @@ def mvtec_samples(category_dir: Path, split: Split, masks_required: bool = True)
         paths = image_files(category_dir / "train" / GOOD) + image_files(category_dir / "train")
         return [Sample(image_path=p, label=0, category=category) for p in sorted(paths)]
     samples: list[Sample] = []
+    for link in dangling_entries(category_dir / "test"):  # a linked defect folder that moved
+        label = int(link.name != GOOD)
+        samples.append(
+            Sample(image_path=link, label=label, category=category, defect_type=link.name)
+        )
     for defect_dir in subfolders(category_dir / "test"):
         defect = defect_dir.name
         if defect == GOOD:

@@ -49,12 +49,19 @@ class VisaCsv(CategoryDataset):
         return list(self._samples[category][split])
 
 
+def csv_path(text: str) -> str:
+    """A relative path of the CSV with Windows separators (``candle\\Data\\...``) as ``/``."""
+    return text.strip().replace("\\", "/")
+
+
 def read_split_csv(root: Path) -> dict[str, dict[str, list[Sample]]]:
     """category -> split -> samples sorted by path, from ``<root>/split_csv/1cls.csv``."""
     path = root / SPLIT_CSV
-    with path.open(newline="", encoding="utf-8") as handle:
+    # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark before the header
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+        missing = [c for c in COLUMNS if c not in reader.fieldnames]
         if missing:
             raise DataError(
                 f"{path} lacks the columns {', '.join(missing)} "
@@ -70,10 +77,10 @@ def read_split_csv(root: Path) -> dict[str, dict[str, list[Sample]]]:
                     "train/test and normal/anomaly.",
                     "Use the split_csv/1cls.csv shipped in VisA_20220922.tar.",
                 )
-            mask = row["mask"].strip()
+            mask = csv_path(row["mask"])
             table[row["object"].strip()][split].append(
                 Sample(
-                    image_path=root / row["image"].strip(),
+                    image_path=root / csv_path(row["image"]),
                     label=LABELS[label],
                     category=row["object"].strip(),
                     defect_type=ANOMALY if LABELS[label] else GOOD,

@@ -65,6 +65,18 @@ class DataSection(Section):
     )
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes.")
     skip_bad_samples: bool = Field(False, description="Leave out unreadable or bad samples.")
+    max_image_pixels: int | None = Field(
+        89_478_485,  # PIL's Image.MAX_IMAGE_PIXELS
+        ge=1,
+        description="Largest image decoded (width x height); larger ones are bad samples. "
+        "null: no limit.",
+    )
+    intensity_range: Literal["category", "type"] | tuple[float, float] = Field(
+        "category",
+        description="How images of more than 8 bits become 0..255: 'category' (one range per "
+        "category: the full scale of the smallest bit depth holding its largest value; floats "
+        "0..1 or their min..max), 'type' (the container's full scale), or [low, high].",
+    )
 
     @field_validator("k_shot")
     @classmethod

@@ -1,5 +1,7 @@
 """Decoding and resizing, done once for every data set, in DataLoader workers.
 
+Files are decoded by :mod:`adcore.decoding` (bit depth, orientation, mask values, limits).
+
 Images become uint8 [3,S,S] tensors at the method's declared geometry (resize to ``size``,
 then centre crop); masks get the same geometry with nearest-neighbour resizing, so a pixel
 of the map and a pixel of the mask always describe the same place.
@@ -8,49 +10,20 @@ of the map and a pixel of the mask always describe the same place.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from adcore.dataset import Sample
+from adcore.decoding import Decoding, read_image, read_mask
 from adcore.errors import DataError
 from adcore.method import InputGeometry
 
+__all__ = ["IMAGE_EXTENSIONS", "SampleImages", "apply_geometry", "collate", "make_loader"]
+__all__ += ["Decoding", "read_image", "read_mask"]  # decoding lives in adcore.decoding
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-    except FileNotFoundError:
-        raise DataError(
-            f"File {path} does not exist.", "Check the data set root and its layout."
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise DataError(
-            f"File {path} cannot be decoded as an image ({error}).",
-            "Replace or remove the file, or rerun with --skip-bad-samples to leave it out.",
-        ) from None
-    return image
-
-
-def read_image(path: Path) -> Image.Image:
-    """Decode any image as RGB (grayscale categories such as MVTec's grid become RGB)."""
-    return _open(path).convert("RGB")
-
-
-def read_mask(path: Path | None, size: tuple[int, int]) -> Image.Image:
-    """A binary mask as an 'L' image with values 0/1; ``None`` is all-normal of ``size`` (w,h).
-
-    Masks are binarised with ``> 0``: VisA stores defect ids, MVTec stores 255.
-    """
-    if path is None:
-        return Image.new("L", size, 0)
-    mask = np.asarray(_open(path).convert("L")) > 0
-    return Image.fromarray(mask.astype(np.uint8))
 
 
 def apply_geometry(image: Image.Image, geometry: InputGeometry, resample: int) -> np.ndarray:
@@ -70,10 +43,12 @@ class SampleImages:
         samples: Sequence[Sample],
         geometry: InputGeometry,
         original_masks: bool = False,
+        decoding: Decoding | None = None,
     ) -> None:
         self.samples = list(samples)
         self.geometry = geometry
         self.original_masks = original_masks
+        self.decoding = decoding or Decoding()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -82,8 +57,8 @@ class SampleImages:
         import torch
 
         sample = self.samples[index]
-        image = read_image(sample.image_path)
-        mask = read_mask(sample.mask_path, image.size)
+        image = read_image(sample.image_path, self.decoding)
+        mask = read_mask(sample.mask_path, image.size, self.decoding)
         if mask.size != image.size:
             raise DataError(
                 f"Mask {sample.mask_path} is {mask.size[0]}x{mask.size[1]} but its image "
@@ -128,14 +103,19 @@ def make_loader(
     seed: int = 0,
     original_masks: bool = False,
     pin_memory: bool = False,
+    decoding: Decoding | None = None,
 ) -> Any:
-    """A DataLoader yielding dicts: image uint8 [B,3,S,S], mask uint8 [B,S,S], label, index."""
+    """A DataLoader yielding dicts: image uint8 [B,3,S,S], mask uint8 [B,S,S], label, index.
+
+    ``decoding``: the category's :class:`~adcore.decoding.Decoding` (bit-depth range, size
+    limit); the defaults when None.
+    """
     import torch
     from torch.utils.data import DataLoader
 
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        SampleImages(samples, geometry, original_masks),
+        SampleImages(samples, geometry, original_masks, decoding),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,

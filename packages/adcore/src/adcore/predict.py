@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from adcore.dataset import Sample
+from adcore.decoding import Decoding, category_decoding
 from adcore.errors import DataError, UsageError
 from adcore.loading import IMAGE_EXTENSIONS
 from adcore.method import Method
 from adcore.metrics import image_f1_threshold
+from adcore.outputkeys import unique_keys
 from adcore.reporters.overlay import (
     THRESHOLDS_FILE,
     OverlayImage,
@@ -73,12 +75,8 @@ def find_images(inputs: list[Path]) -> list[tuple[Path, str]]:
             f"No images found in {listed}.",
             f"Pass files or folders holding {', '.join(IMAGE_EXTENSIONS)} images.",
         )
-    keys: dict[str, int] = {}
-    unique = []
-    for path, key in found:
-        keys[key] = keys.get(key, 0) + 1
-        unique.append((path, key if keys[key] == 1 else f"{key}-{keys[key]}"))
-    return unique
+    keys = unique_keys([key for _, key in found])
+    return [(path, key) for (path, _), key in zip(found, keys, strict=True)]
 
 
 def run_categories(run_dir: Path) -> list[str]:
@@ -182,7 +180,11 @@ def predict(
     decision = threshold if threshold is not None else run_threshold(run_dir, category)
     config, method, runtime = load_method(run_dir, category, device)
     samples = [Sample(image_path=p, label=0, category=category) for p, _ in images]
-    loader = make_loader(samples, method.geometry, config.base.data.batch_size, 0)
+    data = config.base.data
+    decoding = category_decoding(
+        [p for p, _ in images], data.intensity_range, data.max_image_pixels
+    )
+    loader = make_loader(samples, method.geometry, data.batch_size, 0, decoding=decoding)
     scores = np.empty(len(samples), dtype=np.float64)
     low, high = math.inf, -math.inf
     for batch in loader:
@@ -210,7 +212,9 @@ def predict(
     header = ["path", "score", "normalised_score", "anomalous", "threshold", "map"]
     atomic_write_text(scores_csv, csv_text(header, rows))
     if overlays:
-        _write_overlays(run_dir, category, method, results, out_dir, decision, (low, high))
+        _write_overlays(
+            run_dir, category, method, results, out_dir, decision, (low, high), decoding
+        )
     return PredictOutput(category, decision, source, results, scores_csv, scale)
 
 
@@ -222,6 +226,7 @@ def _write_overlays(
     out_dir: Path,
     decision: float,
     own_range: tuple[float, float],
+    decoding: Decoding | None = None,
 ) -> None:
     """One overlay per image, on the run's colour scale and pixel threshold when it saved them."""
     from PIL import Image
@@ -232,17 +237,19 @@ def _write_overlays(
         value_range = (settings["map_min"], settings["map_max"])
     else:
         value_range = own_range if own_range[1] > own_range[0] else (own_range[0], own_range[0] + 1)
-    for result in results:
+    # flat names, made unique again after flattening ("a/b" and "a_b" must not meet)
+    names = unique_keys([safe_name(r.key.replace("/", "_")) for r in results])
+    for result, flat in zip(results, names, strict=True):
         with Image.open(out_dir / "maps" / f"{result.key}.tiff") as stored:
             anomaly_map = np.asarray(stored, dtype=np.float32)  # [S,S]
         verdict = "anomalous" if result.anomalous else "normal"
         item = OverlayImage(
-            image=read_at_geometry(result.path, method.geometry),
+            image=read_at_geometry(result.path, method.geometry, decoding),
             anomaly_map=anomaly_map,
             mask=None,
             title=f"{category} / {result.path.name}: predicted {verdict}",
             subtitle=f"score {result.score:.4g}, image threshold {decision:.4g}",
         )
-        name = safe_name(f"{result.key.replace('/', '_')}_{verdict}_score{result.score:.4g}")
+        name = f"{flat}_{verdict}_score{result.score:.4g}.png"
         png = render_png(item, value_range, pixel, "run's F1-optimal")
-        atomic_write_bytes(out_dir / "overlays" / f"{name}.png", png)
+        atomic_write_bytes(out_dir / "overlays" / name, png)

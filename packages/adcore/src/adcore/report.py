@@ -52,7 +52,7 @@ def read_run(run_dir: Path) -> RunSummary:
         )
     with summary_csv.open(newline="") as stream:
         reader = csv.DictReader(stream)
-        header = [h for h in reader.fieldnames or [] if h != "category"]
+        header = [h for h in reader.fieldnames or [] if h not in ("category", "notes")]
         values = {row["category"]: {h: parse_number(row[h]) for h in header} for row in reader}
     config = _yaml(run_dir / "config.yaml")
     env = _json(run_dir / "env.json")

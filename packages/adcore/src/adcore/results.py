@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field
 from adcore.dataset import Sample
 from adcore.errors import OutputError
 
-COUNT_COLUMNS = ("num_support", "num_test", "num_anomalous", "num_skipped")
+COUNT_COLUMNS = ("num_support", "num_test", "num_anomalous", "num_skipped", "num_vanished_masks")
+NOTES_SEPARATOR = "; "
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() would give; mkstemp alone gives 0600
@@ -79,8 +80,10 @@ class CategoryResult(BaseModel):
     num_test: int = 0
     num_anomalous: int = 0
     num_skipped: int = 0
+    num_vanished_masks: int = 0  # anomalous images whose mask lost every pixel when resized
     seconds: float = 0.0
     resumed: bool = False
+    notes: list[str] = Field(default_factory=list)  # why a metric is n/a, what was lost
 
     def row(self) -> dict[str, Any]:
         counts = {name: getattr(self, name) for name in COUNT_COLUMNS}
@@ -90,6 +93,7 @@ class CategoryResult(BaseModel):
             **self.efficiency,
             **counts,
             "seconds": round(self.seconds, 3),
+            "notes": NOTES_SEPARATOR.join(self.notes),
         }
 
 
@@ -137,10 +141,9 @@ class RunLayout:
     def scores(self, category: str) -> Path:
         return self.category(category) / "scores.csv"
 
-    def map_path(self, category: str, sample: Sample) -> Path:
-        return (
-            self.category(category) / "maps" / sample.defect_type / f"{sample.image_path.stem}.tiff"
-        )
+    def map_path(self, category: str, key: str) -> Path:
+        """``<category>/maps/<key>.tiff``; ``key`` from :func:`adcore.outputkeys.output_keys`."""
+        return self.category(category) / "maps" / f"{key}.tiff"
 
     def model_state(self, category: str) -> Path:
         return self.category(category) / "model.pt"
@@ -149,7 +152,7 @@ class RunLayout:
 def write_category(layout: RunLayout, result: CategoryResult, metric_names: Sequence[str]) -> None:
     """``metrics.csv``: one row of metrics, efficiency figures and counts."""
     row = result.row()
-    header = ["category", *metric_names, *result.efficiency, *COUNT_COLUMNS, "seconds"]
+    header = ["category", *metric_names, *result.efficiency, *COUNT_COLUMNS, "seconds", "notes"]
     atomic_write_text(layout.metrics(result.category), csv_text(header, [[row[h] for h in header]]))
 
 
@@ -171,15 +174,17 @@ def read_category(layout: RunLayout, category: str, metric_names: Sequence[str])
     with layout.metrics(category).open(newline="") as stream:
         row = next(csv.DictReader(stream))
     metrics = {name: float(row[name]) for name in metric_names if name in row}
-    known = {"category", "seconds", *COUNT_COLUMNS, *metric_names}
+    known = {"category", "seconds", "notes", *COUNT_COLUMNS, *metric_names}
     efficiency = {k: float(v) for k, v in row.items() if k not in known and v != ""}
     counts = {name: int(row.get(name, 0) or 0) for name in COUNT_COLUMNS}
+    notes = [n for n in (row.get("notes") or "").split(NOTES_SEPARATOR) if n]
     return CategoryResult(
         category=category,
         metrics=metrics,
         efficiency=efficiency,
         seconds=float(row.get("seconds", 0) or 0),
         resumed=True,
+        notes=notes,
         **counts,
     )
 

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,13 @@ import yaml
 
 from adcore.config import ResolvedConfig
 from adcore.dataset import Dataset, Sample
+from adcore.decoding import Decoding, category_decoding, image_size
 from adcore.errors import ConfigError, DataError, PluginError
 from adcore.evaldata import EvalData
 from adcore.loading import make_loader, read_mask
 from adcore.method import FitContext, Method, Runtime
+from adcore.notes import category_notes
+from adcore.outputkeys import check_distinct, output_keys
 from adcore.plugins import Component, Registry
 from adcore.progress import Progress
 from adcore.records import Capability, PluginConfig
@@ -50,6 +53,7 @@ class CategoryData:
     support: list[Sample]
     test: list[Sample]
     num_skipped: int
+    decoding: Decoding = field(default_factory=Decoding)  # the category's bit-depth range
 
 
 @dataclass
@@ -129,12 +133,13 @@ def select_categories(dataset: Dataset, requested: Sequence[str] | None) -> list
 
 
 def screen_samples(
-    samples: list[Sample], skip: bool, require_masks: bool
+    samples: list[Sample], skip: bool, require_masks: bool, max_image_pixels: int | None = None
 ) -> tuple[list[Sample], int]:
     """Check files before any model work: stop naming each bad file, or leave them out."""
     from adcore import datacheck
 
-    bad = datacheck.find_bad_samples(samples, require_masks=require_masks)
+    limit = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
+    bad = datacheck.find_bad_samples(samples, require_masks=require_masks, **limit)
     if not bad:
         return samples, 0
     if not skip:
@@ -173,15 +178,14 @@ def original_resolution(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Maps resized (bilinear) to each mask's own size, cropped alike."""
     import torch
-    from PIL import Image
 
     from adcore.maps import upsample
 
     resized_maps, masks = [], []
+    decoding = Decoding(config.base.data.max_image_pixels)
     for value, sample in zip(maps, samples, strict=True):
-        with Image.open(sample.image_path) as image:
-            size = image.size
-        mask = read_mask(sample.mask_path, size).crop(_crop_box(size, config, method))
+        size = image_size(sample.image_path, decoding)  # as shown: EXIF orientation applied
+        mask = read_mask(sample.mask_path, size, decoding).crop(_crop_box(size, config, method))
         target = np.asarray(mask, dtype=bool)  # [H,W]
         resized_maps.append(upsample(torch.from_numpy(value)[None], target.shape)[0].numpy())
         masks.append(target)
@@ -271,27 +275,33 @@ class Evaluation:
         train = self.dataset.samples(category, "train")
         support = choose_support(train, data.k_shot, self.runtime.seed, category)
         support, skipped_support = screen_samples(
-            support, data.skip_bad_samples, self.dataset.requires_masks
+            support, data.skip_bad_samples, self.dataset.requires_masks, data.max_image_pixels
         )
         test, skipped_test = screen_samples(
             self.dataset.samples(category, "test"),
             data.skip_bad_samples,
             self.dataset.requires_masks,
+            data.max_image_pixels,
         )
         if not test:
             raise DataError(
                 f"Category {category!r} has no usable test images.", "Check the data set."
             )
-        return CategoryData(support, test, skipped_support + skipped_test)
+        paths = [s.image_path for s in (*support, *test)]
+        decoding = category_decoding(paths, data.intensity_range, data.max_image_pixels)
+        return CategoryData(support, test, skipped_support + skipped_test, decoding)
 
     def fit(self, category: str, prepared: CategoryData | None = None) -> Method:
         """Build the method (once) and fit it on the category's seeded support set."""
         import torch
 
         data = self.config.base.data
-        support = (prepared or self.prepare(category)).support
+        prepared = prepared or self.prepare(category)
+        support = prepared.support
         method = self.build_method()
-        loader = make_loader(support, method.geometry, data.batch_size, data.num_workers)
+        loader = make_loader(
+            support, method.geometry, data.batch_size, data.num_workers, decoding=prepared.decoding
+        )
         with (
             self.progress.task(f"{category}: fit", total=len(support)) as advance,
             torch.no_grad(),
@@ -376,7 +386,7 @@ class Evaluation:
         scores = np.empty(len(test), dtype=np.float64)
         maps = np.empty((len(test), size, size), dtype=np.float32)
         masks = np.empty((len(test), size, size), dtype=bool)
-        loader = make_loader(test, geometry, data.batch_size, workers)
+        loader = make_loader(test, geometry, data.batch_size, workers, decoding=prepared.decoding)
         with self.progress.task(f"{category}: predict", total=len(test)) as advance:
             for batch in loader:
                 images = batch["image"].to(self.runtime.device, non_blocking=True)
@@ -411,8 +421,9 @@ class Evaluation:
             else math.nan
             for name, spec in self.metrics.items()
         }
-        if not has_masks:
-            self.progress.note(f"{category}: anomalous images without masks, pixel metrics n/a")
+        notes, vanished = category_notes(values, self.metrics, test, labels, masks, eval_masks)
+        for text in notes:
+            self.progress.note(f"{category}: {text}")
         efficiency: dict[str, float] = {}
         if self.config.base.evaluation.latency.enabled:
             self.progress.note(f"{category}: measuring latency, throughput and FLOPs")
@@ -426,17 +437,21 @@ class Evaluation:
             num_test=len(test),
             num_anomalous=int(labels.sum()),
             num_skipped=prepared.num_skipped,
+            num_vanished_masks=vanished,
             seconds=time.perf_counter() - started,
+            notes=notes,
         )
         if self.options.save_maps:
-            for value, sample in zip(maps, test, strict=True):
-                write_map(self.layout.map_path(category, sample), value)
+            paths = [self.layout.map_path(category, key) for key in output_keys(test)]
+            check_distinct(paths)
+            for value, path in zip(maps, paths, strict=True):
+                write_map(path, value)
         if self.options.save_model:
             save_fitted_state(method, self.layout.model_state(category))
         write_scores(self.layout, category, test, scores)
         write_category(self.layout, result, self.metric_names)
         self.progress.note(_category_line(result, self.metric_names))
-        return result, CategoryOutputs(test, scores, maps, masks, geometry)
+        return result, CategoryOutputs(test, scores, maps, masks, geometry, prepared.decoding)
 
 
 def run_result(

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from adcore.cli.options import CategoryOption, DataRootOption, JsonOption, sugar
+from adcore.cli.options import CategoryOption, DataRootOption, JsonOption, SetOption, sugar
 from adcore.errors import DataError
 
 app = typer.Typer(help="Check a data set's layout, or download one.", no_args_is_help=True)
@@ -20,22 +20,40 @@ def check(
     data_root: DataRootOption = None,
     category: CategoryOption = None,
     as_json: JsonOption = False,
+    assignments: SetOption = None,
+    resolution: Annotated[
+        int | None,
+        typer.Option(
+            "--resolution",
+            min=1,
+            help="Also count anomalous masks that vanish at this input side (a method's).",
+        ),
+    ] = None,
 ) -> None:
-    """Read the layout without running a model: counts, masks, unreadable files, sizes.
+    """Read the layout without running a model: counts, masks, unreadable files, sizes,
+    bit depths, orientation tags, grey-level masks, masks that contradict their labels.
 
-    Exits 1 when anything would make an evaluation wrong.
+    Exits 1 when anything would make an evaluation wrong. --set data.max_image_pixels=N and
+    --set data.intensity_range=... apply as in ad eval.
     """
     from adcore.config import build_raw_config, resolve_dataset, validate_base
     from adcore.datacheck import check_dataset, render_report
     from adcore.plugins import get_registry
     from adcore.runner import build_dataset, select_categories
 
-    raw = build_raw_config(None, sugar(dataset=dataset, data_root=data_root, category=category))
+    chosen = sugar(dataset=dataset, data_root=data_root, category=category)
+    raw = build_raw_config(None, chosen, assignments)
     base = validate_base(raw)
     component, settings = resolve_dataset(base, get_registry())
     data = build_dataset(component, settings, base.data.root)
     categories = select_categories(data, base.data.categories)
-    report = check_dataset(data, categories)
+    report = check_dataset(
+        data,
+        categories,
+        max_image_pixels=base.data.max_image_pixels,
+        intensity_rule=base.data.intensity_range,
+        resolution=resolution,
+    )
     if as_json:
         print(report.model_dump_json(indent=2))
     else:

@@ -131,6 +131,9 @@ def eval_command(
         print((result.run_dir / "summary.json").read_text())
         return
     console.print(results_table(result))
+    for category in result.categories:  # why a value is n/a, what resizing lost
+        for note in category.notes:
+            console.print(f"[yellow]note[/] {category.category}: {note}", highlight=False)
     if result.random_weights:
         console.print(RANDOM_BANNER.replace("below", "above"))
     console.print(f"Results: {result.run_dir}")

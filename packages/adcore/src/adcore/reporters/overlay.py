@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from adcore.decoding import Decoding
 from adcore.method import InputGeometry
 from adcore.metrics import image_f1_threshold, pixel_f1_threshold
+from adcore.outputkeys import check_distinct, output_keys
 from adcore.reporting import CategoryOutputs, Reporter, RunContext
 from adcore.results import CategoryResult, atomic_write_bytes, atomic_write_text
 
@@ -204,21 +206,28 @@ def render_png(
 
 
 def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "image"
+    """Letters (any script), digits and ``._+-`` kept; every other run becomes ``_``."""
+    return re.sub(r"[^\w.+-]+", "_", text).strip("_") or "image"
 
 
-def overlay_name(rank: int, defect_type: str, stem: str, label: str, score: float) -> str:
-    """``03_scratch_017_anomalous_score0.8123.png``: order, defect, image, label, score."""
-    return safe_name(f"{rank:02d}_{defect_type}_{stem}_{label}_score{score:.4g}") + ".png"
+def overlay_name(rank: int, key: str, label: str, score: float) -> str:
+    """``03_scratch_017_anomalous_score0.8123.png``: order, the image's output key (its path
+    below the split folder: ``scratch/017``, ``abnormal/lineA/000``), label, score.
+
+    The rank makes names unique within a category whatever the keys become once sanitised.
+    """
+    return safe_name(f"{rank:02d}_{key}_{label}_score{score:.4g}") + ".png"
 
 
-def read_at_geometry(path: Path, geometry: InputGeometry) -> np.ndarray:
+def read_at_geometry(
+    path: Path, geometry: InputGeometry, decoding: Decoding | None = None
+) -> np.ndarray:
     """The image as the method saw it: [S,S,3] uint8."""
     from PIL import Image
 
     from adcore.loading import apply_geometry, read_image
 
-    return apply_geometry(read_image(path), geometry, Image.Resampling.BILINEAR)
+    return apply_geometry(read_image(path, decoding), geometry, Image.Resampling.BILINEAR)
 
 
 def value_range_of(maps: np.ndarray) -> tuple[float, float]:
@@ -259,18 +268,25 @@ def write_category_overlays(
     }
     atomic_write_text(folder / THRESHOLDS_FILE, json.dumps(summary, indent=2) + "\n")
     written = []
-    for rank, index in enumerate(choose_examples(outputs.scores, labels, count)):
+    keys = output_keys(outputs.samples)
+    chosen = choose_examples(outputs.scores, labels, count)
+    paths = [
+        folder
+        / overlay_name(rank, keys[i], "anomalous" if labels[i] else "normal", outputs.scores[i])
+        for rank, i in enumerate(chosen)
+    ]
+    check_distinct(paths)
+    for index, path in zip(chosen, paths, strict=True):
         sample = outputs.samples[index]
         label = "anomalous" if sample.label else "normal"
         score = float(outputs.scores[index])
         item = OverlayImage(
-            image=read_at_geometry(sample.image_path, geometry),
+            image=read_at_geometry(sample.image_path, geometry, outputs.decoding),
             anomaly_map=outputs.maps[index],
             mask=outputs.masks[index],
-            title=f"{category} / {sample.defect_type} / {sample.image_path.name}: {label}",
+            title=f"{category} / {keys[index]}: {label}",
             subtitle=describe(sample.label, score, image),
         )
-        path = folder / overlay_name(rank, sample.defect_type, sample.image_path.stem, label, score)
         atomic_write_bytes(path, render_png(item, value_range, pixel, "F1-optimal"))
         written.append(path)
     return written

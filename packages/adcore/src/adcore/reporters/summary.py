@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from adcore.reporting import Reporter, RunContext
-from adcore.results import RunResult, atomic_write_text, csv_text
+from adcore.results import NOTES_SEPARATOR, RunResult, atomic_write_text, csv_text
 
 RANDOM_NOTE = "Random weights: these numbers come from randomly initialised models (a demo)."
 
@@ -15,9 +15,19 @@ RANDOM_NOTE = "Random weights: these numbers come from randomly initialised mode
 def summary_rows(result: RunResult) -> tuple[list[str], list[dict[str, Any]]]:
     """Header and rows: one per category plus the macro ``mean`` row."""
     efficiency = sorted({k for r in result.categories for k in r.efficiency})
-    header = ["category", *result.metric_names, *efficiency]
-    rows = [{"category": r.category, **r.metrics, **r.efficiency} for r in result.categories]
-    rows.append({"category": "mean", **result.mean()})
+    header = ["category", *result.metric_names, *efficiency, "notes"]
+    rows = [
+        {
+            "category": r.category,
+            **r.metrics,
+            **r.efficiency,
+            "notes": NOTES_SEPARATOR.join(r.notes),
+        }
+        for r in result.categories
+    ]
+    undefined = [r.category for r in result.categories if any(map(math.isnan, r.metrics.values()))]
+    mean_note = f"n/a where a category is n/a ({', '.join(undefined)})" if undefined else ""
+    rows.append({"category": "mean", **result.mean(), "notes": mean_note})
     return header, rows
 
 
@@ -49,9 +59,13 @@ class PrettySummaryReporter(Reporter):
         atomic_write_text(context.run_dir / "summary_metrics_pretty.csv", csv_text(header, cells))
         title = f"# {result.method} on {result.dataset} ({result.experiment})\n\n"
         note = f"> {RANDOM_NOTE}\n\n" if result.random_weights else ""
-        table = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-        table += "".join("| " + " | ".join(row) + " |\n" for row in cells)
+        shown = header[:-1]  # notes go below the table, where they have room
+        table = "| " + " | ".join(shown) + " |\n|" + "---|" * len(shown) + "\n"
+        table += "".join("| " + " | ".join(row[:-1]) + " |\n" for row in cells)
         legend = "\nMetrics in percent; efficiency figures as measured (ms, images/s, MB).\n"
+        notes = [f"- {r.category}: {n}" for r in result.categories for n in r.notes]
+        if notes:
+            legend += "\nNotes:\n\n" + "\n".join(notes) + "\n"
         atomic_write_text(
             context.run_dir / "summary_metrics_pretty.md", title + note + table + legend
         )
