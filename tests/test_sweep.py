@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import signal
 from pathlib import Path
 
@@ -255,3 +256,23 @@ def test_the_shipped_winclip_paper_sweep_expands_to_the_paper_grid():
         config = resolve(validate_base(sweep.raw_config(point)), get_registry())
         assert config.method.spec.name == "winclip"
         assert config.method_config.pretrained == "laion400m_e31"
+
+
+def test_sweep_random_weights_flag_reaches_every_run_and_the_table_reads_in_a_log(
+    tmp_path, data_root
+):
+    keys = common_keys(data_root) | {"data.categories": ["fabric"], "model.name": "patchcore"}
+    keys |= {"model.backbone": "resnet18", "model.crop": None,
+             "model.pretrain_embed_dimension": 64, "model.target_embed_dimension": 64}  # fmt: skip
+    sweep = {"name": "rw", "set": keys, "axes": {"experiment.seed": [0]}}
+    sweep["output_root"] = str(tmp_path)
+    path = tmp_path / "rw.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    result = run_ad("sweep", str(path), "--no-progress", "--random-weights", env={"COLUMNS": "50"})
+    assert result.returncode == 0, result.stderr
+    run = next(tmp_path.glob("synthetic/patchcore/rw__*"))
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["pretrained"] == "none"
+    assert '"random_weights": true' in (run / "env.json").read_text()
+    assert "Random weights" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if "patchcore" in line)
+    assert "synthetic" in row and re.search(r"\d+\.\d", row)  # the whole row on one line

@@ -178,3 +178,15 @@ def test_env_records_the_machine_and_report_shows_it(tmp_path, mvtec_root):
     assert "| machine |" in text and machine["cpu_model"] in text
     assert f"load {machine['load_average'][0]:.1f}" in text
     assert machine["cpu_model"] in (tmp_path / "report/report.html").read_text()
+
+
+def test_data_check_names_a_missing_mask_as_the_folder_names_its_masks(tmp_path, mvtec_root):
+    masks = mvtec_root / "plate/ground_truth/square"
+    for path in sorted(masks.glob("*_mask.png")):  # masks named like their images
+        path.rename(masks / path.name.replace("_mask", ""))
+    (masks / "002.png").unlink()
+    result = run_ad("data", "check", "--dataset", "mvtec", "--data-root", str(mvtec_root))
+    assert result.returncode == 1
+    text = " ".join(result.stdout.split() + result.stderr.split())
+    assert "ground_truth/square/002.png" in text and "002_mask.png" not in text
+    assert "000.png" not in text.replace("002.png", "")  # the accepted masks are not reported

@@ -160,10 +160,13 @@ def mvtec_samples(category_dir: Path, split: Split, masks_required: bool = True)
             continue
         masks_dir = category_dir / "ground_truth" / defect
         masks = mask_index(masks_dir)
+        # a missing mask is named as the folder's other masks are: with or without _mask
+        plain = bool(masks) and not any(p.stem.endswith(MASK_SUFFIX) for p in masks.values())
+        suffix = "" if plain else MASK_SUFFIX
         for path in image_files(defect_dir):
             mask = masks.get(path.stem)
             if mask is None and masks_required:
-                mask = masks_dir / f"{path.stem}{MASK_SUFFIX}.png"
+                mask = masks_dir / f"{path.stem}{suffix}.png"
             samples.append(
                 Sample(
                     image_path=path, label=1, category=category, defect_type=defect, mask_path=mask

@@ -377,7 +377,8 @@ def _plugin_settings(
     try:
         component = registry.resolve(kind, name)
     except PluginError as error:
-        problems.append(f"  - {section}: {error}{_where(f'{section}.name', locations)}")
+        key = f"{section}.{'name' if kind == 'method' else 'dataset'}"
+        problems.append(f"  - {key}: {error}{_where(key, locations)}")
         return None, None
     model = component.spec.config
     try:

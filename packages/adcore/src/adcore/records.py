@@ -101,7 +101,9 @@ class MethodSpec(ComponentSpec):
     """``factory(config, runtime) -> adcore.method.Method``.
 
     ``smoke_config`` overrides the defaults for a seconds-long check on the CPU (a tiny
-    backbone, random weights); the shared contract test builds every method with it.
+    backbone, random weights); ``adcore.testing.check_method`` builds the method with it.
+    ``natural_k_shot`` is the setting used when no ``data.k_shot`` is given (see
+    :attr:`natural_setting` for the default).
     """
 
     kind: Literal["method"] = "method"
