@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from adcore.config import build_raw_config, resolve, validate_base
 from adcore.datacheck import check_dataset, find_bad_samples
 from adcore.dataset import Sample
-from adcore.decoding import Decoding, category_decoding, decode_mask, read_image
+from adcore.decoding import Decoding, category_decoding, decode_mask, probe, read_image
 from adcore.errors import DataError
 from adcore.plugins import get_registry
 from adcore.results import CategoryResult
@@ -355,6 +355,9 @@ def test_a_huge_image_is_a_bad_sample_with_the_fix_in_data_check_and_eval(tmp_pa
     root = clean_tree(tmp_path)
     huge = root / "widget/test/good/huge.png"
     write_png_header_only_big(huge, 16384, 11000)
+    assert probe(huge, max_image_pixels=None).size == (16384, 11000)  # null: no limit
+    with pytest.raises(DataError, match="max_image_pixels=180224000"):
+        probe(huge)
     check = run_ad("data", "check", "--dataset", "mvtec", "--data-root", str(root))
     assert check.returncode == 1
     assert "Traceback" not in check.stdout + check.stderr

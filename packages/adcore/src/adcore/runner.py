@@ -20,7 +20,7 @@ import yaml
 
 from adcore.config import ResolvedConfig
 from adcore.dataset import Dataset, Sample
-from adcore.decoding import Decoding, category_decoding, image_size
+from adcore.decoding import DEFAULT_MAX_IMAGE_PIXELS, Decoding, category_decoding, image_size
 from adcore.errors import ConfigError, DataError, PluginError
 from adcore.evaldata import EvalData
 from adcore.loading import make_loader, read_mask
@@ -133,13 +133,15 @@ def select_categories(dataset: Dataset, requested: Sequence[str] | None) -> list
 
 
 def screen_samples(
-    samples: list[Sample], skip: bool, require_masks: bool, max_image_pixels: int | None = None
+    samples: list[Sample],
+    skip: bool,
+    require_masks: bool,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[list[Sample], int]:
     """Check files before any model work: stop naming each bad file, or leave them out."""
     from adcore import datacheck
 
-    limit = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
-    bad = datacheck.find_bad_samples(samples, require_masks=require_masks, **limit)
+    bad = datacheck.find_bad_samples(samples, require_masks, max_image_pixels=max_image_pixels)
     if not bad:
         return samples, 0
     if not skip:
