@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from adcore.method import InputGeometry
 from adcore.metrics import image_f1_threshold, pixel_f1_threshold
+from adcore.preprocessing import Preprocessing
 from adcore.reporting import CategoryOutputs, Reporter, RunContext
 from adcore.results import CategoryResult, atomic_write_bytes, atomic_write_text
 
@@ -192,13 +192,11 @@ def overlay_name(rank: int, defect_type: str, stem: str, label: str, score: floa
     return safe_name(f"{rank:02d}_{defect_type}_{stem}_{label}_score{score:.4g}") + ".png"
 
 
-def read_at_geometry(path: Path, geometry: InputGeometry) -> np.ndarray:
+def read_at_geometry(path: Path, geometry: Preprocessing) -> np.ndarray:
     """The image as the method saw it: [S,S,3] uint8."""
-    from PIL import Image
+    from adcore.loading import read_image
 
-    from adcore.loading import apply_geometry, read_image
-
-    return apply_geometry(read_image(path), geometry, Image.Resampling.BILINEAR)
+    return geometry.apply(read_image(path))
 
 
 def value_range_of(maps: np.ndarray) -> tuple[float, float]:
@@ -225,7 +223,7 @@ def write_category_overlays(
 ) -> list[Path]:
     """Choose, render and write ``count`` overlays plus ``thresholds.json`` under ``folder``."""
     side = outputs.maps.shape[-1]
-    geometry = outputs.geometry or InputGeometry(size=side)
+    geometry = outputs.geometry or Preprocessing(size=side)
     labels = np.array([s.label for s in outputs.samples], dtype=bool)
     pixel = pixel_f1_threshold(outputs.maps, outputs.masks)
     image = image_f1_threshold(outputs.scores, labels)
