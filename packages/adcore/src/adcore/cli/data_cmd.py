@@ -25,10 +25,10 @@ def check(
 
     Exits 1 when anything would make an evaluation wrong.
     """
+    from adcore.components import build_dataset, select_categories
     from adcore.config import build_raw_config, resolve_dataset, validate_base
     from adcore.datacheck import check_dataset, render_report
     from adcore.plugins import get_registry
-    from adcore.runner import build_dataset, select_categories
 
     raw = build_raw_config(None, sugar(dataset=dataset, data_root=data_root, category=category))
     base = validate_base(raw)
