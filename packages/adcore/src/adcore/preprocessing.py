@@ -133,7 +133,7 @@ class Preprocessing(BaseModel):
         resample = pil_filter("nearest" if mask else self.filter)
         width, height = image.size
         image = image.resize(self.resized_size(width, height), resample)
-        if self.crop is not None or self.resize != "stretch":
+        if self.crop is not None:  # always set for shorter_side
             image = image.crop(self.resized_box(width, height))
         return np.asarray(image)
 

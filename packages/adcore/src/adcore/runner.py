@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -41,6 +41,9 @@ from adcore.results import (
     write_category,
     write_scores,
 )
+
+if TYPE_CHECKING:
+    from adcore.efficiency import MethodCost
 
 
 @dataclass
@@ -94,7 +97,7 @@ class Evaluation:
         self.reporters: list[Reporter] = default_reporters(registry)
         self.runtime = make_runtime(config)
         self.method: Method | None = None
-        self.cost: Any = None  # parameters and FLOPs: the same for every category
+        self.cost: MethodCost | None = None  # parameters and FLOPs, the same for every category
         self.env: dict[str, Any] = {}
 
     def finished(self, category: str) -> bool:
@@ -206,8 +209,7 @@ class Evaluation:
     def efficiency(
         self, method: Method, predicted: PredictionPass, peak: float
     ) -> dict[str, float]:
-        """From the pass's own batches and a budgeted batch-1 probe; the method's size and
-        FLOPs are counted once and reused for every category."""
+        """From the pass's batches and a budgeted batch-1 probe; size and FLOPs counted once."""
         from adcore.efficiency import count_cost, evaluation_figures
 
         started = time.perf_counter()
