@@ -107,3 +107,98 @@ def test_settings_forbid_unknown_keys():
         EfficiencySettings(warmup=3)
     with pytest.raises(pydantic.ValidationError):
         EfficiencySettings(measure_iters=0)
+
+
+class PerImageMethod(TinyMethod):
+    """Sleeps ``PER_IMAGE_S`` per image: each predict call takes at least that times B."""
+
+    calls: list[int]
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        self.calls.append(len(images))
+        time.sleep(PER_IMAGE_S * len(images))
+        features = self.conv(self.geometry.normalize(images))  # [B,4,S,S]
+        return Prediction(scores=features.mean(dim=(1, 2, 3)), maps=features.mean(dim=1))
+
+
+PER_IMAGE_S = 0.005
+
+
+def test_prediction_pass_times_each_predict_call(tmp_path):
+    """Ten images at batch 4: calls of 4, 4, 2, each timed at no less than its sleep."""
+    import numpy as np
+    from PIL import Image
+
+    from adcore.dataset import Sample
+    from adcore.prediction import run_prediction_pass
+
+    samples = []
+    for index in range(10):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(np.full((20, 24, 3), index * 20, np.uint8)).save(path)
+        samples.append(Sample(image_path=path, label=index % 2, category="c"))
+    method = PerImageMethod()
+    method.calls = []
+    predicted = run_prediction_pass(method, Runtime(), samples, 4, 0, "tiny")
+    assert method.calls == [4, 4, 2] and predicted.batch_sizes.tolist() == [4, 4, 2]
+    assert (predicted.batch_seconds >= PER_IMAGE_S * predicted.batch_sizes).all()
+    assert predicted.predict_seconds == pytest.approx(float(predicted.batch_seconds.sum()))
+    assert predicted.maps.shape == (10, SIZE, SIZE) and predicted.scores.shape == (10,)
+
+
+def test_evaluation_figures_from_the_pass_and_a_budgeted_probe():
+    """Throughput and per-image time are hand-computable from the batches given; the probe
+    stops at its budget but never below ``min_iters``; ``measure_iters`` is exact."""
+    import numpy as np
+
+    from adcore.config import LatencySettings
+    from adcore.efficiency import RESULT_COLUMNS, count_cost, evaluation_figures, probe_latency
+
+    method = PerImageMethod()
+    method.calls = []
+    runtime = Runtime()
+    cost = count_cost(method, runtime)
+    assert cost.params_total == 3 * 4 * 9 + 4 + 4 * 2 + 2
+    sizes, seconds = np.array([4, 4, 2]), np.array([0.4, 0.8, 0.1])
+    settings = LatencySettings(budget_fraction=0.05, min_iters=3, warmup_iters=0)
+    method.calls.clear()
+    figures = evaluation_figures(method, runtime, settings, sizes, seconds, 123.0, cost)
+    assert list(figures) == list(RESULT_COLUMNS)
+    assert figures["throughput_ips"] == pytest.approx(10 / 1.3)
+    assert figures["batch_ms_per_image"] == pytest.approx(100.0)  # median of 100, 200, 50
+    assert figures["peak_memory_mb"] == 123.0 and figures["gflops"] == cost.gflops
+    # budget 0.05 * 1.3 s = 65 ms, each call sleeps at least 5 ms: 3 (minimum) to 13 calls
+    assert 3 <= figures["latency_probe_iters"] == len(method.calls) <= 13
+    assert set(method.calls) == {1}
+    assert figures["latency_ms_median"] >= PER_IMAGE_S * 1e3
+    assert len(probe_latency(method, runtime, 0.0, min_iters=3, warmup_iters=0)) == 3
+    assert len(probe_latency(method, runtime, 0.0, 3, warmup_iters=0, measure_iters=7)) == 7
+
+
+def test_eval_counts_size_and_flops_once_and_says_how(mvtec_root, tmp_path, monkeypatch):
+    """Two categories, one FLOP count; env.json names the source of every figure."""
+    import csv
+    import json
+
+    import adcore.efficiency as efficiency
+    from adcore.config import build_raw_config, resolve, validate_base
+    from adcore.plugins import get_registry
+    from adcore.runner import Evaluation, RunOptions
+
+    counted = []
+    original = efficiency.count_cost
+    monkeypatch.setattr(efficiency, "count_cost", lambda *a: counted.append(1) or original(*a))
+    raw = build_raw_config(None, assignments=[
+        "model.name=pixel-gaussian", "model.resolution=32", "data.dataset=mvtec",
+        f"data.root={mvtec_root}", "data.k_shot=3", "data.num_workers=0",
+        f"experiment.output_root={tmp_path}",
+    ])  # fmt: skip
+    config = resolve(validate_base(raw), get_registry())
+    run = Evaluation(config, get_registry(), RunOptions(show_progress=False)).run()
+    assert len(run.categories) == 2 and counted == [1]
+    env = json.loads((run.run_dir / "env.json").read_text())
+    assert set(env["efficiency_sources"]) == set(efficiency.RESULT_COLUMNS)
+    with (run.run_dir / "widget/metrics.csv").open() as stream:
+        row = next(csv.DictReader(stream))
+    assert float(row["latency_probe_iters"]) >= 3
+    assert float(row["throughput_ips"]) > 0 and float(row["efficiency_seconds"]) > 0

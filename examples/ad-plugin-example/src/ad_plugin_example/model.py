@@ -4,13 +4,13 @@ anomaly map is the squared Mahalanobis distance, summed over channels, lightly b
 import torch
 import torch.nn.functional as F
 
-from adcore.api import FitContext, InputGeometry, Method, PluginError, Prediction
+from adcore.api import FitContext, Method, PluginError, Prediction, Preprocessing
 
 
 class PixelGaussian(Method):
     def __init__(self, config, runtime) -> None:
         self.config, self.device = config, runtime.device
-        self.geometry = InputGeometry(size=config.resolution)
+        self.geometry = Preprocessing(size=config.resolution)
         self.mean = self.var = None
 
     def fit(self, context: FitContext) -> None:

@@ -17,8 +17,8 @@ from adcore.api import (
     CLIP_MEAN,
     CLIP_STD,
     FitContext,
-    InputGeometry,
     Prediction,
+    Preprocessing,
     Runtime,
     TrainableMethod,
     TrainingSettings,
@@ -43,7 +43,10 @@ class AFCLIPMethod(TrainableMethod):
 
         self.config = config
         self.runtime = runtime
-        self.geometry = InputGeometry(size=config.resolution, mean=CLIP_MEAN, std=CLIP_STD)
+        # the authors' transform: Resize((side, side), bicubic) on PIL images, CLIP statistics
+        self.geometry = Preprocessing(
+            size=config.resolution, filter="bicubic", mean=CLIP_MEAN, std=CLIP_STD
+        )
         self._clip = load_clip(config.backbone, config.pretrained)
         # The trained parts start from the config's seed, whatever the global RNG holds.
         with torch.random.fork_rng(devices=[]):

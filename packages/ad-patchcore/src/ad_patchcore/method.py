@@ -14,10 +14,10 @@ from ad_patchcore.model import LocallyAwarePatchFeatures, reweighted_score
 from ad_patchcore.search import NearestNeighbours
 from adcore.api import (
     FitContext,
-    InputGeometry,
     Method,
     PluginError,
     Prediction,
+    Preprocessing,
     Runtime,
     anomaly_map,
 )
@@ -45,7 +45,10 @@ class PatchCore(Method):
         self.config = config
         self.runtime = runtime
         self.device = torch.device(runtime.device)
-        self.geometry = InputGeometry(size=config.resolution, crop=config.crop)
+        # the released code's transforms: Resize(256) (shorter side, PIL bilinear), CenterCrop
+        self.geometry = Preprocessing(
+            size=config.resolution, resize="shorter_side", filter="bilinear", crop=config.crop
+        )
         backbone, self._identity = build_backbone(
             config.backbone, config.pretrained, config.layers, runtime.seed
         )

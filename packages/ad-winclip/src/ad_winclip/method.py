@@ -10,14 +10,12 @@ from torch import nn
 from ad_winclip.backbone import load_clip
 from ad_winclip.model import WinClip
 from adcore.api import (
-    CLIP_MEAN,
-    CLIP_STD,
     ConfigError,
     FitContext,
-    InputGeometry,
     Method,
     PluginError,
     Prediction,
+    Preprocessing,
     Runtime,
     upsample,
 )
@@ -27,7 +25,7 @@ class WinClipMethod(Method):
     """The host's view of WinCLIP: uint8 images in, scores and input-size maps out."""
 
     def __init__(
-        self, model: WinClip, geometry: InputGeometry, runtime: Runtime, identity: dict[str, Any]
+        self, model: WinClip, geometry: Preprocessing, runtime: Runtime, identity: dict[str, Any]
     ) -> None:
         self.model = model.to(runtime.device).eval()
         self.geometry = geometry
@@ -111,5 +109,10 @@ def build(config: Any, runtime: Runtime) -> WinClipMethod:
         text_batch_size=config.text_batch_size,
         window_batch_size=config.window_batch_size,
     )
-    geometry = InputGeometry(size=config.resolution, mean=CLIP_MEAN, std=CLIP_STD)
+    import open_clip
+
+    # open_clip's own preprocessing for this model: bicubic shorter side, then centre crop
+    geometry = Preprocessing.from_open_clip(
+        open_clip.get_model_preprocess_cfg(clip), config.resolution
+    )
     return WinClipMethod(model, geometry, runtime, identity)

@@ -36,10 +36,12 @@ _EXPORTS: dict[str, str] = {
     "Prediction": "adcore.method",
     "Runtime": "adcore.method",
     "InputGeometry": "adcore.method",
-    "IMAGENET_MEAN": "adcore.method",
-    "IMAGENET_STD": "adcore.method",
-    "CLIP_MEAN": "adcore.method",
-    "CLIP_STD": "adcore.method",
+    # preprocessing
+    "Preprocessing": "adcore.preprocessing",
+    "IMAGENET_MEAN": "adcore.preprocessing",
+    "IMAGENET_STD": "adcore.preprocessing",
+    "CLIP_MEAN": "adcore.preprocessing",
+    "CLIP_STD": "adcore.preprocessing",
     # data sets
     "Dataset": "adcore.dataset",
     "Sample": "adcore.dataset",
@@ -91,10 +93,6 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
     from adcore.loading import IMAGE_EXTENSIONS  # noqa: F401
     from adcore.maps import anomaly_map, gaussian_blur, upsample  # noqa: F401
     from adcore.method import (  # noqa: F401
-        CLIP_MEAN,
-        CLIP_STD,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
         FitContext,
         InputGeometry,
         Method,
@@ -104,6 +102,13 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         TrainingSettings,
     )
     from adcore.openclip import load_open_clip  # noqa: F401
+    from adcore.preprocessing import (  # noqa: F401
+        CLIP_MEAN,
+        CLIP_STD,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        Preprocessing,
+    )
     from adcore.records import (  # noqa: F401
         Capability,
         DatasetSpec,

@@ -105,10 +105,22 @@ class ModelSection(Section):
 
 
 class LatencySettings(Section):
-    enabled: bool = Field(True, description="Run the efficiency probe after each category.")
-    warmup_iters: int | None = Field(None, ge=0, description="Untimed iterations first.")
-    measure_iters: int | None = Field(None, ge=1, description="Timed iterations.")
-    throughput_batch: int = Field(16, ge=1, description="Batch size of the throughput run.")
+    """Efficiency figures of ``ad eval``: from the prediction pass plus a budgeted probe."""
+
+    enabled: bool = Field(True, description="Record efficiency figures for each category.")
+    warmup_iters: int | None = Field(
+        None, ge=0, description="Untimed batch-1 calls first (default: 0 on CPU, 10 on CUDA)."
+    )
+    measure_iters: int | None = Field(
+        None, ge=1, description="Timed batch-1 calls; unset: as many as the budget allows."
+    )
+    budget_fraction: float = Field(
+        0.05, gt=0, le=1, description="Batch-1 probe budget, a fraction of the predict time."
+    )
+    min_iters: int = Field(
+        3, ge=1, description="Timed batch-1 calls at least, whatever the budget."
+    )
+    throughput_batch: int = Field(16, ge=1, description="Batch size of ad bench's throughput run.")
 
 
 class EvaluationSection(Section):

@@ -1,5 +1,11 @@
 """Efficiency figures of a fitted method: latency, throughput, peak memory, size and FLOPs.
 
+Two ways to obtain them. ``ad eval`` takes them from the evaluation itself
+(:func:`evaluation_figures`): throughput and per-image time from the prediction pass's own
+timed batches, a batch-1 latency probe within a small time budget, and parameters and FLOPs
+counted once per method (:class:`MethodCost`); ``EVALUATION_SOURCES`` says how each was
+obtained. ``ad bench`` runs the full, configurable probe (:func:`measure_efficiency`).
+
 Conventions, so numbers compare across methods and papers:
 
 - Latency is the wall time of one ``predict`` on a batch of 1 (median and 90th percentile
@@ -26,9 +32,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel
 
+from adcore.device import synchronizer
+
 if TYPE_CHECKING:
     import torch
 
+    from adcore.config import LatencySettings
     from adcore.method import Method, Runtime
 
 MIB = 2**20
@@ -36,13 +45,36 @@ MIB = 2**20
 RESULT_COLUMNS = (
     "latency_ms_median",
     "latency_ms_p90",
+    "batch_ms_per_image",
     "throughput_ips",
     "peak_memory_mb",
     "params_total",
     "memory_bank_mb",
     "gflops",
+    "latency_probe_iters",
+    "efficiency_seconds",
 )
-LOWER_IS_BETTER = frozenset(RESULT_COLUMNS) - {"throughput_ips"}
+LOWER_IS_BETTER = frozenset(RESULT_COLUMNS) - {"throughput_ips", "latency_probe_iters"}
+# how ``ad eval`` obtains each figure (written to env.json as ``efficiency_sources``)
+EVALUATION_SOURCES = {
+    "latency_ms_median": "batch-1 probe after the prediction pass: median of device-"
+    "synchronised predict calls on synthetic images, as many as fit in "
+    "evaluation.latency.budget_fraction of the category's predict time (at least "
+    "min_iters; measure_iters when set), after warmup_iters (default: none on the CPU, where "
+    "the prediction pass has just run the method; 10 on CUDA)",
+    "latency_ms_p90": "the same batch-1 probe, 90th percentile",
+    "batch_ms_per_image": "prediction pass: median over its data.batch_size predict calls of "
+    "the device-synchronised call time divided by the call's images",
+    "throughput_ips": "prediction pass: test images / summed device-synchronised time of its "
+    "predict calls at data.batch_size (decoding in loader workers not included)",
+    "peak_memory_mb": "peak during the prediction pass (CUDA max_memory_allocated, or the "
+    "process's peak resident set on the CPU)",
+    "params_total": "counted once per method over method.modules()",
+    "memory_bank_mb": "method.memory_bank_bytes() after fitting the category",
+    "gflops": "counted once per method: one batch-1 predict under FlopCounterMode",
+    "latency_probe_iters": "timed iterations of the batch-1 probe",
+    "efficiency_seconds": "wall time spent on the figures beyond the prediction pass",
+}
 
 
 class EfficiencyFigures(BaseModel):
@@ -92,14 +124,6 @@ def default_iters(device: str) -> tuple[int, int]:
     return (50, 200) if device.startswith("cuda") else (2, 5)
 
 
-def _synchronizer(device: str) -> Callable[[], None]:
-    import torch
-
-    if device.startswith("cuda"):
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
 def synthetic_images(batch: int, size: int, device: str, seed: int = 0) -> torch.Tensor:
     """Seeded uint8 images [B,3,S,S] on ``device``, as the host's loader delivers them."""
     import torch
@@ -111,7 +135,7 @@ def synthetic_images(batch: int, size: int, device: str, seed: int = 0) -> torch
 
 def time_calls(call: Callable[[], Any], device: str, warmup: int, iters: int) -> np.ndarray:
     """Seconds per call [iters], each bracketed by device synchronisation, after warm-up."""
-    sync = _synchronizer(device)
+    sync = synchronizer(device)
     for _ in range(warmup):
         call()
     times = np.empty(iters)
@@ -154,14 +178,14 @@ def count_parameters(method: Method) -> tuple[int, int]:
     return total, trainable
 
 
-class _PeakMemory:
+class PeakMemory:
     """Peak memory between ``__enter__`` and ``read()``: CUDA allocator, else resident set."""
 
     def __init__(self, device: str) -> None:
         self.device = device
         self.source = ""
 
-    def __enter__(self) -> _PeakMemory:
+    def __enter__(self) -> PeakMemory:
         if self.device.startswith("cuda"):
             import torch
 
@@ -224,7 +248,7 @@ def measure_efficiency(
     single = synthetic_images(1, size, runtime.device)  # [1,3,S,S] uint8
     batch = synthetic_images(throughput_batch, size, runtime.device, seed=1)  # [b,3,S,S]
     throughput_iters = max(1, iters // 4)
-    with torch.no_grad(), runtime.autocast(), _PeakMemory(runtime.device) as memory:
+    with torch.no_grad(), runtime.autocast(), PeakMemory(runtime.device) as memory:
         latency = time_calls(lambda: method.predict(single), runtime.device, warmup, iters)
         batch_times = time_calls(
             lambda: method.predict(batch), runtime.device, max(1, warmup // 5), throughput_iters
@@ -284,3 +308,106 @@ def method_over_backbone(method: EfficiencyFigures, backbone: BackboneFigures) -
         "latency": method.latency_ms_median / backbone.latency_ms_median,
         "gflops": method.gflops / backbone.gflops if backbone.gflops > 0 else float("nan"),
     }
+
+
+class MethodCost(BaseModel):
+    """Size and FLOPs of a method: the same for every category, so counted once."""
+
+    params_total: int
+    params_trainable: int
+    gflops: float
+
+
+def count_cost(method: Method, runtime: Runtime) -> MethodCost:
+    """Parameters and the GFLOPs of one batch-1 ``predict`` on synthetic images."""
+    import torch
+
+    single = synthetic_images(1, method.geometry.output_size, runtime.device)  # [1,3,S,S]
+    with torch.no_grad(), runtime.autocast():
+        gflops = count_gflops(lambda: method.predict(single))
+    total, trainable = count_parameters(method)
+    return MethodCost(params_total=total, params_trainable=trainable, gflops=gflops)
+
+
+def probe_iters(device: str) -> tuple[int, int]:
+    """(warm-up, most timed) iterations of ``ad eval``'s batch-1 probe, by device.
+
+    The prediction pass has just run the method, so the CPU needs no warm-up; CUDA gets a
+    few calls to settle kernels and clocks at the new batch size.
+    """
+    return (10, 200) if device.startswith("cuda") else (0, 50)
+
+
+def probe_latency(
+    method: Method,
+    runtime: Runtime,
+    budget_seconds: float,
+    min_iters: int,
+    warmup_iters: int | None = None,
+    measure_iters: int | None = None,
+) -> np.ndarray:
+    """Seconds of batch-1 ``predict`` calls [n]: ``measure_iters`` when given, else as many
+    as fit in ``budget_seconds`` (at least ``min_iters``, at most :func:`probe_iters`'s)."""
+    import torch
+
+    default_warmup, most = probe_iters(runtime.device)
+    warmup = default_warmup if warmup_iters is None else warmup_iters
+    single = synthetic_images(1, method.geometry.output_size, runtime.device)  # [1,3,S,S]
+    sync = synchronizer(runtime.device)
+    times: list[float] = []
+    with torch.no_grad(), runtime.autocast():
+        for _ in range(warmup):
+            method.predict(single)
+        while True:
+            if measure_iters is not None:
+                if len(times) >= measure_iters:
+                    break
+            elif len(times) >= min_iters and (
+                len(times) >= most or sum(times) + float(np.median(times)) > budget_seconds
+            ):
+                break
+            sync()
+            start = time.perf_counter()
+            method.predict(single)
+            sync()
+            times.append(time.perf_counter() - start)
+    return np.asarray(times)
+
+
+def evaluation_figures(
+    method: Method,
+    runtime: Runtime,
+    settings: LatencySettings,
+    batch_sizes: np.ndarray,
+    batch_seconds: np.ndarray,
+    peak_memory_mb: float,
+    cost: MethodCost,
+) -> dict[str, float]:
+    """``ad eval``'s figures of one category (``EVALUATION_SOURCES`` says how each is made).
+
+    ``batch_sizes``/``batch_seconds`` [T]: images and device-synchronised seconds of each
+    predict call of the prediction pass; the batch-1 probe gets ``settings.budget_fraction``
+    of their sum. ``efficiency_seconds`` is the time spent here.
+    """
+    started = time.perf_counter()
+    latency = probe_latency(
+        method,
+        runtime,
+        budget_seconds=settings.budget_fraction * float(batch_seconds.sum()),
+        min_iters=settings.min_iters,
+        warmup_iters=settings.warmup_iters,
+        measure_iters=settings.measure_iters,
+    )  # [n] seconds
+    figures = {
+        "latency_ms_median": float(np.median(latency) * 1e3),
+        "latency_ms_p90": float(np.percentile(latency, 90) * 1e3),
+        "batch_ms_per_image": float(np.median(batch_seconds / batch_sizes) * 1e3),
+        "throughput_ips": float(batch_sizes.sum() / batch_seconds.sum()),
+        "peak_memory_mb": peak_memory_mb,
+        "params_total": float(cost.params_total),
+        "memory_bank_mb": method.memory_bank_bytes() / MIB,
+        "gflops": cost.gflops,
+        "latency_probe_iters": float(len(latency)),
+        "efficiency_seconds": time.perf_counter() - started,
+    }
+    return {name: figures[name] for name in RESULT_COLUMNS}

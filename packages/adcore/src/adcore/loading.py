@@ -2,9 +2,10 @@
 
 Files are decoded by :mod:`adcore.decoding` (bit depth, orientation, mask values, limits).
 
-Images become uint8 [3,S,S] tensors at the method's declared geometry (resize to ``size``,
-then centre crop); masks get the same geometry with nearest-neighbour resizing, so a pixel
-of the map and a pixel of the mask always describe the same place.
+Images become uint8 [3,S,S] tensors through the method's declared preprocessing (resize with
+its filter, then centre crop: :class:`adcore.preprocessing.Preprocessing`); masks get the
+same geometry with nearest-neighbour resizing, so a pixel of the map and a pixel of the mask
+always describe the same place.
 """
 
 from __future__ import annotations
@@ -13,26 +14,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from adcore.dataset import Sample
 from adcore.decoding import Decoding, read_image, read_mask
 from adcore.errors import DataError
-from adcore.method import InputGeometry
+from adcore.preprocessing import Preprocessing
 
-__all__ = ["IMAGE_EXTENSIONS", "SampleImages", "apply_geometry", "collate", "make_loader"]
+__all__ = ["IMAGE_EXTENSIONS", "SampleImages", "collate", "make_loader"]
 __all__ += ["Decoding", "read_image", "read_mask"]  # decoding lives in adcore.decoding
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-def apply_geometry(image: Image.Image, geometry: InputGeometry, resample: int) -> np.ndarray:
-    """Resize to ``size`` x ``size`` then centre crop -> [S,S] or [S,S,C] uint8."""
-    image = image.resize((geometry.size, geometry.size), resample)
-    if geometry.crop is not None:
-        offset = (geometry.size - geometry.crop) // 2
-        image = image.crop((offset, offset, offset + geometry.crop, offset + geometry.crop))
-    return np.asarray(image)
 
 
 class SampleImages:
@@ -41,7 +32,7 @@ class SampleImages:
     def __init__(
         self,
         samples: Sequence[Sample],
-        geometry: InputGeometry,
+        geometry: Preprocessing,
         original_masks: bool = False,
         decoding: Decoding | None = None,
     ) -> None:
@@ -65,11 +56,11 @@ class SampleImages:
                 f"{sample.image_path} is {image.size[0]}x{image.size[1]}.",
                 "Fix or remove the pair, or rerun with --skip-bad-samples.",
             )
-        pixels = apply_geometry(image, self.geometry, Image.Resampling.BILINEAR)  # [S,S,3]
+        pixels = self.geometry.apply(image)  # [S,S,3]
         item: dict[str, Any] = {
             "image": torch.from_numpy(pixels.copy()).permute(2, 0, 1),  # [3,S,S] uint8
             "mask": torch.from_numpy(
-                apply_geometry(mask, self.geometry, Image.Resampling.NEAREST).copy()
+                self.geometry.apply(mask, mask=True).copy()
             ),  # [S,S] uint8 0/1
             "label": sample.label,
             "index": index,
@@ -96,7 +87,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def make_loader(
     samples: Sequence[Sample],
-    geometry: InputGeometry,
+    geometry: Preprocessing,
     batch_size: int,
     num_workers: int = 0,
     shuffle: bool = False,

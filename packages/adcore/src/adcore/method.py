@@ -1,8 +1,8 @@
 """The method contract: ``fit`` on a support set, ``predict`` scores and maps in batches.
 
 Methods receive uint8 images already decoded and resized by the host's loader, on the run's
-device; they normalise on the device themselves (``InputGeometry.normalize``), so loader
-workers never touch floats and every method sees exactly the geometry it declared.
+device; they normalise on the device themselves (``Preprocessing.normalize``), so loader
+workers never touch floats and every method sees exactly the preprocessing it declared.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict
 
 from adcore.errors import PluginError
+from adcore.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     import torch
@@ -23,40 +24,8 @@ if TYPE_CHECKING:
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class InputGeometry(BaseModel):
-    """How images (and masks, alike) reach the method: resize to ``size``, then centre crop."""
-
-    model_config = ConfigDict(frozen=True)
-
-    size: int
-    crop: int | None = None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    @model_validator(mode="after")
-    def _crop_fits(self) -> InputGeometry:
-        if self.crop is not None and self.crop > self.size:
-            raise ValueError(f"crop {self.crop} is larger than the resized size {self.size}")
-        return self
-
-    @property
-    def output_size(self) -> int:
-        """Side of the square image the method sees, and of its anomaly maps."""
-        return self.crop if self.crop is not None else self.size
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [B,3,H,W] -> float [B,3,H,W], scaled to [0,1] and standardised."""
-        import torch
-
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (images.float() / 255.0 - mean) / std
+# the preprocessing record used to live here under this name
+InputGeometry = Preprocessing
 
 
 @dataclass(frozen=True)
@@ -103,7 +72,7 @@ class Prediction:
 class Method(abc.ABC):
     """An anomaly detector. Implementations keep the algorithm in plain ``nn.Module``s."""
 
-    geometry: InputGeometry
+    geometry: Preprocessing  # the authors' resize, filter, crop and normalisation
 
     @abc.abstractmethod
     def fit(self, context: FitContext) -> None:

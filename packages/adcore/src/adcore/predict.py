@@ -117,17 +117,13 @@ def pick_category(run_dir: Path, category: str | None) -> str:
 def load_method(run_dir: Path, category: str, device: str = "auto") -> tuple[Any, Method, Any]:
     """The run's resolved config, its method with ``category``'s fitted state loaded, and
     the runtime (device, precision) it runs under."""
+    from adcore.components import build_method, make_runtime
     from adcore.config import load_yaml_file, resolve, validate_base
-    from adcore.method import Runtime
+    from adcore.fitted import read_fitted_state
     from adcore.plugins import get_registry
-    from adcore.runner import build_method, read_fitted_state, resolve_device
 
     config = resolve(validate_base(load_yaml_file(run_dir / "config.yaml")), get_registry())
-    runtime = Runtime(
-        device=resolve_device(device),
-        precision=config.base.model.precision,
-        seed=config.base.experiment.seed,
-    )
+    runtime = make_runtime(config, device)
     method = build_method(config, runtime)
     state = read_fitted_state(run_dir / category / "model.pt")
     method.load_fitted_state(state)
@@ -172,7 +168,7 @@ def predict(
     import torch
 
     from adcore.loading import make_loader
-    from adcore.runner import write_map
+    from adcore.mapfiles import write_map
 
     category = pick_category(run_dir, category)
     images = find_images(inputs)

@@ -11,7 +11,7 @@ import numpy as np
 from adcore.config import ResolvedConfig
 from adcore.dataset import Sample
 from adcore.decoding import Decoding
-from adcore.method import InputGeometry
+from adcore.preprocessing import Preprocessing
 from adcore.results import CategoryResult, RunLayout, RunResult
 
 
@@ -36,7 +36,7 @@ class CategoryOutputs:
     scores: np.ndarray  # [N]
     maps: np.ndarray  # [N,S,S] float32 at the method's input size
     masks: np.ndarray  # [N,S,S] bool
-    geometry: InputGeometry | None = None  # how images were resized/cropped for the method
+    geometry: Preprocessing | None = None  # how images were resized/cropped for the method
     decoding: Decoding | None = None  # how the category's files were decoded (bit depth)
 
 

@@ -6,36 +6,35 @@ missing data, an unwritable or foreign results folder) is refused before any mod
 
 from __future__ import annotations
 
-import io
 import json
-import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import yaml
 
+from adcore.components import (
+    build_dataset,
+    build_method,
+    check_capability,
+    make_runtime,
+    select_categories,
+)
 from adcore.config import ResolvedConfig
-from adcore.dataset import Dataset, Sample
-from adcore.decoding import DEFAULT_MAX_IMAGE_PIXELS, Decoding, category_decoding, image_size
-from adcore.errors import ConfigError, DataError, PluginError
-from adcore.evaldata import EvalData
-from adcore.loading import make_loader, read_mask
-from adcore.method import FitContext, Method, Runtime
-from adcore.notes import category_notes
+from adcore.dataset import Sample
+from adcore.loading import make_loader
+from adcore.method import FitContext, Method
 from adcore.outputkeys import check_distinct, output_keys
-from adcore.plugins import Component, Registry
+from adcore.plugins import Registry
+from adcore.prediction import PredictionPass, run_prediction_pass
+from adcore.preparation import CategoryData, prepare_category
 from adcore.progress import Progress
-from adcore.records import Capability, PluginConfig
 from adcore.reporting import CategoryOutputs, Reporter, RunContext, default_reporters
 from adcore.results import (
     CategoryResult,
     RunLayout,
     RunResult,
-    atomic_write_bytes,
     atomic_write_text,
     ensure_writable,
     read_category,
@@ -43,17 +42,9 @@ from adcore.results import (
     write_category,
     write_scores,
 )
-from adcore.support import choose_support
 
-
-@dataclass
-class CategoryData:
-    """What one category is evaluated on, after the bad-file check."""
-
-    support: list[Sample]
-    test: list[Sample]
-    num_skipped: int
-    decoding: Decoding = field(default_factory=Decoding)  # the category's bit-depth range
+if TYPE_CHECKING:
+    from adcore.efficiency import MethodCost
 
 
 @dataclass
@@ -64,159 +55,11 @@ class RunOptions:
     show_progress: bool = True
 
 
-def resolve_device(requested: str) -> str:
-    """``auto`` picks CUDA when present; asking for CUDA without it is an error."""
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"model.device={requested} but this PyTorch sees no CUDA device.",
-                "Use --device cpu (or auto), or install a CUDA build of PyTorch.",
-            )
-        index = torch.device(requested).index or 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"model.device={requested} but only {torch.cuda.device_count()} GPU(s) exist.",
-                "Pick an existing index.",
-            )
-    return requested
-
-
-def required_capability(k_shot: int | str) -> Capability:
-    if k_shot == "all":
-        return Capability.FULL_SHOT
-    return Capability.ZERO_SHOT if k_shot == 0 else Capability.FEW_SHOT
-
-
-def check_capability(config: ResolvedConfig) -> None:
-    spec = config.method.spec
-    needed = required_capability(config.base.data.k_shot)
-    if needed not in spec.capabilities:
-        offered = ", ".join(sorted(c.value for c in spec.capabilities))
-        raise PluginError(
-            f"Method {spec.name!r} cannot run {needed.value} (data.k_shot="
-            f"{config.base.data.k_shot}); it supports: {offered}.",
-            "Change --k-shot (0 zero-shot, a count for few-shot, 'all' for full-shot) or "
-            "choose another method.",
-        )
-
-
-def build_dataset(component: Component, settings: PluginConfig, root: Path | None) -> Dataset:
-    """The data set plugin's reader, after checking that its root exists."""
-    spec = component.spec
-    if spec.needs_root and root is None:
-        raise DataError(
-            f"Data set {spec.name!r} needs a root folder, and data.root is not set.",
-            "Pass --data-root PATH (or set data.root in the config).",
-        )
-    if root is not None and not root.expanduser().exists():
-        hint = spec.download_help or "Check the path, or download the data set there first."
-        raise DataError(f"The data root {root} of data set {spec.name!r} does not exist.", hint)
-    return spec.factory(settings, root.expanduser() if root else None)
-
-
-def select_categories(dataset: Dataset, requested: Sequence[str] | None) -> list[str]:
-    available = dataset.categories()
-    if not requested:
-        return available
-    missing = [c for c in requested if c not in available]
-    if missing:
-        raise DataError(
-            f"Category {', '.join(missing)} not found in the data set. "
-            f"Available: {', '.join(available) or 'none'}.",
-            "Pick categories from that list (or leave data.categories unset for all).",
-        )
-    return list(requested)
-
-
-def screen_samples(
-    samples: list[Sample],
-    skip: bool,
-    require_masks: bool,
-    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-) -> tuple[list[Sample], int]:
-    """Check files before any model work: stop naming each bad file, or leave them out."""
-    from adcore import datacheck
-
-    bad = datacheck.find_bad_samples(samples, require_masks, max_image_pixels=max_image_pixels)
-    if not bad:
-        return samples, 0
-    if not skip:
-        listed = "; ".join(str(b) for b in bad[:20])
-        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise DataError(
-            f"{len(bad)} bad sample(s): {listed}{more}.",
-            "Fix or remove those files, or rerun with --skip-bad-samples to leave them out "
-            "(the count is recorded in the results).",
-        )
-    kept = datacheck.drop_bad_samples(samples, bad)
-    return kept, len(samples) - len(kept)
-
-
 def _on_device(loader: Any, device: str, advance: Any) -> Iterator[Any]:
     """Support images to the device, advancing the fit bar as the method consumes them."""
     for batch in loader:
         yield batch["image"].to(device, non_blocking=True)
         advance(len(batch["image"]))
-
-
-def _crop_box(size: tuple[int, int], config: ResolvedConfig, method: Method) -> tuple[int, ...]:
-    """The part of an original image that the method's centre crop keeps, in its pixels."""
-    geometry = method.geometry
-    width, height = size
-    if geometry.crop is None:
-        return (0, 0, width, height)
-    fraction = geometry.crop / geometry.size
-    crop_w, crop_h = round(width * fraction), round(height * fraction)
-    left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    return (left, top, left + crop_w, top + crop_h)
-
-
-def original_resolution(
-    maps: np.ndarray, samples: Sequence[Sample], config: ResolvedConfig, method: Method
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Maps resized (bilinear) to each mask's own size, cropped alike."""
-    import torch
-
-    from adcore.maps import upsample
-
-    resized_maps, masks = [], []
-    decoding = Decoding(config.base.data.max_image_pixels)
-    for value, sample in zip(maps, samples, strict=True):
-        size = image_size(sample.image_path, decoding)  # as shown: EXIF orientation applied
-        mask = read_mask(sample.mask_path, size, decoding).crop(_crop_box(size, config, method))
-        target = np.asarray(mask, dtype=bool)  # [H,W]
-        resized_maps.append(upsample(torch.from_numpy(value)[None], target.shape)[0].numpy())
-        masks.append(target)
-    return resized_maps, masks
-
-
-def write_map(path: Any, value: np.ndarray) -> None:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(value.astype(np.float32), mode="F").save(buffer, format="TIFF")
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def efficiency_figures(
-    method: Method, runtime: Runtime, config: ResolvedConfig
-) -> dict[str, float]:
-    from adcore.efficiency import RESULT_COLUMNS, measure_efficiency
-
-    latency = config.base.evaluation.latency
-    figures = measure_efficiency(
-        method,
-        runtime,
-        warmup_iters=latency.warmup_iters,
-        measure_iters=latency.measure_iters,
-        throughput_batch=latency.throughput_batch,
-    )
-    values = figures.as_numbers()
-    return {k: values[k] for k in RESULT_COLUMNS if k in values}
 
 
 class Evaluation:
@@ -253,12 +96,9 @@ class Evaluation:
             for name, qualified in zip(self.metric_names, base.evaluation.metrics, strict=True)
         }
         self.reporters: list[Reporter] = default_reporters(registry)
-        self.runtime = Runtime(
-            device=resolve_device(base.model.device),
-            precision=base.model.precision,
-            seed=base.experiment.seed,
-        )
+        self.runtime = make_runtime(config)
         self.method: Method | None = None
+        self.cost: MethodCost | None = None  # parameters and FLOPs, the same for every category
         self.env: dict[str, Any] = {}
 
     def finished(self, category: str) -> bool:
@@ -273,25 +113,7 @@ class Evaluation:
 
     def prepare(self, category: str) -> CategoryData:
         """The seeded support set and the test samples, with bad files refused or left out."""
-        data = self.config.base.data
-        train = self.dataset.samples(category, "train")
-        support = choose_support(train, data.k_shot, self.runtime.seed, category)
-        support, skipped_support = screen_samples(
-            support, data.skip_bad_samples, self.dataset.requires_masks, data.max_image_pixels
-        )
-        test, skipped_test = screen_samples(
-            self.dataset.samples(category, "test"),
-            data.skip_bad_samples,
-            self.dataset.requires_masks,
-            data.max_image_pixels,
-        )
-        if not test:
-            raise DataError(
-                f"Category {category!r} has no usable test images.", "Check the data set."
-            )
-        paths = [s.image_path for s in (*support, *test)]
-        decoding = category_decoding(paths, data.intensity_range, data.max_image_pixels)
-        return CategoryData(support, test, skipped_support + skipped_test, decoding)
+        return prepare_category(self.dataset, category, self.config.base.data, self.runtime.seed)
 
     def fit(self, category: str, prepared: CategoryData | None = None) -> Method:
         """Build the method (once) and fit it on the category's seeded support set."""
@@ -321,6 +143,7 @@ class Evaluation:
         return method
 
     def write_run_files(self) -> None:
+        from adcore.efficiency import EVALUATION_SOURCES
         from adcore.env import environment
 
         method = self.build_method()
@@ -334,6 +157,7 @@ class Evaluation:
             # random anywhere (backbone, or untrained parts without a checkpoint) marks the run
             "random_weights": self.config.random_weights or bool(identity.get("random")),
             "evaluation_resolution": evaluation.resolution,
+            "efficiency_sources": EVALUATION_SOURCES if evaluation.latency.enabled else {},
             "skip_bad_samples": self.config.base.data.skip_bad_samples,
             "fingerprint": self.config.fingerprint(),
         }
@@ -372,88 +196,103 @@ class Evaluation:
             reporter.on_run(run, context)
         return run
 
+    def predict(self, category: str, method: Method, prepared: CategoryData) -> PredictionPass:
+        """The prediction pass over the test images, with its per-batch timings."""
+        data = self.config.base.data
+        with self.progress.task(f"{category}: predict", total=len(prepared.test)) as advance:
+            return run_prediction_pass(
+                method,
+                self.runtime,
+                prepared.test,
+                data.batch_size,
+                data.num_workers,
+                self.config.method.spec.name,
+                advance,
+                prepared.decoding,
+            )
+
+    def efficiency(
+        self, method: Method, predicted: PredictionPass, peak: float
+    ) -> dict[str, float]:
+        """From the pass's batches and a budgeted batch-1 probe; size and FLOPs counted once."""
+        from adcore.efficiency import count_cost, evaluation_figures
+
+        started = time.perf_counter()
+        if self.cost is None:
+            self.cost = count_cost(method, self.runtime)
+        counting = time.perf_counter() - started
+        settings = self.config.base.evaluation.latency
+        sizes, seconds = predicted.batch_sizes, predicted.batch_seconds
+        figures = evaluation_figures(
+            method, self.runtime, settings, sizes, seconds, peak, self.cost
+        )
+        return {**figures, "efficiency_seconds": figures["efficiency_seconds"] + counting}
+
     def run_category(
         self, category: str, prepared: CategoryData
     ) -> tuple[CategoryResult, CategoryOutputs]:
-        import torch
+        from adcore.efficiency import PeakMemory
+        from adcore.scoring import evaluation_data, score_category
 
         started = time.perf_counter()
-        data = self.config.base.data
+        evaluation = self.config.base.evaluation
         method = self.fit(category, prepared)
         test = prepared.test
-        geometry = method.geometry
-        workers = data.num_workers
-
-        size = geometry.output_size
-        scores = np.empty(len(test), dtype=np.float64)
-        maps = np.empty((len(test), size, size), dtype=np.float32)
-        masks = np.empty((len(test), size, size), dtype=bool)
-        loader = make_loader(test, geometry, data.batch_size, workers, decoding=prepared.decoding)
-        with self.progress.task(f"{category}: predict", total=len(test)) as advance:
-            for batch in loader:
-                images = batch["image"].to(self.runtime.device, non_blocking=True)
-                with torch.no_grad(), self.runtime.autocast():
-                    prediction = method.predict(images)
-                index = batch["index"].numpy()
-                batch_maps = prediction.maps.float().cpu().numpy()
-                expected = (len(index), size, size)
-                if batch_maps.shape != expected or prediction.scores.shape != (len(index),):
-                    raise PluginError(
-                        f"Method {self.config.method.spec.name!r} returned scores "
-                        f"{tuple(prediction.scores.shape)} and maps {batch_maps.shape}; "
-                        f"expected ({len(index)},) and {expected}.",
-                        "This is a bug in the method plugin; report it to its authors.",
-                    )
-                scores[index] = prediction.scores.float().cpu().numpy()
-                maps[index] = batch_maps
-                masks[index] = batch["mask"].numpy().astype(bool)
-                advance(len(index))
-
-        labels = np.array([s.label for s in test])
-        if self.config.base.evaluation.resolution == "original":
-            eval_maps, eval_masks = original_resolution(maps, test, self.config, method)
-        else:
-            eval_maps, eval_masks = maps, masks
-        eval_data = EvalData(scores=scores, labels=labels, maps=eval_maps, masks=eval_masks)
-        # without a mask for every anomalous image, pixel metrics would be wrong: skip them
-        has_masks = all(s.mask_path is not None for s in test if s.label == 1)
-        values = {
-            name: float(spec.factory(spec.config())(eval_data))
-            if has_masks or spec.level == "image"
-            else math.nan
-            for name, spec in self.metrics.items()
-        }
-        notes, vanished = category_notes(values, self.metrics, test, labels, masks, eval_masks)
-        for text in notes:
-            self.progress.note(f"{category}: {text}")
-        efficiency: dict[str, float] = {}
-        if self.config.base.evaluation.latency.enabled:
-            self.progress.note(f"{category}: measuring latency, throughput and FLOPs")
-            efficiency = efficiency_figures(method, self.runtime, self.config)
-
+        with PeakMemory(self.runtime.device) as memory:
+            predicted = self.predict(category, method, prepared)
+            peak, _ = memory.read()
+        data = evaluation_data(
+            predicted, test, method.geometry, evaluation.resolution, prepared.decoding
+        )
+        scored = score_category(self.metrics, data, test, predicted.masks)
+        efficiency = self.efficiency(method, predicted, peak) if evaluation.latency.enabled else {}
         result = CategoryResult(
             category=category,
-            metrics=values,
+            metrics=scored.values,
             efficiency=efficiency,
             num_support=len(prepared.support),
             num_test=len(test),
-            num_anomalous=int(labels.sum()),
+            num_anomalous=int(data.labels.sum()),
             num_skipped=prepared.num_skipped,
-            num_vanished_masks=vanished,
+            num_vanished_masks=scored.vanished_masks,
             seconds=time.perf_counter() - started,
-            notes=notes,
+            notes=[*prepared.notes, *scored.notes],
         )
+        self.write_category_files(category, result, method, predicted, test)
+        for note in result.notes:
+            self.progress.note(f"{category}: {note}")
+        self.progress.note(_category_line(result, self.metric_names))
+        outputs = CategoryOutputs(
+            test,
+            predicted.scores,
+            predicted.maps,
+            predicted.masks,
+            method.geometry,
+            prepared.decoding,
+        )
+        return result, outputs
+
+    def write_category_files(
+        self,
+        category: str,
+        result: CategoryResult,
+        method: Method,
+        predicted: PredictionPass,
+        test: list[Sample],
+    ) -> None:
+        """metrics.csv and scores.csv; maps and the fitted state when asked."""
+        from adcore.fitted import save_fitted_state
+        from adcore.mapfiles import write_map
+
         if self.options.save_maps:
             paths = [self.layout.map_path(category, key) for key in output_keys(test)]
             check_distinct(paths)
-            for value, path in zip(maps, paths, strict=True):
+            for value, path in zip(predicted.maps, paths, strict=True):
                 write_map(path, value)
         if self.options.save_model:
             save_fitted_state(method, self.layout.model_state(category))
-        write_scores(self.layout, category, test, scores)
+        write_scores(self.layout, category, test, predicted.scores)
         write_category(self.layout, result, self.metric_names)
-        self.progress.note(_category_line(result, self.metric_names))
-        return result, CategoryOutputs(test, scores, maps, masks, geometry, prepared.decoding)
 
 
 def run_result(
@@ -469,29 +308,6 @@ def run_result(
         categories=results,
         random_weights=bool(env.get("random_weights", config.random_weights)),
     )
-
-
-def build_method(config: ResolvedConfig, runtime: Runtime) -> Method:
-    """The config's method, seeded first so random initialisation is the same everywhere."""
-    import torch
-
-    torch.manual_seed(runtime.seed)
-    return config.method.spec.factory(config.method_config, runtime)
-
-
-def read_fitted_state(path: Path) -> dict[str, Any]:
-    """What ``save_fitted_state`` wrote, loaded safely (``weights_only=True``)."""
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def save_fitted_state(method: Method, path: Any) -> None:
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(method.fitted_state(), buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _category_line(result: CategoryResult, metric_names: Sequence[str]) -> str:

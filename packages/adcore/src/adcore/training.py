@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from adcore.dataset import Sample
 from adcore.errors import DataError, OutputError, WeightsError
-from adcore.method import InputGeometry, Runtime, TrainableMethod, TrainingSettings
+from adcore.method import Runtime, TrainableMethod, TrainingSettings
+from adcore.preprocessing import Preprocessing
 from adcore.results import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def train_method(
     settings: TrainingSettings,
     out_dir: Path,
     runtime: Runtime,
-    geometry: InputGeometry | None = None,
+    geometry: Preprocessing | None = None,
     *,
     config: dict[str, Any] | None = None,
     resume: bool = True,

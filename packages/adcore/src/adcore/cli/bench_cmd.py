@@ -26,7 +26,7 @@ from adcore.records import Capability
 
 def _supported_k_shot(capabilities: frozenset[Capability], requested: int | str) -> int | str:
     """The requested setting when the method has it, else the one it is usually run in."""
-    from adcore.runner import required_capability
+    from adcore.components import required_capability
 
     if required_capability(requested) in capabilities:
         return requested
@@ -50,7 +50,13 @@ def bench_command(
     iters: Annotated[
         int | None, typer.Option("--iters", help="Timed iterations (default: by device).")
     ] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Batch size of the throughput run.")] = 16,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            "--batch",
+            help="Batch size of the throughput run (default: evaluation.latency.throughput_batch).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Time a fitted method against a bare forward of its backbone (the floor).
@@ -73,6 +79,7 @@ def bench_command(
         device=device,
         data_root=data_root,
     )
+    batch = batch or resolved.base.evaluation.latency.throughput_batch
     setting = _supported_k_shot(resolved.method.spec.capabilities, resolved.base.data.k_shot)
     resolved.base.data.k_shot = setting
     console = Console(stderr=as_json)

@@ -36,10 +36,10 @@ def check(
     Exits 1 when anything would make an evaluation wrong. --set data.max_image_pixels=N and
     --set data.intensity_range=... apply as in ad eval.
     """
+    from adcore.components import build_dataset, select_categories
     from adcore.config import build_raw_config, resolve_dataset, validate_base
     from adcore.datacheck import check_dataset, render_report
     from adcore.plugins import get_registry
-    from adcore.runner import build_dataset, select_categories
 
     chosen = sugar(dataset=dataset, data_root=data_root, category=category)
     raw = build_raw_config(None, chosen, assignments)

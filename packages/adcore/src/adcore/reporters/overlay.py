@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from adcore.decoding import Decoding
-from adcore.method import InputGeometry
 from adcore.metrics import image_f1_threshold, pixel_f1_threshold
 from adcore.outputkeys import check_distinct, output_keys
+from adcore.preprocessing import Preprocessing
 from adcore.reporting import CategoryOutputs, Reporter, RunContext
 from adcore.results import CategoryResult, atomic_write_bytes, atomic_write_text
 
@@ -220,14 +220,12 @@ def overlay_name(rank: int, key: str, label: str, score: float) -> str:
 
 
 def read_at_geometry(
-    path: Path, geometry: InputGeometry, decoding: Decoding | None = None
+    path: Path, geometry: Preprocessing, decoding: Decoding | None = None
 ) -> np.ndarray:
     """The image as the method saw it: [S,S,3] uint8."""
-    from PIL import Image
+    from adcore.loading import read_image
 
-    from adcore.loading import apply_geometry, read_image
-
-    return apply_geometry(read_image(path, decoding), geometry, Image.Resampling.BILINEAR)
+    return geometry.apply(read_image(path, decoding))
 
 
 def value_range_of(maps: np.ndarray) -> tuple[float, float]:
@@ -254,7 +252,7 @@ def write_category_overlays(
 ) -> list[Path]:
     """Choose, render and write ``count`` overlays plus ``thresholds.json`` under ``folder``."""
     side = outputs.maps.shape[-1]
-    geometry = outputs.geometry or InputGeometry(size=side)
+    geometry = outputs.geometry or Preprocessing(size=side)
     labels = np.array([s.label for s in outputs.samples], dtype=bool)
     pixel = pixel_f1_threshold(outputs.maps, outputs.masks)
     image = image_f1_threshold(outputs.scores, labels)

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adcore.components import build_dataset, check_capability, select_categories
 from adcore.config import ResolvedConfig, resolve, validate_base, weights_fields
 from adcore.errors import AdError, ConfigError
 from adcore.plugins import Registry
 from adcore.results import RunLayout, refuse_other_config
-from adcore.runner import build_dataset, check_capability, select_categories
 from adcore.sweep.spec import Sweep, describe_point, merge_dotted
 from adcore.sweep.unit import Unit
 from adcore.weights import RANDOM

@@ -1,0 +1,67 @@
+"""A category's samples before any model work: the seeded support set and the test set,
+with bad files refused (naming each) or left out and counted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from adcore.config import DataSection
+from adcore.dataset import Dataset, Sample
+from adcore.decoding import DEFAULT_MAX_IMAGE_PIXELS, Decoding, category_decoding
+from adcore.errors import DataError
+from adcore.support import choose_support
+
+
+@dataclass
+class CategoryData:
+    """What one category is evaluated on, after the bad-file check."""
+
+    support: list[Sample]
+    test: list[Sample]
+    num_skipped: int
+    notes: list[str] = field(default_factory=list)  # shown with the category's result
+    decoding: Decoding = field(default_factory=Decoding)  # the category's bit-depth range
+
+
+def screen_samples(
+    samples: list[Sample],
+    skip: bool,
+    require_masks: bool,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+) -> tuple[list[Sample], int]:
+    """Check files before any model work: stop naming each bad file, or leave them out."""
+    from adcore import datacheck
+
+    bad = datacheck.find_bad_samples(samples, require_masks, max_image_pixels=max_image_pixels)
+    if not bad:
+        return samples, 0
+    if not skip:
+        listed = "; ".join(str(b) for b in bad[:20])
+        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(
+            f"{len(bad)} bad sample(s): {listed}{more}.",
+            "Fix or remove those files, or rerun with --skip-bad-samples to leave them out "
+            "(the count is recorded in the results).",
+        )
+    kept = datacheck.drop_bad_samples(samples, bad)
+    return kept, len(samples) - len(kept)
+
+
+def prepare_category(dataset: Dataset, category: str, data: DataSection, seed: int) -> CategoryData:
+    """The support set chosen by ``seed`` and the test samples, both screened."""
+    train = dataset.samples(category, "train")
+    support = choose_support(train, data.k_shot, seed, category)
+    support, skipped_support = screen_samples(
+        support, data.skip_bad_samples, dataset.requires_masks, data.max_image_pixels
+    )
+    test, skipped_test = screen_samples(
+        dataset.samples(category, "test"),
+        data.skip_bad_samples,
+        dataset.requires_masks,
+        data.max_image_pixels,
+    )
+    if not test:
+        raise DataError(f"Category {category!r} has no usable test images.", "Check the data set.")
+    paths = [s.image_path for s in (*support, *test)]
+    decoding = category_decoding(paths, data.intensity_range, data.max_image_pixels)
+    return CategoryData(support, test, skipped_support + skipped_test, decoding=decoding)

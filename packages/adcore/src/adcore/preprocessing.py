@@ -1,0 +1,146 @@
+"""How an image reaches a method: resize, filter, centre crop and normalisation, as a record.
+
+Each method declares its authors' preprocessing as a :class:`Preprocessing`; the host's
+loader workers apply it to images (with the declared PIL filter) and to masks (with
+nearest-neighbour), and ``evaluation.resolution: original`` maps anomaly maps back through
+the same crop (:meth:`Preprocessing.crop_box`). The arithmetic is torchvision's on PIL
+images, so a declaration equals the authors' transform pixel for pixel:
+
+- ``resize="stretch"``: both sides to ``size`` (``transforms.Resize((size, size))``).
+- ``resize="shorter_side"``: the shorter side to ``size``, the longer one to
+  ``int(size * long / short)`` (``transforms.Resize(size)``); a centre crop then gives a
+  square (``crop`` defaults to ``size``).
+- centre crop: top-left corner ``int(round((resized - crop) / 2))`` (``transforms.CenterCrop``).
+- ``filter``: PIL's resampling filter (what torchvision uses for PIL images).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, model_validator
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# OpenAI CLIP's statistics (open_clip's OPENAI_DATASET_MEAN/STD), used by every CLIP model here
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+ResizeMode = Literal["stretch", "shorter_side"]
+Filter = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
+Box = tuple[int, int, int, int]  # (left, top, right, bottom), PIL's convention
+
+
+def pil_filter(name: str) -> int:
+    """PIL's resampling constant for a :data:`Filter` name."""
+    from PIL import Image
+
+    return int(getattr(Image.Resampling, name.upper()))
+
+
+class Preprocessing(BaseModel):
+    """A method's input geometry and normalisation; masks follow with nearest-neighbour.
+
+    ``size``: side of the stretched square, or the shorter side; ``crop``: side of the
+    centre crop (``None``: none, for ``stretch``); ``mean``/``std`` standardise [0,1] RGB.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    size: int
+    resize: ResizeMode = "stretch"
+    filter: Filter = "bilinear"
+    crop: int | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def from_open_clip(cls, config: dict[str, Any], size: int) -> Preprocessing:
+        """open_clip's own inference preprocessing for a model, at side ``size``.
+
+        ``config`` is ``open_clip.get_model_preprocess_cfg(model)``; as
+        ``open_clip.transform.image_transform(size, is_train=False, ...)`` does it:
+        ``shortest`` resizes the shorter side then centre-crops, ``squash`` stretches.
+        """
+        modes = {"shortest": "shorter_side", "squash": "stretch"}
+        mode = config.get("resize_mode") or "shortest"
+        if mode not in modes:
+            raise ValueError(f"open_clip resize_mode {mode!r} (padding) is not supported")
+        interpolation = config.get("interpolation") or "bicubic"
+        return cls(
+            size=size,
+            resize=modes[mode],
+            filter="bilinear" if interpolation == "bilinear" else "bicubic",
+            mean=tuple(config.get("mean") or CLIP_MEAN),
+            std=tuple(config.get("std") or CLIP_STD),
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _square_output(cls, values: Any) -> Any:
+        # a shorter-side resize leaves a rectangle: the centre crop makes it square
+        shorter_side = isinstance(values, dict) and values.get("resize") == "shorter_side"
+        if shorter_side and values.get("crop") is None:
+            values = {**values, "crop": values.get("size")}
+        return values
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> Preprocessing:
+        if self.crop is not None and self.crop > self.size:
+            raise ValueError(f"crop {self.crop} is larger than the resized size {self.size}")
+        return self
+
+    @property
+    def output_size(self) -> int:
+        """Side of the square image the method sees, and of its anomaly maps."""
+        return self.crop if self.crop is not None else self.size
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize, before the crop."""
+        if self.resize == "stretch":
+            return self.size, self.size
+        if width <= height:
+            return self.size, int(self.size * height / width)
+        return int(self.size * width / height), self.size
+
+    def resized_box(self, width: int, height: int) -> Box:
+        """The centre crop in the resized image's pixels."""
+        resized_w, resized_h = self.resized_size(width, height)
+        side = self.output_size
+        left = round((resized_w - side) / 2.0)
+        top = round((resized_h - side) / 2.0)
+        return left, top, left + side, top + side
+
+    def crop_box(self, width: int, height: int) -> Box:
+        """The part of a ``width`` x ``height`` original that the method sees, in its pixels."""
+        resized_w, resized_h = self.resized_size(width, height)
+        left, top, right, bottom = self.resized_box(width, height)
+        scale_x, scale_y = width / resized_w, height / resized_h
+        return (
+            round(left * scale_x),
+            round(top * scale_y),
+            round(right * scale_x),
+            round(bottom * scale_y),
+        )
+
+    def apply(self, image: Image.Image, mask: bool = False) -> np.ndarray:
+        """An image -> uint8 [S,S,3] (or a mask, nearest-neighbour, -> [S,S])."""
+        resample = pil_filter("nearest" if mask else self.filter)
+        width, height = image.size
+        image = image.resize(self.resized_size(width, height), resample)
+        if self.crop is not None:  # always set for shorter_side
+            image = image.crop(self.resized_box(width, height))
+        return np.asarray(image)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,3,H,W] -> float [B,3,H,W], scaled to [0,1] and standardised."""
+        import torch
+
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images.float() / 255.0 - mean) / std

@@ -1,0 +1,190 @@
+"""Each method's declared preprocessing equals its authors' transform, pixel for pixel.
+
+References, run here on the same non-square images (no network, no weights):
+- PatchCore: amazon-science/patchcore-inspection @ fcaa92f1, ``datasets/mvtec.py``:
+  ``Resize(resize)`` (shorter side, torchvision's default bilinear), ``CenterCrop``,
+  ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``; rebuilt here from torchvision itself.
+- WinCLIP: open_clip's own ``image_transform(size, is_train=False, ...)`` for the model's
+  preprocess config (bicubic shorter side, centre crop, OpenAI statistics).
+- AF-CLIP / miniCLIP: Faustinaqq/AF-CLIP @ bb7edec4 ``main.py`` and suniverse77/miniCLIP
+  @ e8ffb70f ``af_tiny/utils/util.py``: ``Resize((s, s), BICUBIC)``, ``CenterCrop(s)``, CLIP
+  statistics; rebuilt here from torchvision.
+Tolerance 1e-6 on the normalised floats (our uint8 -> float on the device against
+torchvision's ``ToTensor``: the same arithmetic in another order).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from ad_afclip.plugin import adcore_methods
+from ad_patchcore.plugin import PatchCoreConfig
+from ad_patchcore.plugin import factory as patchcore_factory
+from ad_winclip.plugin import WinClipConfig
+from ad_winclip.plugin import factory as winclip_factory
+from adcore.dataset import Sample
+from adcore.loading import SampleImages
+from adcore.method import Runtime
+from adcore.preprocessing import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from adcore.resolution import to_original_resolution
+
+TINY = "preprocessing-test-tiny-vit"
+
+
+def write_image(path, width: int, height: int, seed: int = 0) -> None:
+    """A smooth gradient plus noise: every filter gives a visibly different result."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 / width, yy * 255 / height, (xx + yy) % 97 * 2.5], axis=-1)
+    pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("nonsquare")
+    paths = []
+    for index, (width, height) in enumerate([(301, 203), (190, 333), (256, 256)]):
+        path = folder / f"{index}.png"
+        write_image(path, width, height, seed=index)
+        paths.append(path)
+    return paths
+
+
+def ours(path, geometry: Preprocessing) -> torch.Tensor:
+    """The host's loader then the method's normalisation -> float [3,S,S]."""
+    item = SampleImages([Sample(image_path=path, label=0, category="c")], geometry)[0]
+    return geometry.normalize(item["image"][None])[0]
+
+
+def theirs(path, transform) -> torch.Tensor:
+    with Image.open(path) as image:
+        return transform(image.convert("RGB"))
+
+
+def test_patchcore_equals_the_released_transforms(images):
+    config = PatchCoreConfig(backbone="resnet18", pretrained="none")  # resize 256, crop 224
+    geometry = patchcore_factory(config, Runtime()).geometry
+    reference = transforms.Compose([
+        transforms.Resize(config.resolution),
+        transforms.CenterCrop(config.crop),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])  # fmt: skip
+    for path in images:
+        expected = theirs(path, reference)
+        assert expected.shape == (3, 224, 224)
+        torch.testing.assert_close(ours(path, geometry), expected, atol=1e-6, rtol=0)
+
+
+def test_winclip_equals_open_clips_own_preprocessing(images, tiny_vit):
+    config = WinClipConfig(backbone=tiny_vit, pretrained="none", resolution=48, scales=[2, 3])
+    method = winclip_factory(config, Runtime())
+    cfg = open_clip.get_model_preprocess_cfg(open_clip.create_model(tiny_vit, pretrained=None))
+    assert (cfg["resize_mode"], cfg["interpolation"]) == ("shortest", "bicubic")
+    reference = open_clip.image_transform(
+        48, is_train=False, mean=cfg["mean"], std=cfg["std"],
+        resize_mode=cfg["resize_mode"], interpolation=cfg["interpolation"],
+    )  # fmt: skip
+    for path in images:
+        torch.testing.assert_close(ours(path, method.geometry), theirs(path, reference),
+                                   atol=1e-6, rtol=0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("open_clip_configs")
+    config = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 48, "layers": 4, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                     "layers": 1},
+    }  # fmt: skip
+    (folder / f"{TINY}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder)
+    return TINY
+
+
+def bicubic_stretch(side: int) -> transforms.Compose:
+    return transforms.Compose([
+        transforms.Resize((side, side), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(side),
+        transforms.ToTensor(),
+        transforms.Normalize(CLIP_MEAN, CLIP_STD),
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("afclip", {"pretrained": "none", "resolution": 48, "layers": [2, 4]}),
+        ("miniclip", {"pretrained": "none", "resolution": 64}),
+    ],
+)
+def test_afclip_and_miniclip_declare_the_authors_bicubic_stretch(images, tiny_vit, name, settings):
+    spec = next(s for s in adcore_methods() if s.name == name)
+    if name == "afclip":
+        settings = {**settings, "backbone": tiny_vit}
+    method = spec.factory(spec.config(**settings), Runtime())
+    side = settings["resolution"]
+    for path in images:
+        torch.testing.assert_close(ours(path, method.geometry), theirs(path, bicubic_stretch(side)),
+                                   atol=1e-6, rtol=0)  # fmt: skip
+
+
+def test_masks_follow_the_image_geometry_with_nearest_neighbour(tmp_path):
+    mask = np.zeros((203, 301), np.uint8)
+    mask[20:60, 10:50] = 255  # left of the crop: must vanish
+    mask[100:150, 140:200] = 255  # inside
+    Image.fromarray(mask).save(tmp_path / "0_mask.png")
+    write_image(tmp_path / "0.png", 301, 203)
+    geometry = Preprocessing(size=64, resize="shorter_side", filter="bicubic")
+    sample = Sample(image_path=tmp_path / "0.png", label=1, category="c",
+                    mask_path=tmp_path / "0_mask.png")  # fmt: skip
+    item = SampleImages([sample], geometry)[0]
+    reference = transforms.Compose([
+        transforms.Resize(64, interpolation=transforms.InterpolationMode.NEAREST),
+        transforms.CenterCrop(64),
+    ])  # fmt: skip
+    expected = np.asarray(reference(Image.fromarray((mask > 0).astype(np.uint8))))
+    assert item["mask"].shape == (64, 64)
+    np.testing.assert_array_equal(item["mask"].numpy(), expected)
+
+
+def test_crop_box_by_hand():
+    geometry = Preprocessing(size=64, resize="shorter_side")
+    # 301x203: resized to int(64*301/203)=94 x 64; crop left round(15.0)=15 of 94
+    assert geometry.resized_size(301, 203) == (94, 64)
+    assert geometry.resized_box(301, 203) == (15, 0, 79, 64)
+    # back in original pixels: x * 301/94 -> 48.03.., 252.97..; y * 203/64 -> 0, 203
+    assert geometry.crop_box(301, 203) == (48, 0, 253, 203)
+    stretched = Preprocessing(size=256, crop=224)
+    assert stretched.crop_box(512, 300) == (32, 19, 480, 281)  # 16/256 and 240/256 of each side
+    assert Preprocessing(size=64).crop_box(90, 70) == (0, 0, 90, 70)
+
+
+def test_original_resolution_maps_back_through_the_same_crop(tmp_path):
+    """A map that is 1 exactly on the mask's pixels seen by the method comes back on them."""
+    width, height = 301, 203
+    write_image(tmp_path / "0.png", width, height)
+    mask = np.zeros((height, width), np.uint8)
+    mask[:, 150:] = 255  # right half of the image
+    Image.fromarray(mask).save(tmp_path / "0_mask.png")
+    sample = Sample(image_path=tmp_path / "0.png", label=1, category="c",
+                    mask_path=tmp_path / "0_mask.png")  # fmt: skip
+    geometry = Preprocessing(size=64, resize="shorter_side")
+    seen = SampleImages([sample], geometry)[0]["mask"].numpy().astype(np.float32)  # [64,64]
+    maps, masks = to_original_resolution(seen[None], [sample], geometry)
+    left, top, right, bottom = geometry.crop_box(width, height)
+    assert masks[0].shape == maps[0].shape == (bottom - top, right - left)
+    np.testing.assert_array_equal(masks[0], mask[top:bottom, left:right] > 0)
+    # the boundary column moves by less than one input pixel (301/94 original pixels)
+    agree = (maps[0] > 0.5) == masks[0]
+    assert agree.mean() > 1 - 4 / (right - left)
