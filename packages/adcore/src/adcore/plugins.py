@@ -136,8 +136,8 @@ def unmatched_hooks(manager: pluggy.PluginManager, plugin: object) -> list[str]:
     """Hook implementations of ``plugin`` that match no spec, each with the name it should have.
 
     pluggy's ``check_pending()`` for one plugin: a misspelt ``adcore_method`` would otherwise
-    load as "ok" with no components. Functions named ``adcore_*`` that lack ``@hookimpl`` are
-    never called either, so they are reported too.
+    load as "ok" with no components. A function named like a hook but lacking ``@hookimpl`` is
+    never called either, so it is reported too.
     """
     specs = sorted(hook for hook, _ in HOOKS.values())
     callers = manager.get_hookcallers(plugin) or []

@@ -59,7 +59,12 @@ def main() -> None:
     except KeyboardInterrupt:
         if debug:
             raise
-        _fail("Interrupted.", 130)
+        _fail(
+            "Interrupted. Files already written are kept: rerun the same command to resume "
+            "(ad eval and ad sweep skip finished categories, ad train continues after the last "
+            "finished epoch).",
+            130,
+        )
     except Exception as error:
         failure = None if debug else _plugin_failure(error)
         if failure is None:
