@@ -17,6 +17,7 @@ from adcore.method import FitContext, Method, Prediction, Runtime
 from adcore.plugins import HOOKS, get_registry
 from adcore.records import Capability, PluginConfig
 from adcore.reporting import Reporter
+from adcore.weights import WeightsIdentity
 
 REGISTRY = get_registry()
 CONTRACTS = {"method", "dataset", "metric", "reporter"}
@@ -70,7 +71,7 @@ def test_method_contract(component):
     assert prediction.maps.shape == (3, size, size)
     assert torch.isfinite(prediction.scores).all() and torch.isfinite(prediction.maps).all()
     identity = method.weights_identity()
-    assert isinstance(identity.get("random"), bool)
+    WeightsIdentity.model_validate(identity)  # the one identity format
     runtime = Runtime(device="cpu", seed=0)
     figures = measure_efficiency(method, runtime, warmup_iters=0, measure_iters=1,
                                  throughput_batch=2)  # fmt: skip

@@ -120,6 +120,7 @@ def load_method(run_dir: Path, category: str, device: str = "auto") -> tuple[Any
     from adcore.method import Runtime
     from adcore.plugins import get_registry
     from adcore.runner import build_method, read_fitted_state, resolve_device
+    from adcore.weights import check_fitted_state
 
     config = resolve(validate_base(load_yaml_file(run_dir / "config.yaml")), get_registry())
     runtime = Runtime(
@@ -129,6 +130,7 @@ def load_method(run_dir: Path, category: str, device: str = "auto") -> tuple[Any
     )
     method = build_method(config, runtime)
     state = read_fitted_state(run_dir / category / "model.pt")
+    check_fitted_state(state, method.weights_identity(), run_dir / category / "model.pt")
     method.load_fitted_state(state)
     return config, method, runtime
 

@@ -41,6 +41,7 @@ from adcore.results import (
     write_scores,
 )
 from adcore.support import choose_support
+from adcore.weights import stamp_fitted_state, weights_flags
 
 
 @dataclass
@@ -318,9 +319,7 @@ class Evaluation:
             **environment(self.registry, self.runtime.device),
             "seed": self.runtime.seed,
             "precision": self.runtime.precision,
-            "weights": identity,
-            # random anywhere (backbone, or untrained parts without a checkpoint) marks the run
-            "random_weights": self.config.random_weights or bool(identity.get("random")),
+            **weights_flags(identity, self.config.random_weights),
             "evaluation_resolution": evaluation.resolution,
             "skip_bad_samples": self.config.base.data.skip_bad_samples,
             "fingerprint": self.config.fingerprint(),
@@ -451,6 +450,7 @@ def run_result(
         metric_names=config.metric_names,
         categories=results,
         random_weights=bool(env.get("random_weights", config.random_weights)),
+        untrained_parameters=bool(env.get("untrained_parameters", False)),
     )
 
 
@@ -473,7 +473,7 @@ def save_fitted_state(method: Method, path: Any) -> None:
     import torch
 
     buffer = io.BytesIO()
-    torch.save(method.fitted_state(), buffer)
+    torch.save(stamp_fitted_state(method.fitted_state(), method.weights_identity()), buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -10,6 +10,10 @@ from adcore.reporting import Reporter, RunContext
 from adcore.results import RunResult, atomic_write_text, csv_text
 
 RANDOM_NOTE = "Random weights: these numbers come from randomly initialised models (a demo)."
+UNTRAINED_NOTE = (
+    "Untrained method parameters: the method's trained parts (prompts, adaptors) were not "
+    "loaded from a trained checkpoint; train them with `ad train` and set model.checkpoint."
+)
 
 
 def summary_rows(result: RunResult) -> tuple[list[str], list[dict[str, Any]]]:
@@ -49,6 +53,7 @@ class PrettySummaryReporter(Reporter):
         atomic_write_text(context.run_dir / "summary_metrics_pretty.csv", csv_text(header, cells))
         title = f"# {result.method} on {result.dataset} ({result.experiment})\n\n"
         note = f"> {RANDOM_NOTE}\n\n" if result.random_weights else ""
+        note += f"> {UNTRAINED_NOTE}\n\n" if result.untrained_parameters else ""
         table = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
         table += "".join("| " + " | ".join(row) + " |\n" for row in cells)
         legend = "\nMetrics in percent; efficiency figures as measured (ms, images/s, MB).\n"
