@@ -9,6 +9,7 @@ not plain tensors is refused with one paragraph on how to re-save it.
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -24,7 +25,9 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 RESAVE = (
     "Re-save it as a plain state dict where it was made, e.g. "
-    "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file(...)."
+    "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file(...); "
+    "for a file you trust, load it once with torch.load(path, weights_only=False) and save "
+    "just its tensors that way."
 )
 
 
@@ -58,7 +61,9 @@ def read_checkpoint(path: Path, *, torchscript: bool = False) -> dict[str, Any]:
                 "which this backbone does not load.",
                 RESAVE.replace("where it was made", "after torch.jit.load(path)"),
             )
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # torch.jit.load's deprecation notice
+            warnings.simplefilter("ignore")
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
         return normalise_state(dict(state), path)
     try:
         if path.suffix == ".safetensors":

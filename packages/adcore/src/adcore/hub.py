@@ -19,8 +19,9 @@ from typing import TypeVar
 
 from adcore.errors import WeightsError
 
-TIMEOUT_S = 6.0  # connect and read timeout of one request
+TIMEOUT_S = 5.0  # connect and read timeout of one request
 ATTEMPTS = 2  # the first request and one retry
+RETRY_PAUSE_S = 0.5
 T = TypeVar("T")
 
 
@@ -64,7 +65,7 @@ def hub_file(
     """A local path of the first of ``filenames`` the repository has (cache, then network).
 
     Raises :class:`WeightsError` naming ``what``, where it was looked for and ``how`` to
-    provide it, within ``ATTEMPTS * TIMEOUT_S`` seconds when the network fails.
+    provide it, within about ``ATTEMPTS * TIMEOUT_S`` seconds when the network fails.
     """
     cached = cached_hub_file(repo_id, filenames, revision)
     if cached is not None:
@@ -177,7 +178,7 @@ def _with_retry(call: Callable[[], T]) -> T:
         except Exception:
             if attempt == ATTEMPTS - 1:
                 raise
-        time.sleep(1.0)
+        time.sleep(RETRY_PAUSE_S)
     raise AssertionError("unreachable")
 
 
