@@ -40,6 +40,7 @@ from adcore.weights import (
 )
 from weightsfixtures import (
     closed_port,
+    hub_endpoint,
     silent_endpoint,
     torch_bytes,
     torchscript_archive,
@@ -191,6 +192,28 @@ def test_timm_tag_loads_from_a_simulated_cache_without_network(no_network):
     assert from_file["digest"] == identity["digest"]
 
 
+def test_a_tag_missing_from_the_cache_is_downloaded_once_then_read_from_the_cache(
+    no_network, monkeypatch
+):
+    state = resnet18_state(seed=6)
+    save_file(state, str(no_network.parent / "w.safetensors"))
+    data = (no_network.parent / "w.safetensors").read_bytes()
+    with hub_endpoint({"timm/resnet18.a1_in1k/model.safetensors": data}) as (url, log):
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        _, fetched = build_backbone("resnet18", "a1_in1k", ["layer2"], 0)
+        assert any(line.startswith("GET /timm/resnet18.a1_in1k/") for line in log)
+    # The endpoint is gone: the second run reads the cache and never asks.
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    model, cached = build_backbone("resnet18", "a1_in1k", ["layer2"], 0)
+    assert cached["digest"] == fetched["digest"] and cached["file"].startswith(str(no_network))
+    assert torch.equal(model.state_dict()["conv1.weight"], state["conv1.weight"])
+    with hub_endpoint({}) as (url, log):  # a repository without the file: named, no retry
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        with pytest.raises(WeightsError, match="has none of them"):
+            build_backbone("resnet18", "a2_in1k", ["layer2"], 0)
+        assert len(log) == 2  # one HEAD per candidate file name
+
+
 def test_no_cache_and_a_refusing_endpoint_fail_in_seconds_with_one_paragraph(no_network):
     started = time.monotonic()
     with pytest.raises(WeightsError) as caught:
@@ -333,3 +356,26 @@ def test_third_party_chatter_is_captured_and_summarised():
         logging.getLogger("open_clip").warning("No pretrained weights loaded for model x.")
         print("a print from a library")
     assert messages == ["FutureWarning: a deprecation (x3)", "a print from a library"]
+
+
+def test_comparison_report_marks_untrained_parameters_apart_from_random(tmp_path):
+    from adcore.report import label_runs, read_run, report_markdown
+
+    runs = []
+    for name, env in (("a", {"untrained_parameters": True}), ("b", {"random_weights": True})):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "summary_metrics.csv").write_text("category,image_auroc\nmean,0.5\n")
+        (folder / "config.yaml").write_text(f"model: {{name: {name}}}\n")
+        (folder / "env.json").write_text(json.dumps(env))
+        (folder / "summary.json").write_text(json.dumps({"metric_names": ["image_auroc"]}))
+        runs.append(read_run(folder))
+    label_runs(runs)
+    assert [(r.random_weights, r.untrained_parameters) for r in runs] == [
+        (False, True),
+        (True, False),
+    ]
+    text = report_markdown(runs, [], [], [])
+    rows = [line for line in text.splitlines() if line.startswith("| a ") or "| b |" in line]
+    assert "as configured, *untrained parameters*" in rows[0] and "**random**" in rows[1]
+    assert "untrained parameters" not in rows[1]

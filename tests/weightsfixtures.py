@@ -94,3 +94,52 @@ def torchscript_archive(state: dict[str, torch.Tensor], path: Path, **extras: in
         warnings.simplefilter("ignore")
         torch.jit.script(root).save(str(path))
     return path
+
+
+@contextmanager
+def hub_endpoint(files: dict[str, bytes]) -> Iterator[tuple[str, list[str]]]:
+    """A local Hugging Face endpoint serving ``{"org/repo/file": bytes}`` as the hub does
+    (``/<repo>/resolve/<revision>/<file>``, commit and ETag headers, ``EntryNotFound`` for
+    other files) -> (its URL, the request log)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    log: list[str] = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def _answer(self, body: bool) -> None:
+            log.append(f"{self.command} {self.path}")
+            repo, _, rest = self.path.lstrip("/").partition("/resolve/")
+            name = rest.partition("/")[2]
+            data = files.get(f"{repo}/{name}")
+            if data is None:
+                self.send_response(404)
+                self.send_header("X-Error-Code", "EntryNotFound")
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def do_HEAD(self) -> None:
+            self._answer(body=False)
+
+        def do_GET(self) -> None:
+            self._answer(body=True)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", log
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "missing_weights": "adcore.weights",
     "file_digest": "adcore.weights",
     "tensors_digest": "adcore.weights",
+    "WeightsIdentity": "adcore.weights",
     "backbone_identity": "adcore.weights",
     "with_trained_parts": "adcore.weights",
     "require_same_weights": "adcore.weights",
@@ -129,6 +130,7 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
     )
     from adcore.training import checkpoint_metadata  # noqa: F401
     from adcore.weights import (  # noqa: F401
+        WeightsIdentity,
         backbone_identity,
         file_digest,
         load_checkpoint,

@@ -45,6 +45,7 @@ class RunSummary:
     values: dict[str, dict[str, float]]  # category (and "mean") -> column -> value
     label: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    untrained_parameters: bool = False  # trained parts without a trained checkpoint
 
     @property
     def categories(self) -> list[str]:
@@ -90,6 +91,7 @@ def read_run(run_dir: Path) -> RunSummary:
         metric_names=[m for m in metric_names if m in header],
         efficiency_names=[h for h in header if h not in metric_names],
         values=values,
+        untrained_parameters=bool(env.get("untrained_parameters", False)),
     )
 
 
@@ -241,11 +243,17 @@ def report_markdown(
             f"> Runs marked {RANDOM_TAG} used randomly initialised models: their numbers show "
             "the pipeline working, not the method's accuracy.\n\n"
         )
+    if any(run.untrained_parameters for run in runs):
+        parts.append(
+            "> Runs marked *untrained parameters* ran without a trained checkpoint of the "
+            "method's prompts and adaptor.\n\n"
+        )
     parts.append("## Runs\n\n")
     parts.append("| run | method | data set | k-shot | seed | weights | folder |\n")
     parts.append("|---|---|---|---|---|---|---|\n")
     for run in runs:
         weights = "**random**" if run.random_weights else "as configured"
+        weights += ", *untrained parameters*" if run.untrained_parameters else ""
         parts.append(
             f"| {run.label} | {run.method} | {run.dataset} | {run.k_shot} | {run.seed} | "
             f"{weights} | `{run.run_dir}` |\n"
