@@ -131,7 +131,7 @@ def _tag_file(backbone: str, tag: str) -> tuple[Path, bool]:
     if cfg.get("hf_hub"):
         # "org/repo/file.bin", or "org/repo/" for open_clip's default file name
         repo_id, filename = os.path.split(cfg["hf_hub"])
-        names = _safe_first(filename or "open_clip_pytorch_model.bin")
+        names = _safe_first(filename or "open_clip_pytorch_model.bin")  # open_clip's default
         return hub_file(repo_id, names, what=what, how=how), quick
     url = cfg["url"]
     sha256 = url.split("/")[-2] if "openaipublic" in url else None
@@ -145,7 +145,12 @@ def _tag_file(backbone: str, tag: str) -> tuple[Path, bool]:
 
 
 def _safe_first(filename: str) -> list[str]:
-    """open_clip prefers a safetensors twin of a ``.bin``/``.pth`` file when the repo has one."""
+    """The names open_clip tries, in its order: the safetensors twin of a ``.bin``/``.pth``
+    file first (``open_clip.pretrained._get_safe_alternatives``), then the file itself."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if filename == HF_WEIGHTS_NAME:
+        return [HF_SAFE_WEIGHTS_NAME, filename]
     if filename.endswith((".bin", ".pth")):
         return [filename[:-4] + ".safetensors", filename]
     return [filename]
