@@ -331,8 +331,11 @@ def test_random_backbone_and_untrained_parameters_are_reported_apart(tmp_path):
             categories=[], random_weights=random_weights,
             untrained_parameters=untrained_parameters,
         )  # fmt: skip
-        PrettySummaryReporter().on_run(result, SimpleNamespace(run_dir=tmp_path))
+        identity = {**trained, "source": "tag"}
+        context = SimpleNamespace(run_dir=tmp_path, env={"weights": identity})
+        PrettySummaryReporter().on_run(result, context)
         text = (tmp_path / "summary_metrics_pretty.md").read_text()
+        assert "Weights: x, tag t, digest ab, trained checkpoint digest " in text
         assert (RANDOM_NOTE in text) is random_weights
         assert (UNTRAINED_NOTE in text) is untrained_parameters
 

@@ -16,6 +16,17 @@ UNTRAINED_NOTE = (
 )
 
 
+def weights_line(identity: dict[str, Any] | None) -> str:
+    """``Weights: resnet18, tag a1_in1k, digest 0f3a...`` (nothing for weight-free methods)."""
+    if not identity or not identity.get("digest"):
+        return ""
+    source = f"{identity.get('source')} {identity.get('pretrained')}"
+    parts = [str(identity.get("architecture")), source, f"digest {identity['digest']}"]
+    if identity.get("checkpoint_digest"):
+        parts.append(f"trained checkpoint digest {identity['checkpoint_digest']}")
+    return f"Weights: {', '.join(parts)}.\n\n"
+
+
 def summary_rows(result: RunResult) -> tuple[list[str], list[dict[str, Any]]]:
     """Header and rows: one per category plus the macro ``mean`` row."""
     efficiency = sorted({k for r in result.categories for k in r.efficiency})
@@ -54,6 +65,7 @@ class PrettySummaryReporter(Reporter):
         title = f"# {result.method} on {result.dataset} ({result.experiment})\n\n"
         note = f"> {RANDOM_NOTE}\n\n" if result.random_weights else ""
         note += f"> {UNTRAINED_NOTE}\n\n" if result.untrained_parameters else ""
+        note += weights_line(context.env.get("weights"))
         table = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
         table += "".join("| " + " | ".join(row) + " |\n" for row in cells)
         legend = "\nMetrics in percent; efficiency figures as measured (ms, images/s, MB).\n"
