@@ -199,7 +199,9 @@ def test_checkpoint_reloads_into_identical_outputs(trained, data: Path) -> None:
     method, result = trained
     images = load_images(mvtec_samples(data, "widget", "test")[2:6], 48)
     reloaded = tiny_method(checkpoint=str(result.checkpoint))
-    assert reloaded.weights_identity()["random"] is True  # random backbone, says so
+    identity = reloaded.weights_identity()
+    assert identity["random_backbone"] is True  # random backbone, says so
+    assert identity["untrained_parameters"] is False  # but the trained parts are loaded
     for fitted in (method, reloaded):
         fitted.fit(FitContext("widget", "widget", 0, []))
     with torch.no_grad():

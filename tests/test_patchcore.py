@@ -236,7 +236,7 @@ def test_local_checkpoint_loads_and_missing_tag_names_cache(tmp_path, monkeypatc
     assert torch.equal(
         backbone.state_dict()["layer2.0.conv1.weight"], source.layer2[0].conv1.weight
     )
-    assert identity["random"] is False
+    assert identity["random_backbone"] is False
     import huggingface_hub.constants as hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

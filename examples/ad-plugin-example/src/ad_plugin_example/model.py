@@ -43,7 +43,14 @@ class PixelGaussian(Method):
         return images  # no network: the floor is the identity
 
     def weights_identity(self) -> dict:
-        return {"backbone": None, "pretrained": None, "random": False}
+        # no weights at all: nothing random, nothing to identify
+        return {
+            "architecture": None,
+            "source": "none",
+            "pretrained": None,
+            "digest": None,
+            "random_backbone": False,
+        }
 
     def memory_bank_bytes(self) -> int:
         return 0 if self.mean is None else 2 * self.mean.numel() * self.mean.element_size()

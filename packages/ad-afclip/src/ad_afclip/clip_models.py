@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ad_afclip.tinyclip import TINYCLIP_8M
-from adcore.api import WeightsError, hf_cache_dir, load_open_clip, missing_weights, parse_weights
+from adcore.api import hf_cache_dir, load_open_clip, parse_weights, url_file
 
 # Architecture of TinyCLIP-ViT-8M/16 Text-3M (TinyCLIP model zoo, open_clip JSON format).
 TINYCLIP_CONFIGS: dict[str, dict[str, Any]] = {
@@ -67,38 +67,35 @@ def _register_known() -> None:
 
 
 def _tinyclip_release(backbone: str, tag: str) -> Path:
-    """The released TinyCLIP file in the Hugging Face cache, downloaded once if allowed."""
+    """The released TinyCLIP file in the Hugging Face cache, checked against its published
+    SHA-256 before every use and downloaded once (short timeouts) when absent."""
     url, sha256 = TINYCLIP_RELEASES[(backbone, tag)]
     path = hf_cache_dir() / "tinyclip" / url.rsplit("/", 1)[1]
-    if path.is_file():
-        return path
-    how = f"Download {url} into {path.parent}."
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
-        raise missing_weights(backbone, tag, "offline (HF_HUB_OFFLINE is set)", how)
-    import hashlib
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".part")
-    try:
-        torch.hub.download_url_to_file(url, str(temporary), progress=True)
-    except Exception as error:
-        raise missing_weights(backbone, tag, error, how) from None
-    digest = hashlib.sha256(temporary.read_bytes()).hexdigest()
-    if digest != sha256:
-        temporary.unlink(missing_ok=True)
-        raise WeightsError(
-            f"Downloaded {url} has SHA-256 {digest}, expected {sha256}.",
-            "Retry the download, or place a verified copy at " + str(path) + ".",
-        )
-    os.replace(temporary, path)
-    return path
+    return url_file(
+        url,
+        path,
+        sha256=sha256,
+        what=f"The TinyCLIP weights {backbone!r} / {tag!r}",
+        how=f"Download {url} into {path.parent} (SHA-256 {sha256}).",
+    )
 
 
-def load_clip(backbone: str, pretrained: str | None) -> torch.nn.Module:
+def load_clip(
+    backbone: str, pretrained: str | None, quick_gelu: str | bool = "auto"
+) -> torch.nn.Module:
     """An open_clip CLIP in eval mode with every parameter frozen (TinyCLIP included)."""
+    return load_clip_with_identity(backbone, pretrained, quick_gelu)[0]
+
+
+def load_clip_with_identity(
+    backbone: str, pretrained: str | None, quick_gelu: str | bool = "auto"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """-> (open_clip CLIP in eval mode with every parameter frozen, weights identity);
+    TinyCLIP included, its release tag resolved to the verified release file."""
     _register_known()
     source = parse_weights(pretrained)
     if source.kind == "tag" and (backbone, source.value.lower()) in TINYCLIP_RELEASES:
         pretrained = str(_tinyclip_release(backbone, source.value.lower()))
-    model, _ = load_open_clip(backbone, pretrained, strip_prefixes=(*_WRAPPER_PREFIXES, "module."))
-    return model
+    return load_open_clip(
+        backbone, pretrained, strip_prefixes=_WRAPPER_PREFIXES, quick_gelu=quick_gelu
+    )

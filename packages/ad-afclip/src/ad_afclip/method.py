@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ad_afclip.clip_models import load_clip
+from ad_afclip.clip_models import load_clip_with_identity
 from ad_afclip.losses import dice_loss, focal_loss, l1_loss, patch_alignment_loss
 from ad_afclip.model import AFCLIP, grid_labels, memory_scores
 from adcore.api import (
@@ -25,10 +25,10 @@ from adcore.api import (
     WeightsError,
     anomaly_map,
     checkpoint_metadata,
-    file_digest,
     load_checkpoint,
     parse_weights,
-    tensors_digest,
+    require_same_weights,
+    with_trained_parts,
 )
 
 if TYPE_CHECKING:  # the record module builds this class; it must not be imported back
@@ -47,7 +47,9 @@ class AFCLIPMethod(TrainableMethod):
         self.geometry = Preprocessing(
             size=config.resolution, filter="bicubic", mean=CLIP_MEAN, std=CLIP_STD
         )
-        self._clip = load_clip(config.backbone, config.pretrained)
+        self._clip, self._backbone = load_clip_with_identity(
+            config.backbone, config.pretrained, config.quick_gelu
+        )
         # The trained parts start from the config's seed, whatever the global RNG holds.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -62,7 +64,6 @@ class AFCLIPMethod(TrainableMethod):
                 adaptor_heads=config.adaptor_heads,
             )
         self.model.to(runtime.device).eval()
-        self._backbone_hash: str | None = None
         self._trained = False
         self._checkpoint: Path | None = None
         self.text: torch.Tensor | None = None  # [2, E] cached prompt features
@@ -73,40 +74,23 @@ class AFCLIPMethod(TrainableMethod):
 
     # -- weights -------------------------------------------------------------------------
 
-    def backbone_hash(self) -> str:
-        """SHA-256 over the frozen CLIP's tensors: what a checkpoint was trained against."""
-        if self._backbone_hash is None:
-            self._backbone_hash = tensors_digest(self._clip.state_dict())
-        return self._backbone_hash
-
     def load_checkpoint_file(self, path: Path) -> None:
         """Load trained prompts + adaptor, refusing ones trained against another backbone."""
         record = checkpoint_metadata(path)
         state = load_checkpoint(path)
-        trained = (record.get("weights_identity") or {}).get("backbone_hash")
-        if trained is not None and trained != self.backbone_hash():
-            identity = record.get("weights_identity") or {}
-            raise WeightsError(
-                f"Checkpoint {path} was trained against backbone {identity.get('backbone')} "
-                f"with weights {identity.get('pretrained')!r} (hash {trained}), but this run "
-                f"uses {self.config.backbone} with {self.config.pretrained!r} "
-                f"(hash {self.backbone_hash()}).",
-                "Set model.backbone and model.pretrained to the ones it was trained with, or "
-                "train a checkpoint for this backbone with `ad train`.",
-            )
+        require_same_weights(
+            record.get("weights_identity"),
+            self._backbone,
+            f"Checkpoint {path} was trained",
+            "Set model.backbone and model.pretrained to the ones it was trained with, or "
+            "train a checkpoint for this backbone with `ad train`.",
+        )
         self.load_trainable_state(state)
         self._checkpoint = path
 
     def weights_identity(self) -> dict[str, Any]:
-        checkpoint = self._checkpoint
-        return {
-            "backbone": self.config.backbone,
-            "pretrained": self.config.pretrained,
-            "backbone_hash": self.backbone_hash(),
-            "checkpoint": str(checkpoint) if checkpoint else None,
-            "checkpoint_sha256": file_digest(checkpoint) if checkpoint else None,
-            "random": parse_weights(self.config.pretrained).is_random or not self._trained,
-        }
+        trained = self.trainable_state() if self._trained else None
+        return with_trained_parts(self._backbone, trained, self._checkpoint)
 
     # -- training ------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator
 
 from ad_afclip.tinyclip import TINYCLIP_8M
-from adcore.api import Capability, MethodSpec, PluginConfig, hookimpl
+from adcore.api import QUICK_GELU_HELP, Capability, MethodSpec, PluginConfig, QuickGelu, hookimpl
 
 if TYPE_CHECKING:
     from adcore.api import Runtime
@@ -25,6 +25,7 @@ class AFCLIPConfig(PluginConfig):
     pretrained: str = Field(
         "openai", description="open_clip tag, local checkpoint file, or 'none' (random)"
     )
+    quick_gelu: QuickGelu = Field("auto", description=QUICK_GELU_HELP)
     resolution: int = Field(518, ge=16, description="input side; a multiple of the patch size")
     layers: list[int] = Field([6, 12, 18, 24], description="ViT blocks (1-based) to read")
     radii: list[int] = Field([1, 3, 5], description="aggregation neighbourhoods r x r")

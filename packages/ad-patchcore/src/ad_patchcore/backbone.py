@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -12,11 +13,16 @@ from adcore.api import (
     ConfigError,
     PluginError,
     WeightsError,
-    load_checkpoint,
-    missing_weights,
+    backbone_identity,
+    captured_output,
+    fit_state,
+    hub_file,
     parse_weights,
-    tensors_digest,
+    read_checkpoint,
 )
+
+# timm's files on the hub, in the order timm tries them.
+HF_WEIGHT_FILES = ["model.safetensors", "pytorch_model.bin"]
 
 
 def resolve_out_indices(module_names: list[str], layers: list[str]) -> tuple[int, ...]:
@@ -56,54 +62,78 @@ def build_backbone(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A frozen ``features_only`` network returning ``layers``, and its weights identity.
 
-    Random initialisation is seeded, so two builds with the same seed are the same network.
+    A tag's file is found through :func:`adcore.api.hub_file` (cache first) and handed to
+    timm as a state dict, so timm applies its own conversion for the architecture; a local
+    file is fitted with the shared checkpoint normaliser (a classifier head it holds is
+    ignored). Random initialisation is seeded, so two builds with the same seed are the same
+    network.
     """
     indices = resolve_out_indices(_feature_names(backbone), layers)
     source = parse_weights(pretrained)
-    kwargs = {"features_only": True, "out_indices": indices}
+    kwargs: dict[str, Any] = {"features_only": True, "out_indices": indices}
+    messages: list[str] = []
+    path = None
     if source.kind == "tag":
-        name = f"{backbone}.{source.value}"
-        try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
-        except Exception as error:
-            raise missing_weights(
-                backbone,
-                name,
-                f"{type(error).__name__}: {error}",
-                f'Download them once with network access: python -c "import timm; '
-                f"timm.create_model('{name}', pretrained=True)\", or copy the Hugging Face "
-                f"repository timm/{name} into that cache.",
-            ) from None
+        path = _tag_file(backbone, source.value)
+        state = read_checkpoint(path)
+        with captured_output(messages):
+            try:
+                model = timm.create_model(
+                    f"{backbone}.{source.value}",
+                    pretrained=True,
+                    pretrained_cfg_overlay={"state_dict": state},
+                    **kwargs,
+                )
+            except RuntimeError as error:
+                raise WeightsError(
+                    f"The file {path} of {backbone}.{source.value} does not fit the "
+                    f"architecture ({str(error).splitlines()[0][:200]}).",
+                    "Delete that file from the cache and fetch it again.",
+                ) from None
     else:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), captured_output(messages):
             torch.manual_seed(seed)
             model = timm.create_model(backbone, pretrained=False, **kwargs)
         if source.kind == "file":
-            _load_file(model, source.path, backbone)
+            path = source.path
+            state = read_checkpoint(path)
+            fit_state(model, state, path=path, architecture=backbone, ignore_unexpected=True)
     model.eval().requires_grad_(False)
-    identity = {
-        "backbone": backbone,
-        "pretrained": source.value,
-        "random": source.is_random,
-        "layers": list(layers),
-        "digest": tensors_digest(model.state_dict()),
-    }
+    identity = backbone_identity(
+        model,
+        architecture=backbone,
+        source=source,
+        file=path,
+        messages=messages,
+        layers=list(layers),
+    )
     return model, identity
 
 
-def _load_file(model: nn.Module, path: Any, backbone: str) -> None:
-    """Load a full-classifier or features-only state dict; stages we do not run may be absent."""
-    state = load_checkpoint(path)
+def _tag_file(backbone: str, tag: str) -> Path:
+    """The file of timm's ``backbone.tag`` on the Hugging Face hub, cache first."""
+    name = f"{backbone}.{tag}"
     try:
-        missing, _ = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:
-        raise WeightsError(
-            f"Checkpoint {path} does not fit {backbone} ({str(error).splitlines()[0]}).",
-            "Point model.pretrained to a state dict of the same timm/torchvision architecture.",
-        ) from None
-    if missing:
-        raise WeightsError(
-            f"Checkpoint {path} lacks {len(missing)} tensors that {backbone} needs "
-            f"(e.g. {missing[:3]}).",
-            "Point model.pretrained to a state dict of the same timm/torchvision architecture.",
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:
+        cfg = None
+    if cfg is None or not cfg.hf_hub_id:
+        known = timm.list_pretrained(f"{backbone}.*")
+        raise ConfigError(
+            f"model.pretrained {tag!r} is not a timm tag of {backbone} on the Hugging Face hub.",
+            f"Use one of {[k.split('.', 1)[1] for k in known][:8]}, a local checkpoint path, "
+            "or 'none' for random weights.",
         )
+    repo_id, _, revision = cfg.hf_hub_id.partition("@")
+    names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else HF_WEIGHT_FILES
+    return hub_file(
+        repo_id,
+        names,
+        revision=revision or None,
+        what=f"The timm weights {name!r}",
+        how=(
+            f'Fetch them once with network access (python -c "import timm; '
+            f"timm.create_model('{name}', pretrained=True)\"), or copy the Hugging Face "
+            f"repository {repo_id} into that cache."
+        ),
+    )

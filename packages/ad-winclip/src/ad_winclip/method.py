@@ -91,7 +91,7 @@ class WinClipMethod(Method):
 def build(config: Any, runtime: Runtime) -> WinClipMethod:
     """The plugin factory's body: weights, model and geometry from a ``WinClipConfig``."""
     clip, tokenizer, identity = load_clip(
-        config.backbone, config.pretrained, config.resolution, runtime.seed
+        config.backbone, config.pretrained, config.resolution, runtime.seed, config.quick_gelu
     )
     grid = tuple(clip.visual.grid_size)
     too_big = [k for k in config.scales if k > min(grid)]

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from adcore.api import Capability, MethodSpec, PluginConfig, hookimpl
+from adcore.api import QUICK_GELU_HELP, Capability, MethodSpec, PluginConfig, QuickGelu, hookimpl
 
 
 class WinClipConfig(PluginConfig):
@@ -25,6 +25,7 @@ class WinClipConfig(PluginConfig):
         "laion400m_e31",
         description="open_clip pretrained tag, a local checkpoint file, or 'none' (random).",
     )
+    quick_gelu: QuickGelu = Field("auto", description=QUICK_GELU_HELP)
     resolution: int = Field(240, ge=32, description="Input side in pixels.")
     scales: list[int] = Field(
         [2, 3], min_length=1, description="Window sides in patches (stride 1)."

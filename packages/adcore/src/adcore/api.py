@@ -56,10 +56,22 @@ _EXPORTS: dict[str, str] = {
     "parse_weights": "adcore.weights",
     "load_checkpoint": "adcore.weights",
     "missing_weights": "adcore.weights",
-    "hf_cache_dir": "adcore.weights",
     "file_digest": "adcore.weights",
     "tensors_digest": "adcore.weights",
+    "WeightsIdentity": "adcore.weights",
+    "backbone_identity": "adcore.weights",
+    "with_trained_parts": "adcore.weights",
+    "require_same_weights": "adcore.weights",
+    "read_checkpoint": "adcore.checkpoints",
+    "normalise_state": "adcore.checkpoints",
+    "fit_state": "adcore.checkpoints",
+    "hf_cache_dir": "adcore.hub",
+    "hub_file": "adcore.hub",
+    "url_file": "adcore.hub",
+    "captured_output": "adcore.captured",
     "load_open_clip": "adcore.openclip",
+    "QuickGelu": "adcore.openclip",
+    "QUICK_GELU_HELP": "adcore.openclip",
     # training
     "checkpoint_metadata": "adcore.training",
 }
@@ -81,6 +93,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors; never executed
+    from adcore.captured import captured_output  # noqa: F401
+    from adcore.checkpoints import fit_state, normalise_state, read_checkpoint  # noqa: F401
     from adcore.dataset import GOOD, Dataset, Sample, Split  # noqa: F401
     from adcore.errors import (  # noqa: F401
         AdError,
@@ -90,6 +104,7 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         WeightsError,
     )
     from adcore.hookspecs import hookimpl  # noqa: F401
+    from adcore.hub import hf_cache_dir, hub_file, url_file  # noqa: F401
     from adcore.loading import IMAGE_EXTENSIONS  # noqa: F401
     from adcore.maps import anomaly_map, gaussian_blur, upsample  # noqa: F401
     from adcore.method import (  # noqa: F401
@@ -101,7 +116,7 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         TrainableMethod,
         TrainingSettings,
     )
-    from adcore.openclip import load_open_clip  # noqa: F401
+    from adcore.openclip import QUICK_GELU_HELP, QuickGelu, load_open_clip  # noqa: F401
     from adcore.preprocessing import (  # noqa: F401
         CLIP_MEAN,
         CLIP_STD,
@@ -120,10 +135,13 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
     )
     from adcore.training import checkpoint_metadata  # noqa: F401
     from adcore.weights import (  # noqa: F401
+        WeightsIdentity,
+        backbone_identity,
         file_digest,
-        hf_cache_dir,
         load_checkpoint,
         missing_weights,
         parse_weights,
+        require_same_weights,
         tensors_digest,
+        with_trained_parts,
     )

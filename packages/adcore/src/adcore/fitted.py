@@ -8,14 +8,16 @@ from typing import Any
 
 from adcore.method import Method
 from adcore.results import atomic_write_bytes
+from adcore.weights import stamp_fitted_state
 
 
 def save_fitted_state(method: Method, path: Path) -> None:
-    """``method.fitted_state()`` through ``torch.save``, written atomically."""
+    """``method.fitted_state()``, stamped with the weights identity it was fitted with, through
+    ``torch.save``, written atomically."""
     import torch
 
     buffer = io.BytesIO()
-    torch.save(method.fitted_state(), buffer)
+    torch.save(stamp_fitted_state(method.fitted_state(), method.weights_identity()), buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 

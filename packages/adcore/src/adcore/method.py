@@ -92,7 +92,9 @@ class Method(abc.ABC):
 
     @abc.abstractmethod
     def weights_identity(self) -> dict[str, Any]:
-        """What weights the run used; ``random: True`` marks random initialisation."""
+        """What weights the run used, as :class:`adcore.weights.WeightsIdentity` fields:
+        built with :func:`adcore.weights.backbone_identity` (and
+        :func:`~adcore.weights.with_trained_parts` for methods with trained parts)."""
 
     def memory_bank_bytes(self) -> int:
         """Bytes held as fitted state beyond the parameters (memory bank, references)."""

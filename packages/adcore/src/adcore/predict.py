@@ -121,11 +121,13 @@ def load_method(run_dir: Path, category: str, device: str = "auto") -> tuple[Any
     from adcore.config import load_yaml_file, resolve, validate_base
     from adcore.fitted import read_fitted_state
     from adcore.plugins import get_registry
+    from adcore.weights import check_fitted_state
 
     config = resolve(validate_base(load_yaml_file(run_dir / "config.yaml")), get_registry())
     runtime = make_runtime(config, device)
     method = build_method(config, runtime)
     state = read_fitted_state(run_dir / category / "model.pt")
+    check_fitted_state(state, method.weights_identity(), run_dir / category / "model.pt")
     method.load_fitted_state(state)
     return config, method, runtime
 

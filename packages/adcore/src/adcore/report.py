@@ -74,6 +74,7 @@ def read_run(run_dir: Path) -> RunSummary:
         efficiency_names=[h for h in header if h not in metric_names],
         values=values,
         machine=machine_summary(env),
+        untrained_parameters=bool(env.get("untrained_parameters", False)),
     )
 
 
@@ -178,11 +179,17 @@ def report_markdown(
             f"> Runs marked {RANDOM_TAG} used randomly initialised models: their numbers show "
             "the pipeline working, not the method's accuracy.\n\n"
         )
+    if any(run.untrained_parameters for run in runs):
+        parts.append(
+            "> Runs marked *untrained parameters* ran without a trained checkpoint of the "
+            "method's prompts and adaptor.\n\n"
+        )
     parts.append("## Runs\n\n")
     parts.append("| run | method | data set | k-shot | seed | weights | machine | folder |\n")
     parts.append("|---|---|---|---|---|---|---|---|\n")
     for run in runs:
         weights = "**random**" if run.random_weights else "as configured"
+        weights += ", *untrained parameters*" if run.untrained_parameters else ""
         parts.append(
             f"| {run.label} | {run.method} | {run.dataset} | {run.k_shot} | {run.seed} | "
             f"{weights} | {run.machine} | `{run.run_dir}` |\n"

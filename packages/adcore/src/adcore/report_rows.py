@@ -33,6 +33,7 @@ class RunSummary:
     label: str = ""
     machine: str = ""  # CPU, threads, load (and GPU) when the run was made
     extra: dict[str, Any] = field(default_factory=dict)
+    untrained_parameters: bool = False  # trained parts without a trained checkpoint
 
     @property
     def categories(self) -> list[str]:

@@ -106,7 +106,8 @@ class RunResult(BaseModel):
     experiment: str
     metric_names: list[str]
     categories: list[CategoryResult]
-    random_weights: bool = False
+    random_weights: bool = False  # a randomly initialised backbone
+    untrained_parameters: bool = False  # trained parts without a trained checkpoint
 
     def mean(self) -> dict[str, float]:
         """Macro average over categories of every metric and efficiency figure."""

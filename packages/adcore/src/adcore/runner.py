@@ -42,6 +42,7 @@ from adcore.results import (
     write_category,
     write_scores,
 )
+from adcore.weights import weights_flags
 
 if TYPE_CHECKING:
     from adcore.efficiency import MethodCost
@@ -153,9 +154,7 @@ class Evaluation:
             **environment(self.registry, self.runtime.device),
             "seed": self.runtime.seed,
             "precision": self.runtime.precision,
-            "weights": identity,
-            # random anywhere (backbone, or untrained parts without a checkpoint) marks the run
-            "random_weights": self.config.random_weights or bool(identity.get("random")),
+            **weights_flags(identity, self.config.random_weights),
             "evaluation_resolution": evaluation.resolution,
             "efficiency_sources": EVALUATION_SOURCES if evaluation.latency.enabled else {},
             "skip_bad_samples": self.config.base.data.skip_bad_samples,
@@ -307,6 +306,7 @@ def run_result(
         metric_names=config.metric_names,
         categories=results,
         random_weights=bool(env.get("random_weights", config.random_weights)),
+        untrained_parameters=bool(env.get("untrained_parameters", False)),
     )
 
 

@@ -122,7 +122,8 @@ def check_method(
     Checks, each with its own message: the record and its config; ``predict`` of uint8
     ``[B,3,S,S]`` gives finite ``scores [B]`` and ``maps [B,S,S]`` at
     ``geometry.output_size``; scores do not depend on the batch they come in (batch-norm in
-    eval mode, no cross-image state); ``weights_identity()`` has a bool ``random`` (how
+    eval mode, no cross-image state); ``weights_identity()`` is a
+    :class:`adcore.api.WeightsIdentity` dict (its ``random_backbone`` is how
     ``--random-weights`` is reported: only config fields named ``pretrained``, or marked
     ``json_schema_extra={"weights": True}``, receive ``none``); ``modules()`` holds the
     networks, and a method that does not declare ``trainable`` has no parameter with
@@ -137,6 +138,7 @@ def check_method(
 
     from adcore.efficiency import count_parameters, measure_backbone, measure_efficiency
     from adcore.method import Prediction, Runtime
+    from adcore.weights import WeightsIdentity
 
     _require(isinstance(spec, MethodSpec), f"{spec!r} is not a MethodSpec.")
     check_config(spec.config, spec.name)
@@ -168,10 +170,13 @@ def check_method(
         "(put batch-norm layers in eval mode, keep no state across images).",
     )
     identity = method.weights_identity()
-    _require(
-        isinstance(identity, dict) and isinstance(identity.get("random"), bool),
-        f"{spec.name}: weights_identity() must be a dict with a bool 'random' (got {identity!r}).",
-    )
+    try:
+        WeightsIdentity.model_validate(identity)
+    except (ValidationError, TypeError) as error:
+        raise AssertionError(
+            f"{spec.name}: weights_identity() must be the one identity format "
+            f"(adcore.api.WeightsIdentity; build it with adcore.api.backbone_identity): {error}"
+        ) from None
     modules = method.modules()
     _require(
         isinstance(modules, dict) and all(isinstance(m, nn.Module) for m in modules.values()),

@@ -22,6 +22,7 @@ from adcore.errors import DataError, OutputError, WeightsError
 from adcore.method import Runtime, TrainableMethod, TrainingSettings
 from adcore.preprocessing import Preprocessing
 from adcore.results import atomic_write_bytes, atomic_write_text
+from adcore.weights import require_same_weights
 
 if TYPE_CHECKING:
     import torch
@@ -194,14 +195,12 @@ def train_method(
                 f"{out_dir} holds a training run with other settings ({record.get('settings')}).",
                 "Use another experiment name, or delete the folder to start over.",
             )
-        recorded = (record.get("weights_identity") or {}).get("backbone_hash")
-        current = method.weights_identity().get("backbone_hash")
-        if recorded and current and recorded != current:
-            raise OutputError(
-                f"{out_dir} holds a training run against another backbone (hash {recorded}, "
-                f"this run's is {current}).",
-                "Use another experiment name, or delete the folder to start over.",
-            )
+        require_same_weights(
+            record.get("weights_identity"),
+            method.weights_identity(),
+            f"The training run in {out_dir} was made",
+            "Use another experiment name, or delete the folder to start over.",
+        )
         from adcore.weights import load_checkpoint
 
         method.load_trainable_state(load_checkpoint(checkpoint))

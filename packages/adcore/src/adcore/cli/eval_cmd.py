@@ -30,6 +30,11 @@ RANDOM_BANNER = (
     "[bold yellow]Random weights:[/] every model is randomly initialised; the numbers below "
     "show the pipeline working, not the method's accuracy."
 )
+UNTRAINED_BANNER = (
+    "[bold yellow]Untrained method parameters:[/] the method's trained parts (prompts, "
+    "adaptors) come from no trained checkpoint; train them with `ad train` and set "
+    "model.checkpoint."
+)
 
 
 def results_table(result: RunResult) -> Table:
@@ -136,4 +141,6 @@ def eval_command(
             console.print(f"[yellow]note[/] {category.category}: {note}", highlight=False)
     if result.random_weights:
         console.print(RANDOM_BANNER.replace("below", "above"))
+    if result.untrained_parameters:
+        console.print(UNTRAINED_BANNER)
     console.print(f"Results: {result.run_dir}")

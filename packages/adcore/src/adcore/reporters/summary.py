@@ -10,6 +10,21 @@ from adcore.reporting import Reporter, RunContext
 from adcore.results import NOTES_SEPARATOR, RunResult, atomic_write_text, csv_text
 
 RANDOM_NOTE = "Random weights: these numbers come from randomly initialised models (a demo)."
+UNTRAINED_NOTE = (
+    "Untrained method parameters: the method's trained parts (prompts, adaptors) were not "
+    "loaded from a trained checkpoint; train them with `ad train` and set model.checkpoint."
+)
+
+
+def weights_line(identity: dict[str, Any] | None) -> str:
+    """``Weights: resnet18, tag a1_in1k, digest 0f3a...`` (nothing for weight-free methods)."""
+    if not identity or not identity.get("digest"):
+        return ""
+    source = f"{identity.get('source')} {identity.get('pretrained')}"
+    parts = [str(identity.get("architecture")), source, f"digest {identity['digest']}"]
+    if identity.get("checkpoint_digest"):
+        parts.append(f"trained checkpoint digest {identity['checkpoint_digest']}")
+    return f"Weights: {', '.join(parts)}.\n\n"
 
 
 def summary_rows(result: RunResult) -> tuple[list[str], list[dict[str, Any]]]:
@@ -59,6 +74,8 @@ class PrettySummaryReporter(Reporter):
         atomic_write_text(context.run_dir / "summary_metrics_pretty.csv", csv_text(header, cells))
         title = f"# {result.method} on {result.dataset} ({result.experiment})\n\n"
         note = f"> {RANDOM_NOTE}\n\n" if result.random_weights else ""
+        note += f"> {UNTRAINED_NOTE}\n\n" if result.untrained_parameters else ""
+        note += weights_line(context.env.get("weights"))
         shown = header[:-1]  # notes go below the table, where they have room
         table = "| " + " | ".join(shown) + " |\n|" + "---|" * len(shown) + "\n"
         table += "".join("| " + " | ".join(row[:-1]) + " |\n" for row in cells)
