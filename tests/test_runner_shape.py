@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGES = Path(__file__).resolve().parents[1] / "packages"
 RUNNER = PACKAGES / "adcore/src/adcore/runner.py"
-PUBLIC = {"Evaluation", "RunOptions", "run_result"}
+PUBLIC = {"Evaluation", "RunOptions"}
 
 
 def test_runner_is_under_300_lines():

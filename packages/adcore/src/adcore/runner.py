@@ -39,6 +39,7 @@ from adcore.results import (
     ensure_writable,
     read_category,
     refuse_other_config,
+    run_result,
     write_category,
     write_scores,
 )
@@ -260,7 +261,7 @@ class Evaluation:
         self.write_category_files(category, result, method, predicted, test)
         for note in result.notes:
             self.progress.note(f"{category}: {note}")
-        self.progress.note(_category_line(result, self.metric_names))
+        self.progress.note(result.line(self.metric_names))
         outputs = CategoryOutputs(
             test,
             predicted.scores,
@@ -292,24 +293,3 @@ class Evaluation:
             save_fitted_state(method, self.layout.model_state(category))
         write_scores(self.layout, category, test, predicted.scores)
         write_category(self.layout, result, self.metric_names)
-
-
-def run_result(
-    config: ResolvedConfig, layout: RunLayout, results: list[CategoryResult], env: dict[str, Any]
-) -> RunResult:
-    """A run's categories as one result; ``env.json`` knows whether any weights were random."""
-    return RunResult(
-        run_dir=layout.root,
-        dataset=config.dataset.spec.name,
-        method=config.method.spec.name,
-        experiment=config.base.experiment.name,
-        metric_names=config.metric_names,
-        categories=results,
-        random_weights=bool(env.get("random_weights", config.random_weights)),
-        untrained_parameters=bool(env.get("untrained_parameters", False)),
-    )
-
-
-def _category_line(result: CategoryResult, metric_names: Sequence[str]) -> str:
-    shown = ", ".join(f"{n} {100 * result.metrics[n]:.1f}" for n in metric_names)
-    return f"{result.category}: {shown} ({result.seconds:.1f} s)"

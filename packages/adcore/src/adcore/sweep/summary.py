@@ -19,8 +19,7 @@ from typing import Any
 
 from adcore.plugins import Registry
 from adcore.reporting import RunContext, default_reporters
-from adcore.results import RunResult, atomic_write_text, csv_text, read_category
-from adcore.runner import run_result
+from adcore.results import RunResult, atomic_write_text, csv_text, read_category, run_result
 from adcore.sweep.plan import Experiment
 
 SEED_KEY = "experiment.seed"
