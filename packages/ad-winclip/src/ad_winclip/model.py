@@ -40,7 +40,7 @@ from ad_winclip.windows import (
     harmonic_mean,
     window_indices,
 )
-from adcore.api import PluginError
+from adcore.api import PluginError, nearest_neighbours
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -59,11 +59,8 @@ def visual_association(query: torch.Tensor, bank: torch.Tensor, chunk: int = 819
 
     query [B, N, D], bank [M, D] -> [B, N]; the bank is scanned in chunks of ``chunk`` rows.
     """
-    query = F.normalize(query.float(), dim=-1)
-    best = query.new_full(query.shape[:-1], -1.0)
-    for part in F.normalize(bank.float(), dim=-1).split(chunk):
-        best = torch.maximum(best, (query @ part.T).amax(dim=-1))
-    return ((1.0 - best) / 2.0).clamp_min(0.0)
+    distance, _ = nearest_neighbours(query, bank, 1, "cosine", bank_chunk=chunk)
+    return (distance[..., 0] / 2.0).clamp_min(0.0)
 
 
 def _plain_block(block: nn.Module) -> bool:

@@ -50,6 +50,9 @@ _EXPORTS: dict[str, str] = {
     "anomaly_map": "adcore.maps",
     "upsample": "adcore.maps",
     "gaussian_blur": "adcore.maps",
+    # memory banks
+    "nearest_neighbours": "adcore.neighbors",
+    "FlatL2Index": "adcore.neighbors",
     # weights
     "parse_weights": "adcore.weights",
     "load_checkpoint": "adcore.weights",
@@ -103,6 +106,7 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         TrainableMethod,
         TrainingSettings,
     )
+    from adcore.neighbors import FlatL2Index, nearest_neighbours  # noqa: F401
     from adcore.openclip import load_open_clip  # noqa: F401
     from adcore.records import (  # noqa: F401
         Capability,
