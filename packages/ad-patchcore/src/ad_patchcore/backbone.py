@@ -91,6 +91,23 @@ def build_backbone(
     return model, identity
 
 
+def authors_batchnorm_step(backbone: nn.Module, size: tuple[int, int]) -> None:
+    """Replay the forward pass the released code makes while building its model.
+
+    ``PatchCore.load`` asks ``NetworkFeatureAggregator.feature_dimensions`` for the channel
+    counts by pushing one all-ones image [1, 3, H, W] (H, W: the input size) through the
+    backbone, which is still in train mode there; every BatchNorm up to the deepest
+    extracted stage moves its running statistics one momentum step towards that image's
+    statistics, and every number published with that code carries the change. The backbone
+    is left in eval mode, frozen.
+    """
+    device = next(backbone.parameters()).device
+    backbone.train()
+    with torch.no_grad():
+        backbone(torch.ones(1, 3, *size, device=device))
+    backbone.eval()
+
+
 def _load_file(model: nn.Module, path: Any, backbone: str) -> None:
     """Load a full-classifier or features-only state dict; stages we do not run may be absent."""
     state = load_checkpoint(path)
