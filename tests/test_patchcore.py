@@ -18,17 +18,25 @@ from ad_patchcore.backbone import build_backbone, resolve_out_indices
 from ad_patchcore.coreset import approximate_greedy_coreset, greedy_coreset
 from ad_patchcore.model import local_aggregation, reweighted_score
 from ad_patchcore.plugin import PatchCoreConfig, adcore_methods, factory
-from ad_patchcore.search import NearestNeighbours
 from adcore.errors import ConfigError, PluginError, WeightsError
 from adcore.maps import gaussian_blur
 from adcore.method import FitContext, Runtime
+from adcore.neighbors import FlatL2Index, nearest_neighbours
 from adcore.records import Capability
 
 SIZE = 64
 
 
 def small_config(**overrides) -> PatchCoreConfig:
-    settings = {"backbone": "resnet18", "pretrained": "none", "resolution": 72, "crop": SIZE}
+    """The paper's fidelity: Euclidean scores, checked here against eq. 6 and eq. 7 by brute
+    force (the released code's settings are tested in test_patchcore_fidelity.py)."""
+    settings = {
+        "backbone": "resnet18",
+        "pretrained": "none",
+        "resolution": 72,
+        "crop": SIZE,
+        "fidelity": "paper",
+    }
     return PatchCoreConfig(**{**settings, **overrides})
 
 
@@ -67,7 +75,7 @@ def test_greedy_coreset_is_farthest_point_selection():
     generator = torch.Generator().manual_seed(0)
     points = torch.randn(300, 16, generator=generator)
     anchors = torch.tensor([3, 50, 120, 200, 299])
-    chosen = greedy_coreset(points, 40, anchors, chunk=64).tolist()
+    chosen = greedy_coreset(points, 40, anchors).tolist()
     assert len(set(chosen)) == 40
     exact = points.double()
     running = torch.cdist(exact, exact[anchors]).mean(1)  # the authors' anchor start
@@ -87,7 +95,7 @@ def test_faiss_search_equals_brute_force():
     generator = torch.Generator().manual_seed(2)
     bank = torch.randn(400, 32, generator=generator)
     queries = torch.randn(150, 32, generator=generator)
-    distances, indices = NearestNeighbours(bank).search(queries, k=3, chunk=40)
+    distances, indices = nearest_neighbours(queries, FlatL2Index(bank), 3, "l2", chunk=40)
     expected = torch.cdist(queries.double(), bank.double()).topk(3, largest=False)
     assert torch.equal(indices, expected.indices)
     assert torch.allclose(distances.double(), expected.values, atol=1e-4)

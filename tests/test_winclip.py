@@ -15,6 +15,7 @@ import torch
 from pydantic import ValidationError
 
 from ad_winclip import prompts
+from ad_winclip.model import visual_association
 from ad_winclip.plugin import WinClipConfig, adcore_methods, factory
 from ad_winclip.windows import covering_windows, harmonic_aggregation, window_indices
 from adcore.errors import ConfigError, WeightsError
@@ -95,6 +96,45 @@ def test_prompt_ensemble_has_the_papers_size() -> None:
 
 
 # --- windows -----------------------------------------------------------------------------
+
+
+def test_prompt_average_normalized_and_raw_equal_an_independent_computation(
+    tiny_model_name,
+) -> None:
+    """Prototypes = normalise(mean of a state's prompt embeddings), each embedding normalised
+    first (default) or raw (anomalib's ``collect_text_embeddings``, caoyunkang's V1); the
+    reference encodes the prompts in one pass and averages in float64."""
+    prototypes = {}
+    for average in ("normalized", "raw"):
+        config = WinClipConfig(
+            backbone=tiny_model_name, pretrained="none", resolution=SIZE, prompt_average=average
+        )
+        built = factory(config, Runtime(seed=0))
+        normal, anomalous = prompts.prompt_ensemble("bottle")
+        with torch.no_grad():
+            embeddings = [
+                built.model.clip.encode_text(built.model.tokenizer(group)).double()
+                for group in (normal, anomalous)
+            ]
+        if average == "normalized":
+            embeddings = [e / e.norm(dim=-1, keepdim=True) for e in embeddings]
+        means = torch.stack([e.mean(0) for e in embeddings])
+        expected = means / means.norm(dim=-1, keepdim=True)
+        prototypes[average] = built.model.encode_text("bottle").double()
+        assert torch.allclose(prototypes[average], expected, atol=1e-6)
+    assert (prototypes["normalized"] - prototypes["raw"]).abs().max() > 1e-3
+
+
+def test_visual_association_is_the_halved_cosine_distance_to_the_nearest_reference() -> None:
+    generator = torch.Generator().manual_seed(5)
+    query, bank = (
+        torch.randn(2, 30, 16, generator=generator),
+        torch.randn(70, 16, generator=generator),
+    )
+    q = query.double() / query.double().norm(dim=-1, keepdim=True)
+    b = bank.double() / bank.double().norm(dim=-1, keepdim=True)
+    expected = ((1 - (q @ b.T).amax(-1)) / 2).clamp_min(0)
+    assert torch.allclose(visual_association(query, bank, chunk=32).double(), expected, atol=1e-6)
 
 
 def test_window_indices_by_hand() -> None:

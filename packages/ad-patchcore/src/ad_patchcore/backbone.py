@@ -110,6 +110,23 @@ def build_backbone(
     return model, identity
 
 
+def authors_batchnorm_step(backbone: nn.Module, size: tuple[int, int]) -> None:
+    """Replay the forward pass the released code makes while building its model.
+
+    ``PatchCore.load`` asks ``NetworkFeatureAggregator.feature_dimensions`` for the channel
+    counts by pushing one all-ones image [1, 3, H, W] (H, W: the input size) through the
+    backbone, which is still in train mode there; every BatchNorm up to the deepest
+    extracted stage moves its running statistics one momentum step towards that image's
+    statistics, and every number published with that code carries the change. The backbone
+    is left in eval mode, frozen.
+    """
+    device = next(backbone.parameters()).device
+    backbone.train()
+    with torch.no_grad():
+        backbone(torch.ones(1, 3, *size, device=device))
+    backbone.eval()
+
+
 def _tag_file(backbone: str, tag: str) -> Path:
     """The file of timm's ``backbone.tag`` on the Hugging Face hub, cache first."""
     name = f"{backbone}.{tag}"

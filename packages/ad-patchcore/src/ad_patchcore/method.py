@@ -8,24 +8,26 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ad_patchcore.backbone import build_backbone
-from ad_patchcore.coreset import approximate_greedy_coreset, random_projection
+from ad_patchcore.backbone import authors_batchnorm_step, build_backbone
+from ad_patchcore.coreset import approximate_greedy_coreset, project, random_projection
 from ad_patchcore.model import LocallyAwarePatchFeatures, reweighted_score
-from ad_patchcore.search import NearestNeighbours
 from adcore.api import (
     FitContext,
+    FlatL2Index,
     Method,
     PluginError,
     Prediction,
     Preprocessing,
     Runtime,
     anomaly_map,
+    nearest_neighbours,
 )
 
 # Settings that change the bank; a saved bank only loads into a model that agrees on them.
 _BANK_KEYS = (
     "backbone",
     "pretrained",
+    "fidelity",
     "layers",
     "resolution",
     "crop",
@@ -41,7 +43,14 @@ if TYPE_CHECKING:  # the record module builds this class; it must not be importe
 class PatchCore(Method):
     """Memory bank of locally aware patch features, subsampled by greedy coreset (Sec. 3)."""
 
-    def __init__(self, config: PatchCoreConfig, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        config: PatchCoreConfig,
+        runtime: Runtime,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        """``input_size``: the (H, W) of the released code's load-time BatchNorm step
+        (``fidelity: authors_code``); by default the square the geometry produces."""
         self.config = config
         self.runtime = runtime
         self.device = torch.device(runtime.device)
@@ -52,6 +61,10 @@ class PatchCore(Method):
         backbone, self._identity = build_backbone(
             config.backbone, config.pretrained, config.layers, runtime.seed
         )
+        backbone = backbone.to(self.device)
+        if config.fidelity == "authors_code":
+            side = self.geometry.output_size
+            authors_batchnorm_step(backbone, input_size or (side, side))
         self.model = LocallyAwarePatchFeatures(
             backbone,
             config.patch_size,
@@ -59,56 +72,68 @@ class PatchCore(Method):
             config.target_embed_dimension,
         ).to(self.device)
         self.bank: torch.Tensor | None = None  # [M, D] on the CPU, the canonical copy
-        self._search: NearestNeighbours | None = None
+        self._index: FlatL2Index | None = None
         self.fit_seconds: dict[str, float] = {}  # feature extraction and coreset, last fit
 
-    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """uint8 images in chunks of ``extract_chunk`` -> patch features."""
-        # [B, 3, S, S] -> [B, h*w, D], (h, w)
+    def _features(
+        self, images: torch.Tensor, normalized: bool = False
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """uint8 images (or already normalised ones) in chunks of ``extract_chunk`` ->
+        patch features."""
+        # [B, 3, H, W] -> [B, h*w, D], (h, w)
         parts, grid = [], (0, 0)
         for chunk in images.split(self.config.extract_chunk):
-            features, grid = self.model(self.geometry.normalize(chunk.to(self.device)))
+            chunk = chunk.to(self.device)
+            features, grid = self.model(chunk if normalized else self.geometry.normalize(chunk))
             parts.append(features)
         return torch.cat(parts) if len(parts) > 1 else parts[0], grid
 
+    def _project(self, features: torch.Tensor) -> torch.Tensor:
+        """The coreset's random projection of every bank row, on the run's device.
+
+        On the CPU the whole bank goes through one product, as in the authors' sampler: a
+        BLAS product's rounding depends on the number of rows, and the greedy choice must
+        see their numbers. Elsewhere rows go in chunks to bound device memory.
+        """
+        # [N, D] -> [N, d]
+        cfg = self.config
+        dim = features.shape[1]
+        if dim == cfg.coreset_projection_dim:
+            return features.to(self.device)
+        weight = random_projection(dim, cfg.coreset_projection_dim, self.runtime.seed, self.device)
+        if self.device.type == "cpu":
+            return project(features, weight)
+        return torch.cat(
+            [project(part.to(self.device), weight) for part in features.split(cfg.coreset_chunk)]
+        )
+
     @torch.no_grad()
     def fit(self, context: FitContext) -> None:
-        """Stream the support images: keep patch features only, then take the coreset."""
+        """Stream the support images into patch features, then take the coreset."""
         cfg = self.config
         kept: list[torch.Tensor] = []  # [n_i, D] on the CPU
-        projected: list[torch.Tensor] = []  # [n_i, d] on the device
-        matrix = None
         started = time.perf_counter()
         for batch in context.batches:
             features, _ = self._features(batch)
-            features = features.reshape(-1, features.shape[-1])
-            if matrix is None and features.shape[1] > cfg.coreset_projection_dim:
-                matrix = random_projection(
-                    features.shape[1], cfg.coreset_projection_dim, self.runtime.seed, self.device
-                )
-            if cfg.coreset_ratio < 1.0:
-                projected.append(features @ matrix if matrix is not None else features.clone())
-            kept.append(features.cpu())
+            kept.append(features.reshape(-1, features.shape[-1]).cpu())
         if not kept:
             raise PluginError(
                 f"PatchCore got no training images for category {context.category!r}.",
                 "It needs normal images to build its memory bank: use k_shot >= 1 or 'all', "
                 "and check that the category's train split holds images.",
             )
+        features = _gather_rows(kept)  # [N, D]
         extracted = time.perf_counter()
         if cfg.coreset_ratio < 1.0:
             chosen = approximate_greedy_coreset(
-                torch.cat(projected),
+                self._project(features),
                 cfg.coreset_ratio,
                 self.runtime.seed,
                 cfg.coreset_starting_points,
-                cfg.coreset_chunk,
             ).cpu()
-            del projected
-            self.bank = _gather_rows(kept, chosen)
-        else:
-            self.bank = _gather_rows(kept, None)
-        self._search = NearestNeighbours(self.bank, self.runtime.device)
+            features = features[chosen]
+        self.bank = features
+        self._index = FlatL2Index(self.bank, self.runtime.device)
         self.fit_seconds = {
             "features": extracted - started,
             "coreset": time.perf_counter() - extracted,
@@ -117,29 +142,43 @@ class PatchCore(Method):
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
         """Patch score = mean distance to the k nearest bank features (eq. 6); max or eq. 7."""
-        # uint8 [B, 3, S, S] -> scores [B], maps [B, S, S]
-        if self._search is None or self.bank is None:
+        # uint8 [B, 3, H, W] -> scores [B], maps [B, H, W]
+        return self._score(images, normalized=False)
+
+    @torch.no_grad()
+    def predict_normalized(self, images: torch.Tensor) -> Prediction:
+        """``predict`` for images already resized and normalised (float [B, 3, H, W])."""
+        return self._score(images, normalized=True)
+
+    def _score(self, images: torch.Tensor, normalized: bool) -> Prediction:
+        # [B, 3, H, W] -> scores [B], maps [B, H, W]
+        if self._index is None or self.bank is None:
             raise PluginError(
                 "PatchCore predicts before it was fitted.",
                 "Call fit with the category's normal images, or load a fitted state first.",
             )
         cfg = self.config
-        features, (h, w) = self._features(images)
+        metric = "squared_l2" if cfg.fidelity == "authors_code" else "l2"
+        features, (h, w) = self._features(images, normalized)
         b, n, dim = features.shape
         flat = features.reshape(-1, dim)
-        distances, indices = self._search.search(flat, cfg.num_neighbors, cfg.search_chunk)
+        distances, indices = nearest_neighbours(
+            flat, self._index, cfg.num_neighbors, metric, cfg.search_chunk
+        )
         patch_scores = distances.mean(1).reshape(b, n)  # [B, h*w]
         scores, worst = patch_scores.max(1)
         if cfg.scoring == "reweighted":
             rows = torch.arange(b, device=flat.device) * n + worst
             test_feature = flat[rows]  # [B, D]: m_test,*
             nearest = self.bank[indices[rows, 0].cpu()].to(flat.device)  # [B, D]: m*
-            _, support = self._search.search(nearest, cfg.reweight_neighbors)
+            _, support = nearest_neighbours(
+                nearest, self._index, cfg.reweight_neighbors, "squared_l2"
+            )
             members = self.bank[support.cpu()].to(flat.device)  # [B, b, D]: N_b(m*)
             neighbourhood = torch.linalg.vector_norm(members - test_feature[:, None], dim=2)
             nearest_distance = torch.linalg.vector_norm(test_feature - nearest, dim=1)
             scores = reweighted_score(scores, nearest_distance, neighbourhood)
-        size = self.geometry.output_size
+        size = (images.shape[-2], images.shape[-1])
         maps = anomaly_map(patch_scores.reshape(b, h, w), size, cfg.smoothing_sigma)
         return Prediction(scores=scores, maps=maps)
 
@@ -184,19 +223,17 @@ class PatchCore(Method):
                 "Use the same weights (and seed, for random weights), or fit again.",
             )
         self.bank = state["bank"].detach().float().cpu().contiguous()
-        self._search = NearestNeighbours(self.bank, self.runtime.device)
+        self._index = FlatL2Index(self.bank, self.runtime.device)
 
 
-def _gather_rows(chunks: list[torch.Tensor], rows: torch.Tensor | None) -> torch.Tensor:
-    """Rows of the concatenated chunks without concatenating them; chunks are freed as used."""
-    # list of [n_i, D], [M] -> [M, D]
+def _gather_rows(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """The chunks as one tensor, freeing each as it is copied (peak: the result + 1 chunk)."""
+    # list of [n_i, D] -> [N, D]
     total = sum(len(chunk) for chunk in chunks)
-    rows = torch.arange(total) if rows is None else rows
-    bank = torch.empty(len(rows), chunks[0].shape[1], dtype=chunks[0].dtype)
+    out = torch.empty(total, chunks[0].shape[1], dtype=chunks[0].dtype)
     offset = 0
     while chunks:
         chunk = chunks.pop(0)
-        inside = (rows >= offset) & (rows < offset + len(chunk))
-        bank[inside] = chunk[rows[inside] - offset]
+        out[offset : offset + len(chunk)] = chunk
         offset += len(chunk)
-    return bank
+    return out

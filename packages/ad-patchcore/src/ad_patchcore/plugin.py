@@ -31,6 +31,15 @@ class PatchCoreConfig(PluginConfig):
     pretrain_embed_dimension: int = Field(1024, ge=1, description="Per-layer pooled dimension.")
     target_embed_dimension: int = Field(1024, ge=1, description="Final patch feature dimension.")
     patch_size: int = Field(3, ge=1, description="Local neighbourhood (odd) aggregated per patch.")
+    fidelity: Literal["authors_code", "paper"] = Field(
+        "authors_code",
+        description="authors_code: the numbers of the released code "
+        "(amazon-science/patchcore-inspection): patch scores are faiss's squared L2 "
+        "distances (mean over num_neighbors), and the maps smooth those; the backbone gets "
+        "the released code's load-time BatchNorm step (one all-ones image through it in "
+        "train mode). paper: eq. 6's Euclidean distances and an untouched backbone. Image "
+        "rankings agree for num_neighbors 1; maps, pixel metrics and thresholds differ.",
+    )
     coreset_ratio: float = Field(0.1, gt=0.0, le=1.0, description="Fraction of features kept.")
     coreset_projection_dim: int = Field(128, ge=1, description="Random projection for coreset.")
     coreset_starting_points: int = Field(
@@ -38,12 +47,19 @@ class PatchCoreConfig(PluginConfig):
     )
     num_neighbors: int = Field(1, ge=1, description="k nearest memory features per patch.")
     scoring: Literal["max", "reweighted"] = Field(
-        "max", description="Image score: max patch score, or the paper's eq. 7 re-weighting."
+        "max",
+        description="Image score: max patch score (the released code), or the paper's eq. 7 "
+        "re-weighting (its weight from Euclidean distances, applied to the max patch score).",
     )
     reweight_neighbors: int = Field(9, ge=1, description="b of eq. 7 (scoring: reweighted).")
     smoothing_sigma: float = Field(4.0, ge=0.0, description="Gaussian sigma on anomaly maps.")
     extract_chunk: int = Field(8, ge=1, description="Images per backbone forward pass.")
-    coreset_chunk: int = Field(65536, ge=1, description="Feature rows per coreset update chunk.")
+    coreset_chunk: int = Field(
+        65536,
+        ge=1,
+        description="Feature rows moved to an accelerator per projection product (on the "
+        "CPU the whole bank goes through one product, as in the authors' sampler).",
+    )
     search_chunk: int = Field(16384, ge=1, description="Query patches per faiss search call.")
 
     @field_validator("patch_size")

@@ -106,6 +106,7 @@ def build(config: Any, runtime: Runtime) -> WinClipMethod:
         tokenizer,
         scales=config.scales,
         temperature=config.temperature,
+        prompt_average=config.prompt_average,
         text_batch_size=config.text_batch_size,
         window_batch_size=config.window_batch_size,
     )

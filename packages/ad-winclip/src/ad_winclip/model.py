@@ -22,6 +22,37 @@ open_clip returns them (unprojected); window references are window embeddings.
 Maps are upsampled bilinearly from the patch grid and not smoothed further: every patch
 score is already a harmonic mean over up to k*k overlapping windows at two scales, which is
 the paper's spatial smoothing; an extra Gaussian is not part of the method.
+
+Choices and their sources. References: the paper (Jeong et al., CVPR 2023, Sec. 4 and the
+appendix's prompt lists); anomalib ``src/anomalib/models/image/winclip`` (``prompting.py``,
+``torch_model.py``, ``utils.py``; read at 0a34c1dd); caoyunkang/WinClip at 0818c9d
+(``WinCLIP/ad_prompts.py``, ``WinCLIP/model.py``), an unofficial reproduction (the authors
+released no code).
+
+- States (``prompts.py``): 7 normal and 4 anomalous state words, identical in the paper,
+  anomalib (``NORMAL_STATES``/``ANOMALOUS_STATES``) and caoyunkang (``state_level_*``).
+- Templates (``prompts.py``), 21, each ending in a full stop as in the paper and anomalib
+  (caoyunkang's have none): "a cropped photo of the", "a close-up photo of a/the", "a
+  bright photo of a/the", "a dark photo of the/a", "a blurry photo of the/a", "a photo of
+  a/the", "a photo of a/the small", "a photo of a/the large", "a photo of the/a ... for
+  visual inspection", "... for anomaly detection": all three sources. "a jpeg corrupted
+  photo of a": paper and caoyunkang (anomalib lists the "the" variant twice instead).
+  "a jpeg corrupted photo of the": all three. Not used: "a cropped photo of a"
+  (caoyunkang only; 22 templates there).
+- Prototype of a state: the mean of its prompt embeddings, normalised. ``prompt_average``
+  ``normalized`` (default) normalises each embedding first, as CLIP's prompt ensembling
+  (Radford et al. 2021) and caoyunkang's version V2 do, so every prompt weighs the same;
+  ``raw`` averages the encoder's raw outputs, as anomalib and caoyunkang's V1 do.
+- Scores: softmax over (normal, anomalous) of cos / 0.07 (anomalib's temperature;
+  caoyunkang uses 100 * cos, i.e. 0.01).
+- Windows: 2 x 2 and 3 x 3 patches, stride 1 (the paper's small and middle scales for
+  ViT-B/16+ at 240 px; anomalib's and caoyunkang's default ``scales=(2, 3)``).
+- Aggregation: a patch's score at one scale is the harmonic mean of the windows covering
+  it (paper eq. 3; anomalib ``harmonic_aggregation``); scales and the image score are
+  fused by harmonic mean (anomalib; caoyunkang averages scales arithmetically). WinCLIP+:
+  visual maps at patch level and per scale averaged, then averaged with the zero-shot map;
+  image score (zero-shot score + max of the visual map) / 2 (paper Sec. 4.3, anomalib).
+- Maps: bilinear upsampling only (anomalib; caoyunkang's Gaussian is commented out).
 """
 
 from __future__ import annotations
@@ -40,7 +71,7 @@ from ad_winclip.windows import (
     harmonic_mean,
     window_indices,
 )
-from adcore.api import PluginError
+from adcore.api import PluginError, nearest_neighbours
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -59,11 +90,8 @@ def visual_association(query: torch.Tensor, bank: torch.Tensor, chunk: int = 819
 
     query [B, N, D], bank [M, D] -> [B, N]; the bank is scanned in chunks of ``chunk`` rows.
     """
-    query = F.normalize(query.float(), dim=-1)
-    best = query.new_full(query.shape[:-1], -1.0)
-    for part in F.normalize(bank.float(), dim=-1).split(chunk):
-        best = torch.maximum(best, (query @ part.T).amax(dim=-1))
-    return ((1.0 - best) / 2.0).clamp_min(0.0)
+    distance, _ = nearest_neighbours(query, bank, 1, "cosine", bank_chunk=chunk)
+    return (distance[..., 0] / 2.0).clamp_min(0.0)
 
 
 def _plain_block(block: nn.Module) -> bool:
@@ -100,6 +128,7 @@ class WinClip(nn.Module):
         tokenizer: Tokenizer,
         scales: Sequence[int] = (2, 3),
         temperature: float = 0.07,
+        prompt_average: str = "normalized",
         text_batch_size: int = 64,
         window_batch_size: int = 2048,
     ) -> None:
@@ -118,6 +147,11 @@ class WinClip(nn.Module):
         self.tokenizer = tokenizer
         self.scales = tuple(scales)
         self.temperature = temperature
+        if prompt_average not in ("normalized", "raw"):
+            raise ValueError(
+                f"prompt_average must be 'normalized' or 'raw', not {prompt_average!r}"
+            )
+        self.prompt_average = prompt_average
         self.text_batch_size = text_batch_size
         self.window_batch_size = window_batch_size
         self.grid: tuple[int, int] = tuple(visual.grid_size)
@@ -139,16 +173,19 @@ class WinClip(nn.Module):
     # --- text ---------------------------------------------------------------------------
 
     def encode_text(self, class_name: str) -> torch.Tensor:
-        """Normal and anomalous prototypes for a class name, cached -> [2, D] (Sec. 4.1)."""
+        """Normal and anomalous prototypes for a class name, cached -> [2, D] (Sec. 4.1).
+
+        Each state's prompt embeddings are averaged (after normalising each one, or raw:
+        ``prompt_average``), and the two means normalised.
+        """
         if class_name not in self.text_cache:
             normal, anomalous = prompt_ensemble(class_name)
             tokens = self.tokenizer(normal + anomalous).to(self.device)
             embeddings = torch.cat(
-                [
-                    F.normalize(self.clip.encode_text(part).float(), dim=-1)
-                    for part in tokens.split(self.text_batch_size)
-                ]
-            )
+                [self.clip.encode_text(part).float() for part in tokens.split(self.text_batch_size)]
+            )  # [P, D]
+            if self.prompt_average == "normalized":
+                embeddings = F.normalize(embeddings, dim=-1)
             prototypes = torch.stack(
                 [embeddings[: len(normal)].mean(0), embeddings[len(normal) :].mean(0)]
             )

@@ -10,7 +10,7 @@ paper's numbers (Jeong et al., CVPR 2023): MVTec-AD zero-shot image AUROC 91.8, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -29,6 +29,14 @@ class WinClipConfig(PluginConfig):
     resolution: int = Field(240, ge=32, description="Input side in pixels.")
     scales: list[int] = Field(
         [2, 3], min_length=1, description="Window sides in patches (stride 1)."
+    )
+    prompt_average: Literal["normalized", "raw"] = Field(
+        "normalized",
+        description="How a state's prompt embeddings become its prototype: normalized "
+        "(each embedding to unit length, then the mean; the paper's ensemble of unit-norm "
+        "CLIP embeddings), or raw (the mean of the text encoder's raw outputs, as anomalib "
+        "and the caoyunkang/WinClip reproduction (version V1) compute it). The prototype "
+        "is normalised afterwards either way.",
     )
     temperature: float = Field(0.07, gt=0, description="Softmax temperature of the scores.")
     text_batch_size: int = Field(64, ge=1, description="Prompts per text-encoder pass.")

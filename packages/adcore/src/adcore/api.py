@@ -52,6 +52,9 @@ _EXPORTS: dict[str, str] = {
     "anomaly_map": "adcore.maps",
     "upsample": "adcore.maps",
     "gaussian_blur": "adcore.maps",
+    # memory banks
+    "nearest_neighbours": "adcore.neighbors",
+    "FlatL2Index": "adcore.neighbors",
     # weights
     "parse_weights": "adcore.weights",
     "load_checkpoint": "adcore.weights",
@@ -116,6 +119,7 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         TrainableMethod,
         TrainingSettings,
     )
+    from adcore.neighbors import FlatL2Index, nearest_neighbours  # noqa: F401
     from adcore.openclip import QUICK_GELU_HELP, QuickGelu, load_open_clip  # noqa: F401
     from adcore.preprocessing import (  # noqa: F401
         CLIP_MEAN,

@@ -40,6 +40,9 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> to
     return out
 
 
-def anomaly_map(patch_scores: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """Patch scores [B, h, w] upsampled to [B, size, size], then Gaussian-smoothed."""
+def anomaly_map(
+    patch_scores: torch.Tensor, size: int | tuple[int, int], sigma: float
+) -> torch.Tensor:
+    """Patch scores [B, h, w] upsampled to [B, H, W] (``size``: H = W, or (H, W)), then
+    Gaussian-smoothed."""
     return gaussian_blur(upsample(patch_scores, size), sigma)
