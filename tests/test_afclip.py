@@ -98,8 +98,10 @@ def trained(data: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_records_declare_both_variants_with_paper_defaults() -> None:
     specs = {spec.name: spec for spec in adcore_methods()}
     assert set(specs) == {"afclip", "miniclip"}
-    for spec in specs.values():
-        assert {c.value for c in spec.capabilities} == {"zero-shot", "few-shot", "trainable"}
+    capabilities = {"afclip": {"zero-shot", "few-shot", "trainable"}}
+    capabilities["miniclip"] = {"zero-shot", "trainable"}  # af_tiny has no few-shot path
+    for name, spec in specs.items():
+        assert {c.value for c in spec.capabilities} == capabilities[name]
         schema = spec.config.model_json_schema()["properties"]
         assert schema["checkpoint"]["weights"] is True
     afclip, mini = AFCLIPConfig(), MiniCLIPConfig()
@@ -112,6 +114,9 @@ def test_records_declare_both_variants_with_paper_defaults() -> None:
     assert (afclip.betas, afclip.batch_size, afclip.seed) == ((0.5, 0.999), 8, 122)
     assert (mini.backbone, mini.layers, mini.epochs) == (TINYCLIP_8M, [5, 7, 9, 10], 12)
     assert (mini.learning_rate, mini.lambda1, mini.lambda2) == (5e-4, 3.0, 1.0)
+    # af_tiny train.sh / main.py: 518 px, batch 8, betas (0.5, 0.999), files at 6/8/10/12.
+    assert (mini.resolution, mini.batch_size, mini.betas) == (518, 8, (0.5, 0.999))
+    assert (mini.keep_epochs, mini.adaptor_heads, afclip.adaptor_heads) == ([6, 8, 10, 12], 8, 8)
 
 
 def test_tinyclip_architecture_is_registered_with_open_clip() -> None:
@@ -141,7 +146,7 @@ def test_positional_embedding_kept_exactly_at_native_size() -> None:
     clip = load_clip(TINY, "none")
     native = clip.visual.positional_embedding.detach()
     assert torch.equal(interpolate_positional_embedding(native, 4), native)
-    # A spatially constant embedding stays constant under bicubic resizing.
+    # A spatially constant embedding stays constant under bilinear resizing.
     constant = torch.cat([torch.zeros(1, 3), torch.ones(16, 3) * 0.5])
     resized = interpolate_positional_embedding(constant, 7)
     assert resized.shape == (50, 3)
