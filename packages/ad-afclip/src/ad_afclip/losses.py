@@ -20,6 +20,31 @@ def focal_loss(logit: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) ->
     return (-((1 - p_t) ** gamma) * log_p_t).mean()
 
 
+def released_focal_gradient(
+    logit: torch.Tensor, target: torch.Tensor, gamma: float = 4.0
+) -> torch.Tensor:
+    """Zero-valued term that turns :func:`focal_loss`'s gradient into the released training's.
+
+    Both authors' training loops compute the patch alignment loss after the map focal loss,
+    and that function rewrites the 0/1 targets to -1/1 in place through ``copy.copy``, which
+    shares the tensor's storage (AF-CLIP ``main.py``, af_tiny ``utils/loss_fn.py``). The focal
+    loss's value is already computed, but its backward pass reads the rewritten targets: on
+    each normal element (t = 0 -> -1) d/dp grows by p^gamma / (p (1 - p)) (the BCE term) +
+    gamma * bce * p^(gamma - 1) (the modulating factor), with torch's clamps (p (1 - p) >=
+    1e-12, bce <= 100). This adds exactly that, averaged like the loss; the value is 0. Only
+    batches with at least one normal element are rewritten, as theirs.
+    """
+    target = target.float()
+    normal = (target == 0).float()
+    if not bool(normal.any()):
+        return logit.new_zeros((), dtype=torch.float32)
+    probability = torch.sigmoid(logit.float())
+    p = probability.detach()
+    bce = (-F.logsigmoid(-logit.detach().float())).clamp_max(100.0)
+    extra = p**gamma / (p * (1 - p)).clamp_min(1e-12) + gamma * bce * p ** (gamma - 1)
+    return (normal * extra * (probability - p)).mean()
+
+
 def l1_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute error between the map's probabilities and the mask (authors' code)."""
     return (torch.sigmoid(logit.float()) - target.float()).abs().mean()

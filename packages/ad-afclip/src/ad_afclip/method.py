@@ -17,7 +17,13 @@ from torch import nn
 
 from ad_afclip import released
 from ad_afclip.clip_models import load_clip
-from ad_afclip.losses import dice_loss, focal_loss, l1_loss, patch_alignment_loss
+from ad_afclip.losses import (
+    dice_loss,
+    focal_loss,
+    l1_loss,
+    patch_alignment_loss,
+    released_focal_gradient,
+)
 from ad_afclip.miniclip import MiniCLIP, MiniOutputs
 from ad_afclip.model import AFCLIP, grid_labels, memory_scores
 from ad_afclip.plugin import AFCLIPConfig, MiniCLIPConfig, SharedConfig
@@ -177,7 +183,7 @@ class AFCLIPMethod(TrainableMethod):
         out = self.model(self.geometry.normalize(images))
         target = grid_labels(masks, self.model.tower.grid)  # [B, h, w]
         image = focal_loss(out.image_logit, labels, config.focal_gamma)
-        map_focal = focal_loss(out.map_logit, target, config.focal_gamma)
+        map_focal = self._map_focal(out.map_logit, target)
         second = dice_loss if config.map_loss == "dice" else l1_loss
         map_second = second(out.map_logit, target)
         alignment = patch_alignment_loss(out.patch_tokens, target.flatten(1))
@@ -189,6 +195,15 @@ class AFCLIPMethod(TrainableMethod):
             f"map_{config.map_loss}": map_second,
             "alignment": alignment,
         }
+
+    def _map_focal(self, logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The map's focal loss; with ``fidelity: authors_code`` its gradient is the released
+        training's (``released_focal_gradient``), its value the same either way."""
+        gamma = self.config.focal_gamma
+        loss = focal_loss(logit, target, gamma)
+        if self.config.fidelity == "authors_code":
+            loss = loss + released_focal_gradient(logit, target, gamma)
+        return loss
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().cpu().clone() for name, p in self.model.trainable().items()}
@@ -348,7 +363,7 @@ class MiniCLIPMethod(AFCLIPMethod):
         config = self.config
         target = grid_labels(masks, self.model.tower.grid)  # [B, h, w]
         image = focal_loss(out.image_logit, labels, config.focal_gamma)
-        map_focal = focal_loss(out.map_logit, target, config.focal_gamma)
+        map_focal = self._map_focal(out.map_logit, target)
         map_l1 = l1_loss(out.map_logit, target)
         alignment = patch_alignment_loss(out.patch_features[None], target.flatten(1))
         loss = image + config.lambda1 * (map_focal + map_l1) + config.lambda2 * alignment

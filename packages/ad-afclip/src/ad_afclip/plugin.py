@@ -55,6 +55,12 @@ class SharedConfig(PluginConfig):
     lambda1: float = Field(1.0, ge=0, description="weight of the map loss")
     lambda2: float = Field(1.0, ge=0, description="weight of the patch alignment loss")
     focal_gamma: float = Field(4.0, ge=0)
+    fidelity: Literal["authors_code", "paper"] = Field(
+        "authors_code",
+        description="authors_code: the released training's map focal gradient (its alignment "
+        "loss rewrites the mask targets in place before the backward pass); paper: the "
+        "focal loss's own gradient. Loss values and detection are the same in both.",
+    )
 
     @field_validator("layers")
     @classmethod
