@@ -178,8 +178,11 @@ def memory_scores(tokens: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -
 
 
 def grid_labels(masks: torch.Tensor, grid: int) -> torch.Tensor:
-    """[B, H, W] float masks -> [B, grid, grid] 0/1 patch labels (bilinear, >= 0.5)."""
+    """[B, H, W] float masks -> [B, grid, grid] patch targets, as both authors' training:
+    bilinear (align_corners=False), values below 0.5 -> 0, above -> 1; a value of exactly
+    0.5 (a mask edge halfway between two sampled pixels) stays 0.5, a soft target that the
+    alignment loss leaves out of both states."""
     resized = F.interpolate(
         masks[:, None].float(), size=(grid, grid), mode="bilinear", align_corners=False
-    )
-    return (resized[:, 0] >= 0.5).float()
+    )[:, 0]
+    return torch.where(resized < 0.5, 0.0, torch.where(resized > 0.5, 1.0, 0.5))
