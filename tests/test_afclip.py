@@ -229,3 +229,38 @@ def test_checkpoint_of_another_backbone_is_refused(trained) -> None:
     _, result = trained
     with pytest.raises(WeightsError, match="trained against backbone"):
         tiny_method(backbone_seed=1, checkpoint=str(result.checkpoint))
+
+
+def test_ad_train_runs_miniclip_alternating_phases_then_eval_loads_the_run(tmp_path) -> None:
+    """`ad train` through the entry point: the method's textual and visual passes per epoch,
+    the kept epoch, then `ad eval` from the run folder with model.checkpoint_epoch."""
+    import csv
+
+    from adtest import run_ad
+
+    env = {"AD_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    common = [
+        "--method", "miniclip", "--dataset", "synthetic", "--category", "pill",
+        "--random-weights", "--output", str(tmp_path / "out"), "--no-progress",
+        "--set", "model.resolution=64", "--set", "data.num_workers=0",
+    ]  # fmt: skip
+    trained = run_ad(
+        "train", *common, "--set", "model.epochs=2", "--set", "model.keep_epochs=[1]",
+        "--set", "model.batch_size=16", env=env,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    run = tmp_path / "out/synthetic/miniclip/default"
+    rows = list(csv.DictReader((run / "train_log.csv").open()))
+    passes = [
+        (r["epoch"], r["phase"])
+        for i, r in enumerate(rows)
+        if i == 0 or (r["epoch"], r["phase"]) != (rows[i - 1]["epoch"], rows[i - 1]["phase"])
+    ]
+    assert passes == [("1", "textual"), ("1", "visual"), ("2", "textual"), ("2", "visual")]
+    assert (run / "checkpoint_epoch1.safetensors").is_file()
+    evaluated = run_ad(
+        "eval", *common, "--k-shot", "0", "--set", f"model.checkpoint={run}",
+        "--set", "model.checkpoint_epoch=1", "--set", "evaluation.latency.enabled=false",
+        "--set", "experiment.name=from_run", env=env,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
