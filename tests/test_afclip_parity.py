@@ -194,7 +194,12 @@ def test_miniclip_checkpoint_epoch_and_file_pick_the_authors_files(mini) -> None
         sixth.model.trainable()["text_adapter.mlp.4.bias"],
         trained[6]["text_adapter.mlp.4.bias"],
     )
-    assert sixth.weights_identity()["checkpoint"].endswith("6_mvtec_visual.pt")
+    identity = sixth.weights_identity()
+    assert identity["checkpoint"].endswith("6_mvtec_visual.pt")
+    assert sorted(Path(f).name for f in identity["released_files"]) == [
+        "6_mvtec_textual.pt",
+        "6_mvtec_visual.pt",
+    ]
     one_file = MiniCLIPMethod(
         MiniCLIPConfig(pretrained="none", resolution=90,
                        checkpoint=str(folder / "6_mvtec_textual.pt")),

@@ -65,6 +65,7 @@ class AFCLIPMethod(TrainableMethod):
         self._backbone_hash: str | None = None
         self._trained = False
         self._checkpoint: Path | None = None
+        self._released: list[Path] = []  # the authors' files, when those were loaded
         self.text: torch.Tensor | None = None  # [2, E] cached prompt features
         self.bank: torch.Tensor | None = None  # [S, M, C] unit-norm memory bank
         source = parse_weights(config.checkpoint)
@@ -108,7 +109,7 @@ class AFCLIPMethod(TrainableMethod):
                 )
             state, files = self._read_released(path)
             self.load_trainable_state(state, source=", ".join(str(f) for f in files))
-            self._checkpoint = files[-1]
+            self._checkpoint, self._released = files[-1], files
             return
         path = self._our_checkpoint(path)
         record = checkpoint_metadata(path)
@@ -156,6 +157,7 @@ class AFCLIPMethod(TrainableMethod):
             "checkpoint_epoch": self.config.checkpoint_epoch,
             "checkpoint_sha256": file_digest(checkpoint) if checkpoint else None,
             "random": parse_weights(self.config.pretrained).is_random or not self._trained,
+            "released_files": {str(f): file_digest(f) for f in self._released} or None,
         }
 
     # -- training ------------------------------------------------------------------------
