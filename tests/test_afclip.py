@@ -98,8 +98,10 @@ def trained(data: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_records_declare_both_variants_with_paper_defaults() -> None:
     specs = {spec.name: spec for spec in adcore_methods()}
     assert set(specs) == {"afclip", "miniclip"}
-    for spec in specs.values():
-        assert {c.value for c in spec.capabilities} == {"zero-shot", "few-shot", "trainable"}
+    capabilities = {"afclip": {"zero-shot", "few-shot", "trainable"}}
+    capabilities["miniclip"] = {"zero-shot", "trainable"}  # af_tiny has no few-shot path
+    for name, spec in specs.items():
+        assert {c.value for c in spec.capabilities} == capabilities[name]
         schema = spec.config.model_json_schema()["properties"]
         assert schema["checkpoint"]["weights"] is True
     afclip, mini = AFCLIPConfig(), MiniCLIPConfig()
@@ -112,6 +114,9 @@ def test_records_declare_both_variants_with_paper_defaults() -> None:
     assert (afclip.betas, afclip.batch_size, afclip.seed) == ((0.5, 0.999), 8, 122)
     assert (mini.backbone, mini.layers, mini.epochs) == (TINYCLIP_8M, [5, 7, 9, 10], 12)
     assert (mini.learning_rate, mini.lambda1, mini.lambda2) == (5e-4, 3.0, 1.0)
+    # af_tiny train.sh / main.py: 518 px, batch 8, betas (0.5, 0.999), files at 6/8/10/12.
+    assert (mini.resolution, mini.batch_size, mini.betas) == (518, 8, (0.5, 0.999))
+    assert (mini.keep_epochs, mini.adaptor_heads, afclip.adaptor_heads) == ([6, 8, 10, 12], 8, 8)
 
 
 def test_tinyclip_architecture_is_registered_with_open_clip() -> None:
@@ -141,7 +146,7 @@ def test_positional_embedding_kept_exactly_at_native_size() -> None:
     clip = load_clip(TINY, "none")
     native = clip.visual.positional_embedding.detach()
     assert torch.equal(interpolate_positional_embedding(native, 4), native)
-    # A spatially constant embedding stays constant under bicubic resizing.
+    # A spatially constant embedding stays constant under bilinear resizing.
     constant = torch.cat([torch.zeros(1, 3), torch.ones(16, 3) * 0.5])
     resized = interpolate_positional_embedding(constant, 7)
     assert resized.shape == (50, 3)
@@ -226,3 +231,38 @@ def test_checkpoint_of_another_backbone_is_refused(trained) -> None:
     _, result = trained
     with pytest.raises(WeightsError, match="trained against backbone"):
         tiny_method(backbone_seed=1, checkpoint=str(result.checkpoint))
+
+
+def test_ad_train_runs_miniclip_alternating_phases_then_eval_loads_the_run(tmp_path) -> None:
+    """`ad train` through the entry point: the method's textual and visual passes per epoch,
+    the kept epoch, then `ad eval` from the run folder with model.checkpoint_epoch."""
+    import csv
+
+    from adtest import run_ad
+
+    env = {"AD_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    common = [
+        "--method", "miniclip", "--dataset", "synthetic", "--category", "pill",
+        "--random-weights", "--output", str(tmp_path / "out"), "--no-progress",
+        "--set", "model.resolution=64", "--set", "data.num_workers=0",
+    ]  # fmt: skip
+    trained = run_ad(
+        "train", *common, "--set", "model.epochs=2", "--set", "model.keep_epochs=[1]",
+        "--set", "model.batch_size=16", env=env,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    run = tmp_path / "out/synthetic/miniclip/default"
+    rows = list(csv.DictReader((run / "train_log.csv").open()))
+    passes = [
+        (r["epoch"], r["phase"])
+        for i, r in enumerate(rows)
+        if i == 0 or (r["epoch"], r["phase"]) != (rows[i - 1]["epoch"], rows[i - 1]["phase"])
+    ]
+    assert passes == [("1", "textual"), ("1", "visual"), ("2", "textual"), ("2", "visual")]
+    assert (run / "checkpoint_epoch1.safetensors").is_file()
+    evaluated = run_ad(
+        "eval", *common, "--k-shot", "0", "--set", f"model.checkpoint={run}",
+        "--set", "model.checkpoint_epoch=1", "--set", "evaluation.latency.enabled=false",
+        "--set", "experiment.name=from_run", env=env,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr

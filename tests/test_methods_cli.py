@@ -14,7 +14,7 @@ CASES = [
     ("winclip", "0"),
     ("winclip", "2"),
     ("afclip", "0"),
-    ("miniclip", "1"),
+    ("miniclip", "0"),
     ("patchcore", "all"),
 ]
 

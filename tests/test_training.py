@@ -18,6 +18,8 @@ from adcore.method import (
     Prediction,
     Runtime,
     TrainableMethod,
+    TrainingBatch,
+    TrainingPhase,
     TrainingSettings,
 )
 from adcore.training import checkpoint_metadata, train_method
@@ -158,3 +160,51 @@ def test_resume_refuses_a_run_with_other_settings(samples, tmp_path: Path) -> No
     other = settings.model_copy(update={"learning_rate": 0.1})
     with pytest.raises(OutputError, match="other settings"):
         train_method(PixelLogistic(), samples, other, tmp_path, Runtime(), progress=False)
+
+
+class TwoPhaseLogistic(PixelLogistic):
+    """Alternates a pass that trains only the weight with one that trains only the bias."""
+
+    def training_settings(self) -> TrainingSettings:
+        return TrainingSettings(
+            epochs=2, learning_rate=0.5, betas=(0.5, 0.999), batch_size=4, keep_epochs=(2,)
+        )
+
+    def training_phases(self, settings: TrainingSettings) -> list[TrainingPhase]:
+        self.seen: list[tuple[str, tuple[float, float]]] = []
+
+        def phase(name: str, parameter: nn.Parameter) -> TrainingPhase:
+            optimizer = torch.optim.SGD([parameter], lr=settings.learning_rate)
+
+            def step(batch: TrainingBatch) -> dict[str, torch.Tensor]:
+                weight, bias = self.head.weight.detach(), self.head.bias.detach()
+                self.seen.append((name, (float(weight.sum()), float(bias))))
+                return self.training_loss(batch.images, batch.masks, batch.labels)
+
+            return TrainingPhase(name, optimizer, step)
+
+        return [phase("weight", self.head.weight), phase("bias", self.head.bias)]
+
+
+def test_method_driven_phases_alternate_with_their_own_optimisers(samples, tmp_path) -> None:
+    method = TwoPhaseLogistic()
+    result = train_method(
+        method, samples, method.training_settings(), tmp_path, Runtime(), progress=False
+    )
+    # Within a phase only that phase's parameter moves (plain SGD: a hand-checkable rule).
+    names = [name for name, _ in method.seen]
+    assert names == ["weight"] * 2 + ["bias"] * 2 + ["weight"] * 2 + ["bias"] * 2
+    for (name, before), (next_name, after) in zip(method.seen, method.seen[1:], strict=False):
+        if name == next_name == "weight":
+            assert before[1] == after[1] and before[0] != after[0]
+        if name == next_name == "bias":
+            assert before[0] == after[0] and before[1] != after[1]
+    rows = result.log.read_text().splitlines()
+    assert rows[0].split(",")[:4] == ["epoch", "step", "global_step", "phase"]
+    assert [row.split(",")[3] for row in rows[1:]] == names
+    assert [int(row.split(",")[2]) for row in rows[1:]] == list(range(1, 9))
+    kept = load_checkpoint(tmp_path / "checkpoint_epoch2.safetensors")
+    assert torch.equal(kept["bias"], method.head.bias.detach())
+    assert not (tmp_path / "checkpoint_epoch1.safetensors").exists()
+    optimizers = torch.load(tmp_path / "optimizer.pt", weights_only=True)
+    assert set(optimizers) == {"weight", "bias"}

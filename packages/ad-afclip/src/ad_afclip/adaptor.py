@@ -2,7 +2,10 @@
 
 One adaptor serves every token set (each layer and radius); its output then goes through
 CLIP's own ``ln_post`` and projection, so the adapted tokens live in the joint
-image-text space. No residual: the adaptor re-focuses the features on local anomalies.
+image-text space. AF-CLIP has no residual (the adaptor re-focuses the features on local
+anomalies); miniCLIP's attention adapter adds one (``x + attn(norm(x))``, af_tiny
+``Attention_Adapter``). Both authors use 8 heads of 64 whatever the tower's width
+(``BasicTransformerBlock`` defaults), with bias-free q/k/v and a biased output projection.
 """
 
 from __future__ import annotations
@@ -12,19 +15,22 @@ import torch.nn.functional as F
 from torch import nn
 
 HEAD_DIM = 64
-
-
-def default_heads(width: int) -> int:
-    """8 heads of 64 on ViT-L (width 1024): inner width half the tower's, at least one head."""
-    return max(1, width // (2 * HEAD_DIM))
+HEADS = 8
 
 
 class Adaptor(nn.Module):
     """LayerNorm + self-attention (bias-free q/k/v, linear output back to ``width``)."""
 
-    def __init__(self, width: int, heads: int | None = None, head_dim: int = HEAD_DIM) -> None:
+    def __init__(
+        self,
+        width: int,
+        heads: int | None = None,
+        head_dim: int = HEAD_DIM,
+        residual: bool = False,
+    ) -> None:
         super().__init__()
-        self.heads = heads or default_heads(width)
+        self.heads = heads or HEADS
+        self.residual = residual
         self.head_dim = head_dim
         inner = self.heads * head_dim
         self.norm = nn.LayerNorm(width)
@@ -46,4 +52,5 @@ class Adaptor(nn.Module):
             split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x))
         )  # [S, heads, T, d]
         merged = attended.transpose(1, 2).reshape(x.shape[0], length, -1)
-        return self.to_out(merged).reshape(*lead, length, -1)
+        out = self.to_out(merged).reshape(*lead, length, -1)
+        return tokens + out if self.residual else out

@@ -17,10 +17,12 @@ import torch
 from ad_afclip.tinyclip import TINYCLIP_8M
 from adcore.api import hf_cache_dir, load_open_clip, parse_weights, url_file
 
-# Architecture of TinyCLIP-ViT-8M/16 Text-3M (TinyCLIP model zoo, open_clip JSON format).
+# Architecture of TinyCLIP-ViT-8M/16 Text-3M (TinyCLIP model zoo, open_clip JSON format),
+# run with QuickGELU in every block as af_tiny's own CLIP does (TinyCLIP trained with GELU).
 TINYCLIP_CONFIGS: dict[str, dict[str, Any]] = {
     TINYCLIP_8M: {
         "embed_dim": 512,
+        "quick_gelu": True,
         "vision_cfg": {"image_size": 224, "layers": 10, "width": 256, "patch_size": 16},
         "text_cfg": {
             "context_length": 77,

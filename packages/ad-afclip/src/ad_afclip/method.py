@@ -1,4 +1,9 @@
-"""AF-CLIP / miniCLIP as an :class:`adcore.method.TrainableMethod`."""
+"""AF-CLIP and miniCLIP as :class:`adcore.api.TrainableMethod` s.
+
+Both keep a frozen CLIP and a few trained parts; the trained parts load from our
+safetensors checkpoints (a file, or an ``ad train`` run folder) or from the authors'
+released files (``ad_afclip.released``).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ad_afclip import released
 from ad_afclip.clip_models import load_clip_with_identity
-from ad_afclip.losses import dice_loss, focal_loss, l1_loss, patch_alignment_loss
+from ad_afclip.losses import (
+    dice_loss,
+    focal_loss,
+    l1_loss,
+    patch_alignment_loss,
+    released_focal_gradient,
+)
+from ad_afclip.miniclip import MiniCLIP, MiniOutputs
 from ad_afclip.model import AFCLIP, grid_labels, memory_scores
+from ad_afclip.prompts import af_tiny_alias
 from adcore.api import (
     CLIP_MEAN,
     CLIP_STD,
@@ -21,10 +35,13 @@ from adcore.api import (
     Preprocessing,
     Runtime,
     TrainableMethod,
+    TrainingBatch,
+    TrainingPhase,
     TrainingSettings,
     WeightsError,
     anomaly_map,
     checkpoint_metadata,
+    file_digest,
     load_checkpoint,
     parse_weights,
     require_same_weights,
@@ -32,16 +49,14 @@ from adcore.api import (
 )
 
 if TYPE_CHECKING:  # the record module builds this class; it must not be imported back
-    from ad_afclip.plugin import AFCLIPConfig
+    from ad_afclip.plugin import AFCLIPConfig, MiniCLIPConfig, SharedConfig
 
 
 class AFCLIPMethod(TrainableMethod):
     """Zero-shot from the trained prompts and adaptor; few-shot adds a memory bank."""
 
     def __init__(self, config: AFCLIPConfig, runtime: Runtime) -> None:
-        import open_clip
-
-        self.config = config
+        self.config: SharedConfig = config
         self.runtime = runtime
         # the authors' transform: Resize((side, side), bicubic) on PIL images, CLIP statistics
         self.geometry = Preprocessing(
@@ -53,29 +68,51 @@ class AFCLIPMethod(TrainableMethod):
         # The trained parts start from the config's seed, whatever the global RNG holds.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.model = AFCLIP(
-                self._clip,
-                open_clip.get_tokenizer(config.backbone),
-                resolution=config.resolution,
-                layers=config.layers,
-                radii=config.radii,
-                sigma=config.aggregation_sigma,
-                prompt_length=config.prompt_length,
-                adaptor_heads=config.adaptor_heads,
-            )
+            self.model = self._build(config)
         self.model.to(runtime.device).eval()
         self._trained = False
         self._checkpoint: Path | None = None
+        self._released: list[Path] = []  # the authors' files, when those were loaded
         self.text: torch.Tensor | None = None  # [2, E] cached prompt features
         self.bank: torch.Tensor | None = None  # [S, M, C] unit-norm memory bank
         source = parse_weights(config.checkpoint)
         if not source.is_random:
             self.load_checkpoint_file(source.path)
 
+    def _build(self, config: AFCLIPConfig) -> nn.Module:
+        import open_clip
+
+        return AFCLIP(
+            self._clip,
+            open_clip.get_tokenizer(config.backbone),
+            resolution=config.resolution,
+            layers=config.layers,
+            radii=config.radii,
+            sigma=config.aggregation_sigma,
+            prompt_length=config.prompt_length,
+            adaptor_heads=config.adaptor_heads,
+        )
+
     # -- weights -------------------------------------------------------------------------
 
+    released_format = "afclip"
+
     def load_checkpoint_file(self, path: Path) -> None:
-        """Load trained prompts + adaptor, refusing ones trained against another backbone."""
+        """Load trained parts from ``path`` (see the module docstring), refusing ours when
+        they were trained against another backbone and any whose shapes do not fit."""
+        kind = released.released_format(path) if path.exists() else None
+        if kind is not None:
+            if kind != self.released_format:
+                other = "miniclip" if kind == "af_tiny" else "afclip"
+                raise WeightsError(
+                    f"{path} holds the released files of {other}, not of this method.",
+                    f"Evaluate them with --method {other}.",
+                )
+            state, files = self._read_released(path)
+            self.load_trainable_state(state, source=", ".join(str(f) for f in files))
+            self._checkpoint, self._released = files[-1], files
+            return
+        path = self._our_checkpoint(path)
         record = checkpoint_metadata(path)
         state = load_checkpoint(path)
         require_same_weights(
@@ -85,12 +122,37 @@ class AFCLIPMethod(TrainableMethod):
             "Set model.backbone and model.pretrained to the ones it was trained with, or "
             "train a checkpoint for this backbone with `ad train`.",
         )
-        self.load_trainable_state(state)
+        self.load_trainable_state(state, source=str(path))
         self._checkpoint = path
+
+    def _read_released(self, path: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
+        prompt, adaptor = released.afclip_pair(path)
+        return released.load_afclip(prompt, adaptor), [prompt, adaptor]
+
+    def _our_checkpoint(self, path: Path) -> Path:
+        """An ``ad train`` run folder -> its checkpoint (of ``checkpoint_epoch`` if given)."""
+        if not path.is_dir():
+            return path
+        epoch = self.config.checkpoint_epoch
+        name = f"checkpoint_epoch{epoch}.safetensors" if epoch else "checkpoint.safetensors"
+        if not (path / name).is_file():
+            kept = sorted(p.name for p in path.glob("checkpoint*.safetensors"))
+            raise WeightsError(
+                f"{path} has no {name} (it has {kept or 'no checkpoint'}).",
+                "Point model.checkpoint to a checkpoint file or `ad train` run folder, and "
+                "model.checkpoint_epoch to an epoch that was kept.",
+            )
+        return path / name
 
     def weights_identity(self) -> dict[str, Any]:
         trained = self.trainable_state() if self._trained else None
-        return with_trained_parts(self._backbone, trained, self._checkpoint)
+        identity = with_trained_parts(self._backbone, trained, self._checkpoint)
+        released_files = {str(f): file_digest(f) for f in self._released}
+        return {
+            **identity,
+            "checkpoint_epoch": self.config.checkpoint_epoch,
+            "released_files": released_files or None,
+        }
 
     # -- training ------------------------------------------------------------------------
 
@@ -111,13 +173,13 @@ class AFCLIPMethod(TrainableMethod):
         self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """uint8 [B,3,H,W], float [B,H,W], long [B] -> loss and its parts (Sec. 3.4)."""
-        config = self.config
+        config: AFCLIPConfig = self.config  # type: ignore[assignment]
         self.text = None  # the prompts change with every step
         self._trained = True
         out = self.model(self.geometry.normalize(images))
         target = grid_labels(masks, self.model.tower.grid)  # [B, h, w]
         image = focal_loss(out.image_logit, labels, config.focal_gamma)
-        map_focal = focal_loss(out.map_logit, target, config.focal_gamma)
+        map_focal = self._map_focal(out.map_logit, target)
         second = dice_loss if config.map_loss == "dice" else l1_loss
         map_second = second(out.map_logit, target)
         alignment = patch_alignment_loss(out.patch_tokens, target.flatten(1))
@@ -130,19 +192,35 @@ class AFCLIPMethod(TrainableMethod):
             "alignment": alignment,
         }
 
+    def _map_focal(self, logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The map's focal loss; with ``fidelity: authors_code`` its gradient is the released
+        training's (``released_focal_gradient``), its value the same either way."""
+        gamma = self.config.focal_gamma
+        loss = focal_loss(logit, target, gamma)
+        if self.config.fidelity == "authors_code":
+            loss = loss + released_focal_gradient(logit, target, gamma)
+        return loss
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().cpu().clone() for name, p in self.model.trainable().items()}
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_trainable_state(
+        self, state: dict[str, torch.Tensor], source: str = "The checkpoint"
+    ) -> None:
         own = self.model.trainable()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        wrong = [n for n in own if n in state and tuple(state[n].shape) != tuple(own[n].shape)]
+        wrong = [
+            f"{n} {tuple(state[n].shape)} != {tuple(own[n].shape)}"
+            for n in own
+            if n in state and tuple(state[n].shape) != tuple(own[n].shape)
+        ]
         if missing or unexpected or wrong:
             raise WeightsError(
-                "The checkpoint does not hold this model's prompts and adaptor "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]}).",
-                "Use a checkpoint written by `ad train` for the same method, backbone, "
-                "prompt_length and adaptor_heads.",
+                f"{source} does not fit this model's trained parts (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}).",
+                "Use trained parts of the same method and backbone (and prompt_length, "
+                "adaptor_heads), e.g. ViT-L-14-336 for AF-CLIP's released files and "
+                "TinyCLIP-ViT-8M-16-Text-3M for miniCLIP's.",
             )
         with torch.no_grad():
             for name, parameter in own.items():
@@ -206,3 +284,137 @@ class AFCLIPMethod(TrainableMethod):
     def backbone_forward(self, images: torch.Tensor) -> Any:
         """The frozen ViT up to the deepest layer read, at the configured size."""
         return self.model.tower(images)
+
+
+class MiniCLIPMethod(AFCLIPMethod):
+    """af_tiny's miniCLIP: zero-shot with class-name prompts; trained in alternating
+    textual and visual passes (``training_phases``). No few-shot path (af_tiny has none)."""
+
+    released_format = "af_tiny"
+
+    def __init__(self, config: MiniCLIPConfig, runtime: Runtime) -> None:
+        self.alias: str | None = None
+        super().__init__(config, runtime)  # type: ignore[arg-type]
+
+    def _build(self, config: MiniCLIPConfig) -> nn.Module:  # type: ignore[override]
+        import open_clip
+
+        return MiniCLIP(
+            self._clip,
+            open_clip.get_tokenizer(config.backbone),
+            resolution=config.resolution,
+            layers=config.layers,
+            radii=config.radii,
+            sigma=config.aggregation_sigma,
+            adapter_heads=config.adaptor_heads,
+        )
+
+    def _read_released(self, path: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
+        textual, visual, _ = released.af_tiny_pair(path, self.config.checkpoint_epoch)
+        return released.load_af_tiny(textual, visual), [textual, visual]
+
+    # -- training ------------------------------------------------------------------------
+
+    def training_settings(self) -> TrainingSettings:
+        settings = super().training_settings()
+        config: MiniCLIPConfig = self.config  # type: ignore[assignment]
+        return settings.model_copy(update={"keep_epochs": tuple(config.keep_epochs)})
+
+    def training_phases(self, settings: TrainingSettings) -> list[TrainingPhase]:
+        """af_tiny ``train``: each epoch a full textual pass (text adapter only), then a full
+        visual pass (attention adapter + class-token projector), each with its own Adam."""
+        model: MiniCLIP = self.model  # type: ignore[assignment]
+        groups = {"textual": model.textual_parameters(), "visual": model.visual_parameters()}
+
+        def phase(name: str) -> TrainingPhase:
+            optimizer = torch.optim.Adam(
+                groups[name], lr=settings.learning_rate, betas=settings.betas
+            )
+
+            def begin() -> None:  # af_tiny setup_training_phase
+                for group, parameters in groups.items():
+                    for parameter in parameters:
+                        parameter.requires_grad_(group == name)
+
+            return TrainingPhase(name, optimizer, self.training_step, begin)
+
+        return [phase("textual"), phase("visual")]
+
+    def training_step(self, batch: TrainingBatch) -> dict[str, torch.Tensor]:
+        """One batch of either phase (af_tiny ``textual_train`` / ``visual_train``)."""
+        pairs = zip(batch.categories, batch.class_names, strict=True)
+        aliases = [af_tiny_alias(category, name) for category, name in pairs]
+        if not aliases:
+            aliases = [af_tiny_alias("", "object")] * batch.images.shape[0]
+        self.text = None
+        self._trained = True
+        model: MiniCLIP = self.model  # type: ignore[assignment]
+        out = model(self.geometry.normalize(batch.images), aliases)
+        return self.losses(out, batch.masks, batch.labels)
+
+    def losses(
+        self, out: MiniOutputs, masks: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """focal(image) + lambda1 (focal + L1)(map) + lambda2 alignment(fused patches)."""
+        config = self.config
+        target = grid_labels(masks, self.model.tower.grid)  # [B, h, w]
+        image = focal_loss(out.image_logit, labels, config.focal_gamma)
+        map_focal = self._map_focal(out.map_logit, target)
+        map_l1 = l1_loss(out.map_logit, target)
+        alignment = patch_alignment_loss(out.patch_features[None], target.flatten(1))
+        loss = image + config.lambda1 * (map_focal + map_l1) + config.lambda2 * alignment
+        return {
+            "loss": loss,
+            "image_focal": image,
+            "map_focal": map_focal,
+            "map_l1": map_l1,
+            "alignment": alignment,
+        }
+
+    def training_loss(
+        self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Both phases' loss for images without categories (the generic object alias)."""
+        return self.training_step(TrainingBatch(images, masks, labels))
+
+    # -- detection -----------------------------------------------------------------------
+
+    def _text(self) -> torch.Tensor:
+        if self.text is None:
+            model: MiniCLIP = self.model  # type: ignore[assignment]
+            with torch.no_grad():
+                self.text = model.encode_text([self.alias or "object"])[0].float()  # [2, E]
+        return self.text
+
+    def fit(self, context: FitContext) -> None:
+        """Encode the category's two prompts; support images are not used (no few-shot)."""
+        self.alias = af_tiny_alias(context.category, context.class_name)
+        self.text = None
+        self._text()
+        self.bank = None
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """uint8 [B,3,S,S] -> class-token scores [B], patch maps [B,S,S] (bilinear, sigma 4)."""
+        model: MiniCLIP = self.model  # type: ignore[assignment]
+        out = model.score(model.frozen_tokens(self.geometry.normalize(images)), self._text())
+        scores = torch.sigmoid(out.image_logit.float())
+        maps = torch.sigmoid(out.map_logit.float())  # [B, h, w]
+        maps = anomaly_map(maps, self.geometry.output_size, self.config.map_sigma)
+        return Prediction(scores=scores, maps=maps)
+
+    def fitted_state(self) -> dict[str, Any]:
+        return {"text": self._text().cpu(), "alias": self.alias}
+
+    def load_fitted_state(self, state: dict[str, Any]) -> None:
+        self.text = state["text"].to(self.runtime.device)
+        self.alias = state.get("alias")
+        self.bank = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        model: MiniCLIP = self.model  # type: ignore[assignment]
+        return {
+            "visual": model.tower,
+            "text": model.text,
+            "attn_adapter": model.attn_adapter,
+            "cls_proj": model.cls_proj,
+        }

@@ -25,18 +25,23 @@ TEMPERATURE = 0.07
 
 
 def interpolate_positional_embedding(position: torch.Tensor, grid: int) -> torch.Tensor:
-    """[1+g*g, C] -> [1+grid*grid, C], bicubic on the patch part; unchanged when g == grid."""
+    """[1+g*g, C] -> [1+grid*grid, C], bilinear on the patch part (align_corners=False, no
+    antialias), as both authors' ``VisionTransformer.forward``; unchanged when g == grid."""
     old = round((position.shape[0] - 1) ** 0.5)
     if old == grid:
         return position
     patches = position[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
-    resized = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+    resized = F.interpolate(patches, size=(grid, grid), mode="bilinear", align_corners=False)
     resized = resized.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(position.dtype)
     return torch.cat([position[:1], resized], dim=0)
 
 
 class FrozenVisualTower(nn.Module):
-    """An open_clip ViT run at ``resolution``, returning tokens after chosen blocks."""
+    """An open_clip ViT run at ``resolution``, returning tokens after chosen blocks.
+
+    The patch grid is ``resolution // patch``; a remainder (518 px with 16 px patches) is the
+    right and bottom border the strided patch convolution never covers, as in the authors' code.
+    """
 
     def __init__(self, visual: nn.Module, resolution: int, layers: list[int]) -> None:
         super().__init__()
@@ -48,11 +53,10 @@ class FrozenVisualTower(nn.Module):
                 "AF-CLIP needs a ViT backbone such as ViT-L-14-336 or ViT-B-16.",
             )
         patch = visual.conv1.kernel_size[0]
-        if resolution % patch:
+        if resolution < patch:
             raise ConfigError(
-                f"Resolution {resolution} is not a multiple of the backbone's patch size {patch}.",
-                f"Set model.resolution to a multiple of {patch}, "
-                f"e.g. {resolution // patch * patch}.",
+                f"Resolution {resolution} is below the backbone's patch size {patch}.",
+                f"Set model.resolution to at least {patch} (the authors use 518).",
             )
         depth = len(visual.transformer.resblocks)
         if not layers or min(layers) < 1 or max(layers) > depth:
@@ -74,7 +78,8 @@ class FrozenVisualTower(nn.Module):
         return self.visual.conv1.out_channels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] normalised -> [L, B, 1+N, C] tokens after each chosen block."""
+        """[B, 3, S, S] normalised -> [L, B, 1+N, C] tokens after each chosen block (before
+        ``ln_post``)."""
         visual = self.visual
         x = visual.conv1(images.to(visual.conv1.weight.dtype))  # [B, C, h, w]
         x = x.flatten(2).transpose(1, 2)  # [B, N, C]
@@ -173,8 +178,11 @@ def memory_scores(tokens: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -
 
 
 def grid_labels(masks: torch.Tensor, grid: int) -> torch.Tensor:
-    """[B, H, W] float masks -> [B, grid, grid] 0/1 patch labels (bilinear, >= 0.5)."""
+    """[B, H, W] float masks -> [B, grid, grid] patch targets, as both authors' training:
+    bilinear (align_corners=False), values below 0.5 -> 0, above -> 1; a value of exactly
+    0.5 (a mask edge halfway between two sampled pixels) stays 0.5, a soft target that the
+    alignment loss leaves out of both states."""
     resized = F.interpolate(
         masks[:, None].float(), size=(grid, grid), mode="bilinear", align_corners=False
-    )
-    return (resized[:, 0] >= 0.5).float()
+    )[:, 0]
+    return torch.where(resized < 0.5, 0.0, torch.where(resized > 0.5, 1.0, 0.5))

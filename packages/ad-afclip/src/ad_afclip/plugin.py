@@ -2,7 +2,9 @@
 
 AF-CLIP (Fang, Lv, Su, ACM MM 2025, arXiv 2507.19949) trains a small adaptor and state
 prompts on an auxiliary data set, then detects zero-shot (and few-shot with a memory bank)
-on others. miniCLIP is the same recipe on TinyCLIP-ViT-8M/16, for edge devices.
+on others. miniCLIP (github suniverse77/miniCLIP, ``af_tiny``) adapts it to
+TinyCLIP-ViT-8M/16: a residual attention adapter, a class-token projector, class-name prompts
+with a text adapter, and training that alternates textual and visual passes.
 """
 
 from __future__ import annotations
@@ -18,32 +20,33 @@ if TYPE_CHECKING:
     from adcore.api import Runtime
 
 
-class AFCLIPConfig(PluginConfig):
-    """Defaults of the paper and the authors' code (ViT-L/14@336 at 518 px)."""
+class SharedConfig(PluginConfig):
+    """What AF-CLIP and miniCLIP share: a frozen open_clip ViT read at several blocks, the
+    multi-scale aggregation, the 8 x 64-head adaptor and the trained parts' checkpoint."""
 
     backbone: str = Field("ViT-L-14-336", description="open_clip ViT architecture")
     pretrained: str = Field(
         "openai", description="open_clip tag, local checkpoint file, or 'none' (random)"
     )
     quick_gelu: QuickGelu = Field("auto", description=QUICK_GELU_HELP)
-    resolution: int = Field(518, ge=16, description="input side; a multiple of the patch size")
+    resolution: int = Field(518, ge=16, description="input side (the grid is side // patch)")
     layers: list[int] = Field([6, 12, 18, 24], description="ViT blocks (1-based) to read")
     radii: list[int] = Field([1, 3, 5], description="aggregation neighbourhoods r x r")
     aggregation_sigma: float = Field(4.0, gt=0, description="Gaussian sigma of the r x r weights")
-    prompt_length: int = Field(12, ge=1, description="learned context tokens per prompt")
-    adaptor_heads: int | None = Field(
-        None, ge=1, description="attention heads of 64; default width // 128 (8 on ViT-L)"
-    )
+    adaptor_heads: int = Field(8, ge=1, description="adaptor attention heads of 64 (authors: 8)")
     checkpoint: str | None = Field(
         None,
-        description="trained prompts + adaptor written by `ad train`; none = untrained",
+        description="trained parts: a file or run folder of `ad train`, or the authors' "
+        "released files (a file or their folder); none = untrained",
         json_schema_extra={"weights": True},
     )
-    fewshot_weight: float = Field(0.1, ge=0, description="final = memory + w x zero-shot")
-    map_sigma: float = Field(4.0, ge=0, description="Gaussian smoothing of the upsampled map")
-    map_loss: Literal["l1", "dice"] = Field(
-        "l1", description="second map loss next to focal (authors' code: l1)"
+    checkpoint_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="epoch to load when model.checkpoint is a folder with several "
+        "(default: the latest)",
     )
+    map_sigma: float = Field(4.0, ge=0, description="Gaussian smoothing of the upsampled map")
     epochs: int = Field(2, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.999)
@@ -52,6 +55,12 @@ class AFCLIPConfig(PluginConfig):
     lambda1: float = Field(1.0, ge=0, description="weight of the map loss")
     lambda2: float = Field(1.0, ge=0, description="weight of the patch alignment loss")
     focal_gamma: float = Field(4.0, ge=0)
+    fidelity: Literal["authors_code", "paper"] = Field(
+        "authors_code",
+        description="authors_code: the released training's map focal gradient (its alignment "
+        "loss rewrites the mask targets in place before the backward pass); paper: the "
+        "focal loss's own gradient. Loss values and detection are the same in both.",
+    )
 
     @field_validator("layers")
     @classmethod
@@ -68,20 +77,41 @@ class AFCLIPConfig(PluginConfig):
         return value
 
 
-class MiniCLIPConfig(AFCLIPConfig):
-    """miniCLIP: TinyCLIP-ViT-8M/16 (YFCC15M); 512 px is the 32 x 32 grid of the authors'
-    518 px without the pixels a 16 px patch cannot cover."""
+class AFCLIPConfig(SharedConfig):
+    """Defaults of the paper and the authors' code (ViT-L/14@336 at 518 px). On TinyCLIP set
+    ``backbone: TinyCLIP-ViT-8M-16-Text-3M`` (and ``pretrained: yfcc15m``, layers 1..10)."""
+
+    prompt_length: int = Field(12, ge=1, description="learned context tokens per prompt")
+    fewshot_weight: float = Field(0.1, ge=0, description="final = memory + w x zero-shot")
+    map_loss: Literal["l1", "dice"] = Field(
+        "l1", description="second map loss next to focal (authors' code: l1)"
+    )
+
+
+class MiniCLIPConfig(SharedConfig):
+    """af_tiny's ``train.sh``: TinyCLIP-ViT-8M/16 (YFCC15M) at 518 px, blocks 5/7/9/10,
+    12 epochs of alternating textual and visual passes, lr 5e-4, lambda1 3, lambda2 1."""
 
     backbone: str = Field(TINYCLIP_8M, description="open_clip ViT architecture")
     pretrained: str = Field(
         "yfcc15m", description="TinyCLIP release tag, local checkpoint file, or 'none'"
     )
-    resolution: int = Field(512, ge=16, description="input side; a multiple of the patch size")
     layers: list[int] = Field([5, 7, 9, 10], description="ViT blocks (1-based) to read")
     epochs: int = Field(12, ge=1)
     learning_rate: float = Field(5e-4, gt=0)
     lambda1: float = Field(3.0, ge=0, description="weight of the map loss")
-    lambda2: float = Field(1.0, ge=0, description="weight of the patch alignment loss")
+    keep_epochs: list[int] = Field(
+        [6, 8, 10, 12], description="epochs whose checkpoint is kept, as af_tiny saves them"
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _two_class_layers(cls, value: list[int]) -> list[int]:
+        if len(value) < 2:
+            raise ValueError(
+                "miniCLIP reads at least two blocks (the class token uses the last two)"
+            )
+        return sorted(value)
 
 
 def build(config: AFCLIPConfig, runtime: Runtime) -> Any:
@@ -91,7 +121,15 @@ def build(config: AFCLIPConfig, runtime: Runtime) -> Any:
     return AFCLIPMethod(config, runtime)
 
 
+def build_mini(config: MiniCLIPConfig, runtime: Runtime) -> Any:
+    """Factory of miniCLIP."""
+    from ad_afclip.method import MiniCLIPMethod
+
+    return MiniCLIPMethod(config, runtime)
+
+
 CAPABILITIES = frozenset({Capability.ZERO_SHOT, Capability.FEW_SHOT, Capability.TRAINABLE})
+MINI_CAPABILITIES = frozenset({Capability.ZERO_SHOT, Capability.TRAINABLE})  # af_tiny: no few-shot
 
 
 @hookimpl
@@ -112,10 +150,10 @@ def adcore_methods() -> list[MethodSpec]:
         ),
         MethodSpec(
             name="miniclip",
-            summary="miniCLIP: AF-CLIP on TinyCLIP-ViT-8M/16, for edge devices",
+            summary="miniCLIP (af_tiny): TinyCLIP-8M/16 with adapters and class-name prompts",
             config=MiniCLIPConfig,
-            factory=build,
-            capabilities=CAPABILITIES,
+            factory=build_mini,
+            capabilities=MINI_CAPABILITIES,
             smoke_config={"pretrained": "none", "resolution": 224},
         ),
     ]

@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "Method": "adcore.method",
     "TrainableMethod": "adcore.method",
     "TrainingSettings": "adcore.method",
+    "TrainingPhase": "adcore.method",
+    "TrainingBatch": "adcore.method",
     "FitContext": "adcore.method",
     "Prediction": "adcore.method",
     "Runtime": "adcore.method",
@@ -117,6 +119,8 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         Prediction,
         Runtime,
         TrainableMethod,
+        TrainingBatch,
+        TrainingPhase,
         TrainingSettings,
     )
     from adcore.neighbors import FlatL2Index, nearest_neighbours  # noqa: F401

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from adcore.errors import PluginError
 from adcore.preprocessing import Preprocessing
@@ -119,10 +119,44 @@ class TrainingSettings(BaseModel):
     betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = 8
     seed: int = 0
+    keep_epochs: tuple[int, ...] = Field(
+        (), description="epochs whose checkpoint is also kept as checkpoint_epoch<N>.safetensors"
+    )
+
+
+@dataclass
+class TrainingBatch:
+    """One training batch on the device: ``images`` uint8 [B,3,H,W], ``masks`` float [B,H,W]
+    in {0, 1}, ``labels`` long [B], and each image's ``categories`` and ``class_names``."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    labels: torch.Tensor
+    categories: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
+
+
+@dataclass
+class TrainingPhase:
+    """One full pass over the training data within an epoch, driven by the method.
+
+    ``step`` returns the batch's losses (``"loss"`` is back-propagated) and ``optimizer``
+    steps after it; ``begin`` runs before the pass (e.g. to freeze the other phases' parts).
+    The host keeps data order, mixed precision, logging, checkpoints and resume.
+    """
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    step: Callable[[TrainingBatch], dict[str, torch.Tensor]]
+    begin: Callable[[], None] | None = None
 
 
 class TrainableMethod(Method):
-    """A method with trained parts (prompts, adaptors) that ``ad train`` optimises."""
+    """A method with trained parts (prompts, adaptors) that ``ad train`` optimises.
+
+    The method owns its optimisers and steps (``training_phases``); by default one phase
+    runs Adam with ``training_settings`` over ``trainable_parameters`` on ``training_loss``.
+    """
 
     @abc.abstractmethod
     def training_settings(self) -> TrainingSettings:
@@ -137,6 +171,19 @@ class TrainableMethod(Method):
         self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """uint8 [B,3,H,W], float [B,H,W], long [B] -> losses; ``"loss"`` is optimised."""
+
+    def training_phases(self, settings: TrainingSettings) -> list[TrainingPhase]:
+        """The phases of one epoch, in order, each with its own optimiser."""
+        import torch
+
+        optimizer = torch.optim.Adam(
+            list(self.trainable_parameters()), lr=settings.learning_rate, betas=settings.betas
+        )
+
+        def step(batch: TrainingBatch) -> dict[str, torch.Tensor]:
+            return self.training_loss(batch.images, batch.masks, batch.labels)
+
+        return [TrainingPhase("train", optimizer, step)]
 
     @abc.abstractmethod
     def trainable_state(self) -> dict[str, torch.Tensor]:

@@ -1,10 +1,14 @@
-"""The training loop of ``ad train``, the same for every :class:`TrainableMethod`.
+"""What ``ad train`` keeps for every :class:`TrainableMethod`: data, logging, checkpoints.
 
-Only the method's trainable parameters are optimised (Adam with the method's learning rate
-and betas). After each epoch the trained tensors are written atomically to
-``checkpoint.safetensors`` with a record of the run (config, weights identity including the
-frozen backbone's hash, epoch) in the file's metadata and in ``checkpoint.json``; an
-interrupted run resumes after the last finished epoch, with the optimiser state it had.
+The method drives the optimisation: each epoch runs its ``training_phases`` in order, each a
+full pass over the data with the phase's own optimiser and step (one Adam phase unless the
+method says otherwise). The host shuffles the data (one seed per epoch and phase, so a
+resumed run sees the same order), applies mixed precision, and after each epoch writes the
+trained tensors atomically to ``checkpoint.safetensors`` with a record of the run (config,
+weights identity including the frozen backbone's hash, epoch) in the file's metadata and in
+``checkpoint.json``; epochs the method lists in ``keep_epochs`` are also kept as
+``checkpoint_epoch<N>.safetensors``. An interrupted run resumes after the last finished
+epoch, with every phase's optimiser state.
 """
 
 from __future__ import annotations
@@ -12,14 +16,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adcore.dataset import Sample
 from adcore.errors import DataError, OutputError, WeightsError
-from adcore.method import Runtime, TrainableMethod, TrainingSettings
+from adcore.method import (
+    Runtime,
+    TrainableMethod,
+    TrainingBatch,
+    TrainingPhase,
+    TrainingSettings,
+)
 from adcore.preprocessing import Preprocessing
 from adcore.results import atomic_write_bytes, atomic_write_text
 from adcore.weights import require_same_weights
@@ -34,6 +44,7 @@ CURVE_NAME = "loss_curve.png"
 METADATA_KEY = "ad_training"
 FORMAT = "ad-trainable/1"
 COUNTERS = ("epoch", "step", "global_step")
+TEXT_COLUMNS = ("phase",)
 
 
 @dataclass
@@ -75,21 +86,29 @@ def checkpoint_metadata(path: Path) -> dict[str, Any]:
     return {}
 
 
+def epoch_checkpoint_name(epoch: int) -> str:
+    """The file an epoch listed in ``keep_epochs`` is kept under."""
+    return f"checkpoint_epoch{epoch}.safetensors"
+
+
 def _save_checkpoint(
     out_dir: Path,
     state: dict[str, torch.Tensor],
     record: dict[str, Any],
     optimizer_state: dict[str, Any],
+    keep: bool = False,
 ) -> None:
-
     import torch
     from safetensors.torch import save
 
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
     text = json.dumps(record, default=str)
-    atomic_write_bytes(out_dir / CHECKPOINT_NAME, save(tensors, metadata={METADATA_KEY: text}))
+    payload = save(tensors, metadata={METADATA_KEY: text})
     sidecar = json.dumps(record, indent=2, default=str).encode()
-    atomic_write_bytes(sidecar_path(out_dir / CHECKPOINT_NAME), sidecar)
+    names = [CHECKPOINT_NAME] + ([epoch_checkpoint_name(record["epoch"])] if keep else [])
+    for name in names:
+        atomic_write_bytes(out_dir / name, payload)
+        atomic_write_bytes(sidecar_path(out_dir / name), sidecar)
     buffer = io.BytesIO()
     torch.save(optimizer_state, buffer)
     atomic_write_bytes(out_dir / OPTIMIZER_NAME, buffer.getvalue())
@@ -112,7 +131,11 @@ def _read_log(path: Path, last_epoch: int) -> list[dict[str, float]]:
         return []
     with path.open(newline="") as handle:
         rows = [
-            {k: int(v) if k in COUNTERS else float(v) for k, v in row.items() if v != ""}
+            {
+                k: int(v) if k in COUNTERS else v if k in TEXT_COLUMNS else float(v)
+                for k, v in row.items()
+                if v != ""
+            }
             for row in csv.DictReader(handle)
         ]
     return [row for row in rows if row.get("epoch", 0) <= last_epoch]
@@ -124,7 +147,7 @@ def _plot_curve(path: Path, rows: list[dict[str, float]]) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    parts = [key for key in rows[0] if key not in COUNTERS]
+    parts = [key for key in rows[0] if key not in COUNTERS + TEXT_COLUMNS]
     figure, axis = plt.subplots(figsize=(7, 4))
     steps = [row["global_step"] for row in rows]
     for part in parts:
@@ -140,6 +163,109 @@ def _plot_curve(path: Path, rows: list[dict[str, float]]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _output_folder(out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"Cannot create {out_dir} ({error}).", "Choose a writable folder."
+        ) from None
+    return out_dir
+
+
+def _resume(
+    method: TrainableMethod,
+    settings: TrainingSettings,
+    out_dir: Path,
+    phases: list[TrainingPhase],
+    device: str,
+) -> tuple[int, list[dict[str, Any]], list[float]]:
+    """Load the last finished epoch's tensors and optimiser states; -> (epoch, log, losses)."""
+    import torch
+
+    from adcore.weights import load_checkpoint
+
+    record = checkpoint_metadata(out_dir / CHECKPOINT_NAME)
+    recorded = record.get("settings")
+    if recorded:
+        try:
+            previous = TrainingSettings.model_validate({**recorded, "epochs": settings.epochs})
+        except ValueError:
+            previous = None
+        if previous != settings:
+            raise OutputError(
+                f"{out_dir} holds a training run with other settings ({recorded}).",
+                "Use another experiment name, or delete the folder to start over.",
+            )
+    require_same_weights(
+        record.get("weights_identity"),
+        method.weights_identity(),
+        f"The training run in {out_dir} was made",
+        "Use another experiment name, or delete the folder to start over.",
+    )
+    method.load_trainable_state(load_checkpoint(out_dir / CHECKPOINT_NAME))
+    optimizer_file = out_dir / OPTIMIZER_NAME
+    if optimizer_file.is_file():
+        states = torch.load(optimizer_file, map_location=device, weights_only=True)
+        if len(phases) == 1 and "state" in states:  # one optimiser, as written before phases
+            states = {phases[0].name: states}
+        for phase in phases:
+            if phase.name in states:
+                phase.optimizer.load_state_dict(states[phase.name])
+    epoch = int(record.get("epoch", 0))
+    log = _read_log(out_dir / LOG_NAME, epoch)
+    return epoch, log, list(record.get("epoch_losses", []))[:epoch]
+
+
+def _batches(
+    samples: Sequence[Sample],
+    geometry: Preprocessing,
+    settings: TrainingSettings,
+    seed: int,
+    runtime: Runtime,
+    class_names: Mapping[str, str],
+    num_workers: int,
+) -> Any:
+    """Shuffled :class:`TrainingBatch` es on the device, in an order fixed by ``seed``."""
+    from adcore.loading import make_loader
+
+    loader = make_loader(
+        samples,
+        geometry,
+        settings.batch_size,
+        num_workers=num_workers,
+        shuffle=True,
+        seed=seed,
+        pin_memory=runtime.device.startswith("cuda"),
+    )
+    for batch in loader:
+        categories = tuple(samples[int(i)].category for i in batch["index"])
+        yield TrainingBatch(
+            images=batch["image"].to(runtime.device, non_blocking=True),
+            masks=batch["mask"].to(runtime.device, non_blocking=True).float(),
+            labels=batch["label"].to(runtime.device),
+            categories=categories,
+            class_names=tuple(class_names.get(c, c.replace("_", " ")) for c in categories),
+        )
+
+
+def _run_phase(
+    phase: TrainingPhase, data: Any, runtime: Runtime, scaler: Any
+) -> Iterator[dict[str, float]]:
+    """One pass of ``phase`` over ``data``, yielding each step's losses as numbers."""
+    if phase.begin is not None:
+        phase.begin()
+    for batch in data:
+        with runtime.autocast():
+            losses = phase.step(batch)
+        phase.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()
+        scaler.step(phase.optimizer)
+        scaler.update()
+        yield {name: float(value.detach()) for name, value in losses.items()}
+
+
 def train_method(
     method: TrainableMethod,
     samples: Sequence[Sample],
@@ -152,16 +278,17 @@ def train_method(
     resume: bool = True,
     progress: bool = True,
     num_workers: int = 0,
+    class_names: Mapping[str, str] | None = None,
 ) -> TrainingResult:
-    """Optimise ``method``'s trainable parameters on ``samples`` (images with masks).
+    """Run ``method``'s training phases on ``samples`` (images with masks), epoch by epoch.
 
     ``config`` (the resolved experiment config) is recorded with the checkpoint; with
     ``resume`` a previous run in ``out_dir`` continues after its last finished epoch (more
-    epochs than before extend it; other changed settings are refused).
+    epochs than before extend it; other changed settings are refused). ``class_names`` maps
+    categories to the names prompts use (default: the category with spaces).
     """
     import torch
 
-    from adcore.loading import make_loader
     from adcore.progress import Progress
 
     if not samples:
@@ -170,49 +297,19 @@ def train_method(
             "Check the data set root and that its test split (with masks) is present.",
         )
     geometry = geometry or method.geometry
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(
-            f"Cannot create {out_dir} ({error}).", "Choose a writable folder."
-        ) from None
+    out_dir = _output_folder(out_dir)
     checkpoint = out_dir / CHECKPOINT_NAME
     log_path, curve_path = out_dir / LOG_NAME, out_dir / CURVE_NAME
-
-    parameters = list(method.trainable_parameters())
-    optimizer = torch.optim.Adam(parameters, lr=settings.learning_rate, betas=settings.betas)
+    phases = method.training_phases(settings)
     use_scaler = runtime.precision == "fp16" and runtime.device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     start_epoch, rows, epoch_losses = 0, [], []
     if resume and checkpoint.is_file():
-        record = checkpoint_metadata(checkpoint)
-        start_epoch = int(record.get("epoch", 0))
-        recorded_settings = {**(record.get("settings") or {}), "epochs": settings.epochs}
-        if record.get("settings") and recorded_settings != settings.model_dump(mode="json"):
-            raise OutputError(
-                f"{out_dir} holds a training run with other settings ({record.get('settings')}).",
-                "Use another experiment name, or delete the folder to start over.",
-            )
-        require_same_weights(
-            record.get("weights_identity"),
-            method.weights_identity(),
-            f"The training run in {out_dir} was made",
-            "Use another experiment name, or delete the folder to start over.",
-        )
-        from adcore.weights import load_checkpoint
+        start_epoch, rows, epoch_losses = _resume(method, settings, out_dir, phases, runtime.device)
 
-        method.load_trainable_state(load_checkpoint(checkpoint))
-        optimizer_file = out_dir / OPTIMIZER_NAME
-        if optimizer_file.is_file():
-            optimizer.load_state_dict(
-                torch.load(optimizer_file, map_location=runtime.device, weights_only=True)
-            )
-        rows = _read_log(log_path, start_epoch)
-        epoch_losses = list(record.get("epoch_losses", []))[:start_epoch]
-
-    steps_per_epoch = -(-len(samples) // settings.batch_size)
+    batches_per_pass = -(-len(samples) // settings.batch_size)
+    steps_per_epoch = batches_per_pass * len(phases)
     with (
         Progress(enabled=progress) as bars,
         bars.task("training", total=settings.epochs * steps_per_epoch) as advance,
@@ -221,38 +318,21 @@ def train_method(
             bars.note(f"Resuming {out_dir} after epoch {start_epoch}.")
             advance(start_epoch * steps_per_epoch)
         for epoch in range(start_epoch + 1, settings.epochs + 1):
-            # A fresh seed per epoch makes the order after a resume the same as without one.
-            loader = make_loader(
-                samples,
-                geometry,
-                settings.batch_size,
-                num_workers=num_workers,
-                shuffle=True,
-                seed=settings.seed + epoch,
-                pin_memory=runtime.device.startswith("cuda"),
-            )
             totals: list[float] = []
-            for step, batch in enumerate(loader, start=1):
-                images = batch["image"].to(runtime.device, non_blocking=True)
-                masks = batch["mask"].to(runtime.device, non_blocking=True).float()
-                labels = batch["label"].to(runtime.device)
-                with runtime.autocast():
-                    losses = method.training_loss(images, masks, labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(losses["loss"]).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                values = {name: float(value.detach()) for name, value in losses.items()}
-                totals.append(values["loss"])
-                rows.append(
-                    {
-                        "epoch": epoch,
-                        "step": step,
-                        "global_step": (epoch - 1) * steps_per_epoch + step,
-                        **values,
-                    }
+            for index, phase in enumerate(phases):
+                # One seed per (epoch, phase): a resumed run sees the same order as a straight one.
+                seed = settings.seed + epoch * len(phases) + index - (len(phases) - 1)
+                data = _batches(
+                    samples, geometry, settings, seed, runtime, class_names or {}, num_workers
                 )
-                advance(1, status=f"epoch {epoch} loss {values['loss']:.4f}")
+                first = (epoch - 1) * steps_per_epoch + index * batches_per_pass
+                named = {"phase": phase.name} if len(phases) > 1 else {}
+                for step, values in enumerate(_run_phase(phase, data, runtime, scaler), start=1):
+                    totals.append(values["loss"])
+                    rows.append(
+                        {"epoch": epoch, "step": step, "global_step": first + step} | named | values
+                    )
+                    advance(1, status=f"epoch {epoch} {phase.name} loss {values['loss']:.4f}")
             epoch_losses.append(sum(totals) / max(len(totals), 1))
             record = {
                 "format": FORMAT,
@@ -262,7 +342,9 @@ def train_method(
                 "config": config or {},
                 "epoch_losses": epoch_losses,
             }
-            _save_checkpoint(out_dir, method.trainable_state(), record, optimizer.state_dict())
+            optimizers = {phase.name: phase.optimizer.state_dict() for phase in phases}
+            keep = epoch in settings.keep_epochs
+            _save_checkpoint(out_dir, method.trainable_state(), record, optimizers, keep)
             _write_log(log_path, rows)
             _plot_curve(curve_path, rows)
     return TrainingResult(

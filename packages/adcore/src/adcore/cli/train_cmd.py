@@ -39,8 +39,9 @@ def train_command(
 ) -> None:
     """Train a method's prompts/adaptors on every category's test images and masks.
 
-    Writes checkpoint.safetensors (trained tensors only), train_log.csv and loss_curve.png
-    under results/<dataset>/<method>/<experiment>/; an interrupted run resumes.
+    The method runs its own training phases (e.g. miniCLIP alternates textual and visual
+    passes); writes checkpoint.safetensors (trained tensors only), train_log.csv and
+    loss_curve.png under results/<dataset>/<method>/<experiment>/; an interrupted run resumes.
     """
     from adcore.method import TrainableMethod
     from adcore.plugins import get_registry
@@ -83,6 +84,7 @@ def train_command(
         resume=not restart,
         progress=not no_progress,
         num_workers=resolved.base.data.num_workers,
+        class_names={name: evaluation.dataset.class_name(name) for name in evaluation.categories},
     )
     losses = ", ".join(f"{loss:.4f}" for loss in result.epoch_losses)
     console.print(f"Trained {result.epochs} epoch(s); mean loss per epoch: {losses}")
