@@ -23,7 +23,8 @@ from ad_afclip.method import AFCLIPMethod, MiniCLIPMethod
 from ad_afclip.plugin import TINYCLIP_8M, AFCLIPConfig, MiniCLIPConfig
 from adcore.dataset import Sample
 from adcore.errors import WeightsError
-from adcore.method import CLIP_MEAN, CLIP_STD, FitContext, Runtime, TrainingBatch
+from adcore.method import FitContext, Runtime, TrainingBatch
+from adcore.preprocessing import CLIP_MEAN, CLIP_STD
 
 TOL = 1e-4
 AF_TINY = "afclip-parity-vit"
