@@ -197,12 +197,14 @@ def check_category(
     bad = [b for f in found for b in f.bad]
     labels = Counter(s.label for s in test)
     problems, warnings = [], []
+    undefined = dict(getattr(dataset, "undefined_levels", {}))
     if not test:
         problems.append("the test split is empty")
     elif not labels[1]:
         problems.append("the test split has no anomalous images: detection metrics are undefined")
-    elif not labels[0]:
+    elif not labels[0] and "image" not in undefined:
         problems.append("the test split has no normal images: detection metrics are undefined")
+    warnings += [f"{level} metrics n/a: {why}" for level, why in undefined.items()]
     if not train:
         warnings.append("the train split is empty: only zero-shot methods can run")
     if any(s.label for s in train):

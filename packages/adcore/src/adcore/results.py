@@ -81,6 +81,7 @@ class CategoryResult(BaseModel):
     num_skipped: int = 0
     seconds: float = 0.0
     resumed: bool = False
+    notes: list[str] = Field(default_factory=list)  # why a metric is n/a, and the like
 
     def row(self) -> dict[str, Any]:
         counts = {name: getattr(self, name) for name in COUNT_COLUMNS}

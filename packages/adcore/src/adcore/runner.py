@@ -403,16 +403,16 @@ class Evaluation:
         else:
             eval_maps, eval_masks = maps, masks
         eval_data = EvalData(scores=scores, labels=labels, maps=eval_maps, masks=eval_masks)
-        # without a mask for every anomalous image, pixel metrics would be wrong: skip them
-        has_masks = all(s.mask_path is not None for s in test if s.label == 1)
+        undefined = undefined_levels(self.dataset, test)
         values = {
-            name: float(spec.factory(spec.config())(eval_data))
-            if has_masks or spec.level == "image"
-            else math.nan
+            name: math.nan
+            if spec.level in undefined
+            else float(spec.factory(spec.config())(eval_data))
             for name, spec in self.metrics.items()
         }
-        if not has_masks:
-            self.progress.note(f"{category}: anomalous images without masks, pixel metrics n/a")
+        notes = [f"{level} metrics n/a: {why}" for level, why in undefined.items()]
+        for note in notes:
+            self.progress.note(f"{category}: {note}")
         efficiency: dict[str, float] = {}
         if self.config.base.evaluation.latency.enabled:
             self.progress.note(f"{category}: measuring latency, throughput and FLOPs")
@@ -427,6 +427,7 @@ class Evaluation:
             num_anomalous=int(labels.sum()),
             num_skipped=prepared.num_skipped,
             seconds=time.perf_counter() - started,
+            notes=notes,
         )
         if self.options.save_maps:
             for value, sample in zip(maps, test, strict=True):
@@ -437,6 +438,18 @@ class Evaluation:
         write_category(self.layout, result, self.metric_names)
         self.progress.note(_category_line(result, self.metric_names))
         return result, CategoryOutputs(test, scores, maps, masks, geometry)
+
+
+def undefined_levels(dataset: Dataset, test: Sequence[Sample]) -> dict[str, str]:
+    """Metric levels that cannot be computed on ``test``, each with the reason.
+
+    The data set declares what it lacks (``Dataset.undefined_levels``); without a mask for
+    every anomalous image, pixel metrics would be wrong, so they are left out too.
+    """
+    undefined = dict(getattr(dataset, "undefined_levels", {}))
+    if "pixel" not in undefined and any(s.mask_path is None for s in test if s.label == 1):
+        undefined["pixel"] = "anomalous images without masks"
+    return undefined
 
 
 def run_result(
