@@ -11,6 +11,7 @@ name wherever it appears.
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
@@ -403,8 +404,12 @@ def _params(count: float) -> str:
 # --- the whole report -----------------------------------------------------------------------
 
 
-def build_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
-    """Read ``run_dirs`` and write the comparison under ``out_dir``; returns the files written."""
+def build_report(run_dirs: list[Path], out_dir: Path, layout: str = "comparison") -> list[Path]:
+    """Read ``run_dirs`` and write the comparison under ``out_dir``; returns the files written.
+
+    ``layout="paper"`` writes only the paper-layout table (:mod:`adcore.report_paper`)."""
+    if layout == "paper":
+        return importlib.import_module("adcore.report_paper").write_paper_report(run_dirs, out_dir)
     from adcore.report_html import report_html
     from adcore.results import ensure_writable
 
