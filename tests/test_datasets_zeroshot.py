@@ -8,14 +8,17 @@ each set runs through ``ad eval --method afclip`` with a tiny random ViT.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from ad_afclip.clip_models import register_model_config
+from ad_datasets.download import download_isic, unpack_zip
 from adcore.cli import app
 from adcore.datacheck import check_dataset
 from adcore.errors import DataError
@@ -125,9 +128,48 @@ def test_data_check_and_download_guide_through_the_cli(roots) -> None:
     checked = run_ad("data", "check", "--dataset", "colondb", "--data-root", str(root))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "image metrics n/a" in checked.stdout
-    guide = run_ad("data", "download", "isic", "--to", str(root / "new"))
+    guide = run_ad("data", "download", "kvasir", "--to", str(root / "new"))
     assert guide.returncode == 1
-    assert "ISBI2016_ISIC_Part1_Test_GroundTruth" in guide.stdout + guide.stderr
+    assert "github.com/DengPingFan/PraNet" in guide.stdout + guide.stderr
+    assert "Traceback" not in guide.stderr
+
+
+def _zip_of(folder: Path, archive: Path) -> tuple[str, str]:
+    """``folder`` zipped as its release is (one top-level folder) -> (file URL, MD5)."""
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in sorted(folder.rglob("*")):
+            bundle.write(path, path.relative_to(folder.parent).as_posix())
+    return archive.as_uri(), hashlib.md5(archive.read_bytes()).hexdigest()
+
+
+def test_isic_download_verifies_and_unpacks(tmp_path: Path) -> None:
+    written = WRITERS["isic"](tmp_path / "release")
+    release = tmp_path / "release" / "ISIC2016"
+    archives = {
+        name: _zip_of(release / name, tmp_path / f"{name}.zip")
+        for name in ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth")
+    }
+    target = download_isic(tmp_path / "got", archives=archives)
+    dataset = open_set("isic", target)
+    listed = [(s.image_path.relative_to(target), s.mask_path.relative_to(target))
+              for s in dataset.samples("isic", "test")]  # fmt: skip
+    expected = [(i.relative_to(release), m.relative_to(release))
+                for i, _, m in written["isic"]["test"]]  # fmt: skip
+    assert listed == expected
+    assert not list(target.glob("*.zip"))  # archives removed once unpacked
+
+    url, _ = archives["ISBI2016_ISIC_Part1_Test_Data"]
+    wrong = {"ISBI2016_ISIC_Part1_Test_Data": (url, "0" * 32)}
+    with pytest.raises(DataError, match="has MD5"):
+        download_isic(tmp_path / "bad", archives=wrong)
+    assert not (tmp_path / "bad" / "ISBI2016_ISIC_Part1_Test_Data.zip").exists()
+
+    escaping = tmp_path / "evil.zip"
+    with zipfile.ZipFile(escaping, "w") as bundle:
+        bundle.writestr("ISBI2016_ISIC_Part1_Test_Data/../../outside.txt", "x")
+    with pytest.raises(DataError, match="outside"):
+        unpack_zip(escaping, tmp_path / "unzip")
+    assert not (tmp_path / "outside.txt").exists()
 
 
 @pytest.mark.parametrize("name", list(WRITERS))

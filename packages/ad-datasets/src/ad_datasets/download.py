@@ -12,6 +12,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from http.client import HTTPException
 from pathlib import Path
@@ -136,22 +137,28 @@ def fetch(url: str, dest: Path, progress: Progress | None = None, timeout: float
     return dest
 
 
+def _check_md5(archive: Path, md5: str | None) -> None:
+    """Delete ``archive`` and say so when its MD5 is not ``md5`` (when known)."""
+    if not md5:
+        return
+    digest = hashlib.md5(usedforsecurity=False)
+    with archive.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    if digest.hexdigest() != md5.lower():
+        archive.unlink()
+        raise DataError(
+            f"{archive.name} has MD5 {digest.hexdigest()}, expected {md5}; it was deleted.",
+            "Run the command again to download it afresh.",
+        )
+
+
 def verify_archive(archive: Path, md5: str | None = None) -> None:
     """Check the checksum (when known) and that every tar header reads, before unpacking.
 
     A corrupt archive is deleted, so the next run downloads it afresh rather than resuming.
     """
-    if md5:
-        digest = hashlib.md5(usedforsecurity=False)
-        with archive.open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != md5.lower():
-            archive.unlink()
-            raise DataError(
-                f"{archive.name} has MD5 {digest.hexdigest()}, expected {md5}; it was deleted.",
-                "Run the command again to download it afresh.",
-            )
+    _check_md5(archive, md5)
     try:
         _check_tar(archive)
     except (tarfile.TarError, OSError, EOFError) as error:
@@ -244,4 +251,70 @@ def download_visa(
         )
     if not keep_archive:
         archive.unlink()
+    return root
+
+
+ISIC_ARCHIVES = {  # ISIC 2016 task 1 test set, from the ISIC challenge site; MD5s as published
+    "ISBI2016_ISIC_Part1_Test_Data": (
+        "https://isic-challenge-data.s3.amazonaws.com/2016/ISBI2016_ISIC_Part1_Test_Data.zip",
+        "efebcaeaae751007401a40a60d391f93",
+    ),
+    "ISBI2016_ISIC_Part1_Test_GroundTruth": (
+        "https://isic-challenge-data.s3.amazonaws.com/2016/ISBI2016_ISIC_Part1_Test_GroundTruth.zip",
+        "492a7711a2e19b96114cab6c96bd1ad5",
+    ),
+}
+
+
+def unpack_zip(archive: Path, root: Path, md5: str | None = None) -> None:
+    """Verify (MD5 when known, every member's CRC) and extract ``archive`` into ``root``.
+
+    A corrupt archive is deleted so the next run downloads it afresh; member names that would
+    leave ``root`` (absolute, ``..``) are refused.
+    """
+    _check_md5(archive, md5)
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            broken = bundle.testzip()
+            if broken is not None:
+                raise zipfile.BadZipFile(f"member {broken} is damaged")
+            target = root.resolve()
+            for name in bundle.namelist():
+                if not (target / name).resolve().is_relative_to(target):
+                    raise DataError(
+                        f"{archive.name} holds {name!r}, which would be written outside {root}.",
+                        "Check that the URL points at the genuine archive.",
+                    )
+            bundle.extractall(root)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        archive.unlink(missing_ok=True)
+        raise DataError(
+            f"{archive.name} is not a complete zip archive ({error}); it was deleted.",
+            "Run the command again to download it afresh.",
+        ) from None
+
+
+def download_isic(
+    root: Path,
+    progress: Progress | None = None,
+    *,
+    archives: dict[str, tuple[str, str | None]] = ISIC_ARCHIVES,
+    keep_archive: bool = False,
+) -> Path:
+    """Fetch ISIC 2016's task 1 test images and masks into ``root``, verified -> ``root``."""
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    for folder, (url, md5) in archives.items():
+        if (root / folder).is_dir():
+            continue
+        archive = fetch(url, root / Path(urlparse(url).path).name, progress)
+        _note(progress, f"Verifying and unpacking {archive.name} into {root}")
+        unpack_zip(archive, root, md5)
+        if not (root / folder).is_dir():
+            raise DataError(
+                f"{archive.name} unpacked into {root} but holds no {folder}/.",
+                f"Check that the URL points at the ISIC 2016 archive {folder}.zip.",
+            )
+        if not keep_archive:
+            archive.unlink()
     return root

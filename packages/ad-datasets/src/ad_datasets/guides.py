@@ -94,8 +94,9 @@ DOWNLOAD_HELP = {
         "br35h",
     ),
     "isic": _guide(
-        "ISIC 2016 (challenge task 1, lesion segmentation, CC BY-NC) is published on the ISIC\n"
-        "challenge site, challenge.isic-archive.com/data; ad does not fetch it:",
+        "ISIC 2016 (challenge task 1, lesion segmentation) is published on the ISIC challenge\n"
+        "site, challenge.isic-archive.com/data; `ad data download isic --to R/ISIC2016` fetches\n"
+        "and verifies both archives. By hand:",
         "  1. Download the task 1 test data (ISBI2016_ISIC_Part1_Test_Data.zip, 379 images) and\n"
         "     its ground truth (ISBI2016_ISIC_Part1_Test_GroundTruth.zip).\n"
         "  2. Unzip both into R/ISIC2016 (or R): ISBI2016_ISIC_Part1_Test_Data/*.jpg and\n"

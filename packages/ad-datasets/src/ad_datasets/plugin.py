@@ -46,6 +46,12 @@ def _download_visa(root: Path, progress: Any = None) -> Path:
     return download_visa(root, progress)
 
 
+def _download_isic(root: Path, progress: Any = None) -> Path:
+    from ad_datasets.download import download_isic
+
+    return download_isic(root, progress)
+
+
 def _industrial(name: str) -> Any:
     def factory(config: BenchmarkConfig, root: Path | None) -> Any:
         from ad_datasets import industrial
@@ -126,6 +132,7 @@ def adcore_datasets() -> list[DatasetSpec]:
                 summary=summary,
                 config=BenchmarkConfig,
                 factory=opener(name),
+                download=_download_isic if name == "isic" else None,
                 download_help=DOWNLOAD_HELP[name],
             )
             for name, (summary, opener) in ZERO_SHOT_SETS.items()
