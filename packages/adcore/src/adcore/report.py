@@ -11,7 +11,6 @@ name wherever it appears.
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import math
@@ -409,7 +408,9 @@ def build_report(run_dirs: list[Path], out_dir: Path, layout: str = "comparison"
 
     ``layout="paper"`` writes only the paper-layout table (:mod:`adcore.report_paper`)."""
     if layout == "paper":
-        return importlib.import_module("adcore.report_paper").write_paper_report(run_dirs, out_dir)
+        from adcore.report_paper import write_paper_report
+
+        return write_paper_report(run_dirs, out_dir)
     from adcore.report_html import report_html
     from adcore.results import ensure_writable
 

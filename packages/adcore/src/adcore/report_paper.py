@@ -100,7 +100,7 @@ def paper_markdown(header: list[str], rows: list[list[object]]) -> str:
         method, dataset, source, _, random = row[:5]
         shown = PAPER_DATASETS.get(str(dataset), str(dataset))
         cells = [str(method) + (" (random weights)" if random else ""), shown, str(source or "-")]
-        cells += [percent(float(v)) for v in row[5:]]  # type: ignore[arg-type]
+        cells += [percent(float(str(v))) for v in row[5:]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
