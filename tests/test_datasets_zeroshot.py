@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ad_afclip.clip_models import register_model_config
-from ad_datasets.download import download_isic, unpack_zip
+from ad_datasets.download import download_btad, download_isic, unpack_zip
 from adcore.cli import app
 from adcore.datacheck import check_dataset
 from adcore.errors import DataError
@@ -198,3 +198,25 @@ def test_afclip_runs_end_to_end(roots, name: str, tmp_path: Path) -> None:
         summary = json.loads((run / "summary.json").read_text())
         notes = [n for c in summary["categories"] for n in c["notes"]]
         assert notes and all(n.startswith(f"{level} metrics n/a:") for n in notes)
+
+
+def test_btad_download_verifies_and_unwraps_the_archive(tmp_path: Path) -> None:
+    written = WRITERS["btad"](tmp_path / "release")
+    top = tmp_path / "release" / "BTech_Dataset_transformed"
+    (tmp_path / "release" / "btad").rename(top)  # the archive's own top-level folder
+    archive = tmp_path / "btad.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in sorted(top.rglob("*")):
+            bundle.write(path, path.relative_to(top.parent).as_posix())
+    sha256 = hashlib.sha256(archive.read_bytes()).hexdigest()
+    target = download_btad(tmp_path / "got", url=archive.as_uri(), sha256=sha256)
+    dataset = open_set("btad", target)
+    for category, splits in written.items():
+        listed = sorted(
+            (s.image_path.relative_to(target), s.label) for s in dataset.samples(category, "test")
+        )
+        old = tmp_path / "release" / "btad"
+        assert listed == [(i.relative_to(old), label) for i, label, _ in splits["test"]]
+    assert not (target / "btad.zip").exists() and not list(target.glob(".unpack-*"))
+    with pytest.raises(DataError, match="SHA256"):
+        download_btad(tmp_path / "bad", url=archive.as_uri(), sha256="0" * 64)

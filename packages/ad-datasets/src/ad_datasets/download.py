@@ -139,16 +139,22 @@ def fetch(url: str, dest: Path, progress: Progress | None = None, timeout: float
 
 def _check_md5(archive: Path, md5: str | None) -> None:
     """Delete ``archive`` and say so when its MD5 is not ``md5`` (when known)."""
-    if not md5:
+    _check_digest(archive, "md5", md5)
+
+
+def _check_digest(archive: Path, algorithm: str, expected: str | None) -> None:
+    """Delete ``archive`` and say so when its ``algorithm`` digest is not ``expected``."""
+    if not expected:
         return
-    digest = hashlib.md5(usedforsecurity=False)
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with archive.open("rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
-    if digest.hexdigest() != md5.lower():
+    if digest.hexdigest() != expected.lower():
         archive.unlink()
         raise DataError(
-            f"{archive.name} has MD5 {digest.hexdigest()}, expected {md5}; it was deleted.",
+            f"{archive.name} has {algorithm.upper()} {digest.hexdigest()}, expected {expected}; "
+            "it was deleted.",
             "Run the command again to download it afresh.",
         )
 
@@ -266,13 +272,16 @@ ISIC_ARCHIVES = {  # ISIC 2016 task 1 test set, from the ISIC challenge site; MD
 }
 
 
-def unpack_zip(archive: Path, root: Path, md5: str | None = None) -> None:
-    """Verify (MD5 when known, every member's CRC) and extract ``archive`` into ``root``.
+def unpack_zip(
+    archive: Path, root: Path, md5: str | None = None, sha256: str | None = None
+) -> None:
+    """Verify (MD5 or SHA-256 when known, every member's CRC) and extract into ``root``.
 
     A corrupt archive is deleted so the next run downloads it afresh; member names that would
     leave ``root`` (absolute, ``..``) are refused.
     """
     _check_md5(archive, md5)
+    _check_digest(archive, "sha256", sha256)
     try:
         with zipfile.ZipFile(archive) as bundle:
             broken = bundle.testzip()
@@ -317,4 +326,48 @@ def download_isic(
             )
         if not keep_archive:
             archive.unlink()
+    return root
+
+
+BTAD_URL = "https://avires.dimi.uniud.it/papers/btad/btad.zip"
+BTAD_SHA256 = "461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a"  # as anomalib
+BTAD_TOP = "BTech_Dataset_transformed"  # the archive's one top-level folder
+
+
+def download_btad(
+    root: Path,
+    progress: Progress | None = None,
+    *,
+    url: str = BTAD_URL,
+    sha256: str | None = BTAD_SHA256,
+    keep_archive: bool = False,
+) -> Path:
+    """Fetch btad.zip into ``root``, verify it and unpack it so ``root`` holds 01/, 02/, 03/."""
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / "01" / "test").is_dir():
+        return root
+    archive = fetch(url, root / Path(urlparse(url).path).name, progress)
+    _note(progress, f"Verifying and unpacking {archive.name} into {root}")
+    staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root))
+    try:
+        unpack_zip(archive, staging, sha256=sha256)
+        top = staging / BTAD_TOP if (staging / BTAD_TOP).is_dir() else staging
+        for entry in top.iterdir():
+            if (root / entry.name).exists():
+                raise DataError(
+                    f"{root / entry.name} already exists; unpacking {archive.name} would "
+                    "overwrite it.",
+                    "Unpack into an empty folder (--to).",
+                )
+            os.replace(entry, root / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not (root / "01" / "test").is_dir():
+        raise DataError(
+            f"{archive.name} unpacked into {root} but holds no 01/test/.",
+            "Check that the URL points at the BTAD archive (btad.zip).",
+        )
+    if not keep_archive:
+        archive.unlink()
     return root

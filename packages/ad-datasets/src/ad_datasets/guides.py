@@ -58,25 +58,27 @@ POLYP_STEPS = """\
 
 DOWNLOAD_HELP = {
     "btad": _guide(
-        "BTAD (beanTech Anomaly Detection, CC BY-SA 4.0) is distributed as one zip by its\n"
-        "authors; ad does not fetch it (no published checksum to verify it against):",
-        "  1. Download btad.zip from the BTAD page of Mishra et al. (ICIE 2021) and unzip it\n"
-        "     into R, so that R holds 01/, 02/ and 03/ (or R/btad/ holds them).\n"
+        "BTAD (beanTech Anomaly Detection) is one zip from its authors;\n"
+        "`ad data download btad --to R/btad` fetches, verifies and unpacks it. By hand:",
+        "  1. Download avires.dimi.uniud.it/papers/btad/btad.zip and move the three folders of\n"
+        "     its BTech_Dataset_transformed/ into R, so that R holds 01/, 02/ and 03/.\n"
         f"  2. The layout ad reads is the archive's own:\n{BTAD_LAYOUT}",
         "btad",
     ),
     "dagm": _guide(
         "DAGM 2007 is free for non-commercial research; its Kaggle upload needs a Kaggle\n"
         "account and the acceptance of its terms, so ad cannot fetch it for you:",
-        "  1. Download the 'DAGM 2007 competition dataset' upload from Kaggle (folder\n"
-        "     DAGM_KaggleUpload) and unpack it into R.\n"
+        "  1. Download kaggle.com/datasets/mhskjelvareid/dagm-2007-competition-dataset-optical-\n"
+        "     inspection (folder DAGM_KaggleUpload) and unpack it into R.\n"
         f"  2. The layout ad reads:\n{DAGM_LAYOUT}",
         "dagm",
     ),
     "dtd": _guide(
         "DTD-Synthetic (Aota et al., WACV 2023: defects pasted onto DTD textures) is released\n"
         "by its authors; ad does not fetch it:",
-        "  1. Download DTD-Synthetic from its authors' release and unpack it into R.\n"
+        "  1. Download DTD-Synthetic from its authors' release (the Google Drive folder\n"
+        "     drive.google.com/drive/folders/10OyPzvI3H6llCZBxKxFlKWt1Pw1tkMK1 that zero-shot\n"
+        "     anomaly detection code links) and unpack it into R.\n"
         f"  2. The layout ad reads:\n{DTD_LAYOUT}",
         "dtd",
     ),

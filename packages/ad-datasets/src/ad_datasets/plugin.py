@@ -52,6 +52,15 @@ def _download_isic(root: Path, progress: Any = None) -> Path:
     return download_isic(root, progress)
 
 
+def _download_btad(root: Path, progress: Any = None) -> Path:
+    from ad_datasets.download import download_btad
+
+    return download_btad(root, progress)
+
+
+DOWNLOADS = {"btad": _download_btad, "isic": _download_isic}
+
+
 def _industrial(name: str) -> Any:
     def factory(config: BenchmarkConfig, root: Path | None) -> Any:
         from ad_datasets import industrial
@@ -132,7 +141,7 @@ def adcore_datasets() -> list[DatasetSpec]:
                 summary=summary,
                 config=BenchmarkConfig,
                 factory=opener(name),
-                download=_download_isic if name == "isic" else None,
+                download=DOWNLOADS.get(name),
                 download_help=DOWNLOAD_HELP[name],
             )
             for name, (summary, opener) in ZERO_SHOT_SETS.items()
