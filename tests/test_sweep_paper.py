@@ -145,6 +145,8 @@ def test_afclip_paper_sweep_trains_then_evaluates_everything(swept) -> None:
     table = (summary / "paper.md").read_text()
     assert "| afclip (random weights) | MVTec-AD | visa |" in table
     assert table.index("| ISIC |") < table.index("| CVC-ClinicDB |") < table.index("| Kvasir |")
+    assert "- Kvasir: image metrics n/a: every image of Kvasir shows a lesion" in table
+    assert "- Br35H: pixel metrics n/a: Br35H labels whole images only" in table
 
     assert again.exit_code == 0, again.output
     assert "Trained" not in again.output

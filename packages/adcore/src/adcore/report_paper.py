@@ -10,6 +10,7 @@ image AUROC, AP, max-F1, then pixel AUROC, AP, max-F1, PRO. A metric a data set 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -58,6 +59,14 @@ def trained_on(run: RunSummary) -> str:
     except AdError:
         return ""
     return str(((record.get("config") or {}).get("data") or {}).get("dataset", ""))
+
+
+def run_notes(run: RunSummary) -> list[str]:
+    """The distinct notes of a run's categories (why a metric is n/a), from summary.json."""
+    path = run.run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    notes = [n for c in summary.get("categories", []) for n in c.get("notes", [])]
+    return list(dict.fromkeys(notes))
 
 
 def paper_order(runs: list[RunSummary]) -> list[RunSummary]:
@@ -111,12 +120,25 @@ def paper_markdown(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def notes_markdown(runs: list[RunSummary]) -> str:
+    """Each data set's reasons for n/a, once per data set."""
+    lines, seen = [], set()
+    for run in paper_order(runs):
+        for note in run_notes(run):
+            if (run.dataset, note) not in seen:
+                seen.add((run.dataset, note))
+                lines.append(f"- {PAPER_DATASETS.get(run.dataset, run.dataset)}: {note}")
+    return "\n".join(["Why a value is n/a:", "", *lines, ""]) if lines else ""
+
+
 def write_paper_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     """Write ``paper.csv`` (full precision) and ``paper.md`` (percent) under ``out_dir``."""
     if not run_dirs:
         raise DataError("No run folders given.", "Pass one or more folders written by ad eval.")
-    header, rows = paper_rows([read_run(Path(d)) for d in run_dirs])
+    runs = [read_run(Path(d)) for d in run_dirs]
+    header, rows = paper_rows(runs)
     ensure_writable(out_dir)
     atomic_write_text(out_dir / CSV_NAME, csv_text(header, rows))
-    atomic_write_text(out_dir / MD_NAME, paper_markdown(header, rows))
+    markdown = paper_markdown(header, rows) + "\n" + notes_markdown(runs)
+    atomic_write_text(out_dir / MD_NAME, markdown.rstrip("\n") + "\n")
     return [out_dir / CSV_NAME, out_dir / MD_NAME]
