@@ -22,6 +22,7 @@ from adcore.dataset import Sample
 from adcore.errors import OutputError
 
 COUNT_COLUMNS = ("num_support", "num_test", "num_anomalous", "num_skipped")
+NOTES_COLUMN, NOTES_SEPARATOR = "notes", " | "  # metrics.csv: why a metric is n/a, if any
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() would give; mkstemp alone gives 0600
@@ -149,8 +150,9 @@ class RunLayout:
 
 def write_category(layout: RunLayout, result: CategoryResult, metric_names: Sequence[str]) -> None:
     """``metrics.csv``: one row of metrics, efficiency figures and counts."""
-    row = result.row()
+    row = {**result.row(), NOTES_COLUMN: NOTES_SEPARATOR.join(result.notes)}
     header = ["category", *metric_names, *result.efficiency, *COUNT_COLUMNS, "seconds"]
+    header += [NOTES_COLUMN] if result.notes else []
     atomic_write_text(layout.metrics(result.category), csv_text(header, [[row[h] for h in header]]))
 
 
@@ -172,15 +174,17 @@ def read_category(layout: RunLayout, category: str, metric_names: Sequence[str])
     with layout.metrics(category).open(newline="") as stream:
         row = next(csv.DictReader(stream))
     metrics = {name: float(row[name]) for name in metric_names if name in row}
-    known = {"category", "seconds", *COUNT_COLUMNS, *metric_names}
+    known = {"category", "seconds", NOTES_COLUMN, *COUNT_COLUMNS, *metric_names}
     efficiency = {k: float(v) for k, v in row.items() if k not in known and v != ""}
     counts = {name: int(row.get(name, 0) or 0) for name in COUNT_COLUMNS}
+    notes = row.get(NOTES_COLUMN) or ""
     return CategoryResult(
         category=category,
         metrics=metrics,
         efficiency=efficiency,
         seconds=float(row.get("seconds", 0) or 0),
         resumed=True,
+        notes=notes.split(NOTES_SEPARATOR) if notes else [],
         **counts,
     )
 
