@@ -45,3 +45,9 @@ class SyntheticConfig(PluginConfig):
     train_images: int = Field(16, ge=1, description="Normal train images per category.")
     good_test_images: int = Field(8, ge=1, description="Normal test images per category.")
     images_per_defect: int = Field(3, ge=1, description="Test images per defect type.")
+
+
+class BenchmarkConfig(PluginConfig):
+    """Settings of the readers of BTAD, DAGM, DTD-Synthetic and the medical sets."""
+
+    class_names: dict[str, str] = class_names_field()

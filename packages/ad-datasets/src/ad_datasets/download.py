@@ -12,6 +12,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from http.client import HTTPException
 from pathlib import Path
@@ -136,22 +137,34 @@ def fetch(url: str, dest: Path, progress: Progress | None = None, timeout: float
     return dest
 
 
+def _check_md5(archive: Path, md5: str | None) -> None:
+    """Delete ``archive`` and say so when its MD5 is not ``md5`` (when known)."""
+    _check_digest(archive, "md5", md5)
+
+
+def _check_digest(archive: Path, algorithm: str, expected: str | None) -> None:
+    """Delete ``archive`` and say so when its ``algorithm`` digest is not ``expected``."""
+    if not expected:
+        return
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with archive.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    if digest.hexdigest() != expected.lower():
+        archive.unlink()
+        raise DataError(
+            f"{archive.name} has {algorithm.upper()} {digest.hexdigest()}, expected {expected}; "
+            "it was deleted.",
+            "Run the command again to download it afresh.",
+        )
+
+
 def verify_archive(archive: Path, md5: str | None = None) -> None:
     """Check the checksum (when known) and that every tar header reads, before unpacking.
 
     A corrupt archive is deleted, so the next run downloads it afresh rather than resuming.
     """
-    if md5:
-        digest = hashlib.md5(usedforsecurity=False)
-        with archive.open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != md5.lower():
-            archive.unlink()
-            raise DataError(
-                f"{archive.name} has MD5 {digest.hexdigest()}, expected {md5}; it was deleted.",
-                "Run the command again to download it afresh.",
-            )
+    _check_md5(archive, md5)
     try:
         _check_tar(archive)
     except (tarfile.TarError, OSError, EOFError) as error:
@@ -241,6 +254,119 @@ def download_visa(
         raise DataError(
             f"{archive.name} unpacked into {root} but holds no {SPLIT_CSV}.",
             "Check that the URL points at the VisA archive (VisA_20220922.tar).",
+        )
+    if not keep_archive:
+        archive.unlink()
+    return root
+
+
+ISIC_ARCHIVES = {  # ISIC 2016 task 1 test set, from the ISIC challenge site; MD5s as published
+    "ISBI2016_ISIC_Part1_Test_Data": (
+        "https://isic-challenge-data.s3.amazonaws.com/2016/ISBI2016_ISIC_Part1_Test_Data.zip",
+        "efebcaeaae751007401a40a60d391f93",
+    ),
+    "ISBI2016_ISIC_Part1_Test_GroundTruth": (
+        "https://isic-challenge-data.s3.amazonaws.com/2016/ISBI2016_ISIC_Part1_Test_GroundTruth.zip",
+        "492a7711a2e19b96114cab6c96bd1ad5",
+    ),
+}
+
+
+def unpack_zip(
+    archive: Path, root: Path, md5: str | None = None, sha256: str | None = None
+) -> None:
+    """Verify (MD5 or SHA-256 when known, every member's CRC) and extract into ``root``.
+
+    A corrupt archive is deleted so the next run downloads it afresh; member names that would
+    leave ``root`` (absolute, ``..``) are refused.
+    """
+    _check_md5(archive, md5)
+    _check_digest(archive, "sha256", sha256)
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            broken = bundle.testzip()
+            if broken is not None:
+                raise zipfile.BadZipFile(f"member {broken} is damaged")
+            target = root.resolve()
+            for name in bundle.namelist():
+                if not (target / name).resolve().is_relative_to(target):
+                    raise DataError(
+                        f"{archive.name} holds {name!r}, which would be written outside {root}.",
+                        "Check that the URL points at the genuine archive.",
+                    )
+            bundle.extractall(root)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        archive.unlink(missing_ok=True)
+        raise DataError(
+            f"{archive.name} is not a complete zip archive ({error}); it was deleted.",
+            "Run the command again to download it afresh.",
+        ) from None
+
+
+def download_isic(
+    root: Path,
+    progress: Progress | None = None,
+    *,
+    archives: dict[str, tuple[str, str | None]] = ISIC_ARCHIVES,
+    keep_archive: bool = False,
+) -> Path:
+    """Fetch ISIC 2016's task 1 test images and masks into ``root``, verified -> ``root``."""
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    for folder, (url, md5) in archives.items():
+        if (root / folder).is_dir():
+            continue
+        archive = fetch(url, root / Path(urlparse(url).path).name, progress)
+        _note(progress, f"Verifying and unpacking {archive.name} into {root}")
+        unpack_zip(archive, root, md5)
+        if not (root / folder).is_dir():
+            raise DataError(
+                f"{archive.name} unpacked into {root} but holds no {folder}/.",
+                f"Check that the URL points at the ISIC 2016 archive {folder}.zip.",
+            )
+        if not keep_archive:
+            archive.unlink()
+    return root
+
+
+BTAD_URL = "https://avires.dimi.uniud.it/papers/btad/btad.zip"
+BTAD_SHA256 = "461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a"  # as anomalib
+BTAD_TOP = "BTech_Dataset_transformed"  # the archive's one top-level folder
+
+
+def download_btad(
+    root: Path,
+    progress: Progress | None = None,
+    *,
+    url: str = BTAD_URL,
+    sha256: str | None = BTAD_SHA256,
+    keep_archive: bool = False,
+) -> Path:
+    """Fetch btad.zip into ``root``, verify it and unpack it so ``root`` holds 01/, 02/, 03/."""
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / "01" / "test").is_dir():
+        return root
+    archive = fetch(url, root / Path(urlparse(url).path).name, progress)
+    _note(progress, f"Verifying and unpacking {archive.name} into {root}")
+    staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root))
+    try:
+        unpack_zip(archive, staging, sha256=sha256)
+        top = staging / BTAD_TOP if (staging / BTAD_TOP).is_dir() else staging
+        for entry in top.iterdir():
+            if (root / entry.name).exists():
+                raise DataError(
+                    f"{root / entry.name} already exists; unpacking {archive.name} would "
+                    "overwrite it.",
+                    "Unpack into an empty folder (--to).",
+                )
+            os.replace(entry, root / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not (root / "01" / "test").is_dir():
+        raise DataError(
+            f"{archive.name} unpacked into {root} but holds no 01/test/.",
+            "Check that the URL points at the BTAD archive (btad.zip).",
         )
     if not keep_archive:
         archive.unlink()

@@ -6,7 +6,7 @@ Every reader here lists paths only; pixels are decoded later by :mod:`adcore.loa
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from ad_datasets.guides import MVTEC_LAYOUT
@@ -135,15 +135,17 @@ def mask_index(folder: Path) -> dict[str, Path]:
     return index
 
 
-def mvtec_samples(category_dir: Path, split: Split, masks_required: bool = True) -> list[Sample]:
-    """Samples of one MVTec-layout category.
+def mvtec_samples(
+    category_dir: Path, split: Split, masks_required: bool = True, good: str = GOOD
+) -> list[Sample]:
+    """Samples of one MVTec-layout category; ``good`` names the normal folder (BTAD: ``ok``).
 
     A defective test image without a mask gets the path its mask should have when masks are
     required, so the data check names the missing file instead of treating it as normal.
     """
     category = category_dir.name
     if split == "train":
-        paths = image_files(category_dir / "train" / GOOD) + image_files(category_dir / "train")
+        paths = image_files(category_dir / "train" / good) + image_files(category_dir / "train")
         return [Sample(image_path=p, label=0, category=category) for p in sorted(paths)]
     samples: list[Sample] = []
     for link in dangling_entries(category_dir / "test"):  # a linked defect folder that moved
@@ -153,7 +155,7 @@ def mvtec_samples(category_dir: Path, split: Split, masks_required: bool = True)
         )
     for defect_dir in subfolders(category_dir / "test"):
         defect = defect_dir.name
-        if defect == GOOD:
+        if defect == good:
             samples += [
                 Sample(image_path=p, label=0, category=category) for p in image_files(defect_dir)
             ]
@@ -228,16 +230,28 @@ class MvtecTree(CategoryDataset):
         default_names: Mapping[str, str] | None = None,
         dataset: str = "MVTec-AD",
         masks_required: bool = True,
+        good: str = GOOD,
+        layout: str = MVTEC_LAYOUT,
     ) -> None:
+        self.good = good
         categories = mvtec_categories(root)
         if not categories:
             hint = ""
             if is_mvtec_category(root):
                 hint = f"{root} looks like one category; pass its parent folder {root.parent}."
-            raise layout_error(root, dataset, MVTEC_LAYOUT, hint)
+            raise layout_error(root, dataset, layout, hint)
         self.requires_masks = masks_required
         super().__init__(root, categories, class_names, default_names)
 
     def samples(self, category: str, split: Split) -> list[Sample]:
         self.require(category)
-        return mvtec_samples(self.root / category, split, self.requires_masks)
+        return mvtec_samples(self.root / category, split, self.requires_masks, self.good)
+
+
+def locate(root: Path, folder: str, looks_right: Callable[[Path], bool]) -> Path | None:
+    """``root`` itself, or ``root/<folder>`` (the data set's folder inside a directory of
+    several, as the AF-CLIP authors' ``--data_dir`` holds them), whichever has the layout."""
+    for candidate in (root, root / folder):
+        if looks_right(candidate):
+            return candidate
+    return None

@@ -297,9 +297,12 @@ def check_category(
     found = _inspect_all(samples, require_masks, workers, max_image_pixels, resolution)
     bad = [b for f in found for b in f.bad]
     problems, warnings = [], []
+    undefined = dict(getattr(dataset, "undefined_levels", {}))
     if not test:
         problems.append("the test split is empty")
-    warnings += split_warnings(test)
+    if "image" not in undefined:
+        warnings += split_warnings(test)
+    warnings += [f"{level} metrics n/a: {why}" for level, why in undefined.items()]
     if not train:
         warnings.append("the train split is empty: only zero-shot methods can run")
     if any(s.label for s in train):

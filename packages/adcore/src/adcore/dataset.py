@@ -7,7 +7,9 @@ host's job (:mod:`adcore.loading`), so every data set gets the same fast loader.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -33,9 +35,13 @@ class Dataset(abc.ABC):
 
     ``requires_masks``: every anomalous test image must have a mask (benchmarks); users'
     folders may have none, and then pixel-level metrics are not computed.
+    ``undefined_levels``: metric levels (``"image"``, ``"pixel"``) the data set cannot
+    support, each with the reason shown in place of their values, e.g. a segmentation set
+    whose every test image is anomalous has no image-level metrics.
     """
 
     requires_masks: bool = True
+    undefined_levels: Mapping[str, str] = MappingProxyType({})
 
     @abc.abstractmethod
     def categories(self) -> list[str]:

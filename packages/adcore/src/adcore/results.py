@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from adcore.config import ResolvedConfig
 
 COUNT_COLUMNS = ("num_support", "num_test", "num_anomalous", "num_skipped", "num_vanished_masks")
-NOTES_SEPARATOR = "; "
+NOTES_COLUMN, NOTES_SEPARATOR = "notes", "; "  # metrics.csv: why metrics are n/a
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() would give; mkstemp alone gives 0600
@@ -161,7 +161,14 @@ class RunLayout:
 def write_category(layout: RunLayout, result: CategoryResult, metric_names: Sequence[str]) -> None:
     """``metrics.csv``: one row of metrics, efficiency figures and counts."""
     row = result.row()
-    header = ["category", *metric_names, *result.efficiency, *COUNT_COLUMNS, "seconds", "notes"]
+    header = [
+        "category",
+        *metric_names,
+        *result.efficiency,
+        *COUNT_COLUMNS,
+        "seconds",
+        NOTES_COLUMN,
+    ]
     atomic_write_text(layout.metrics(result.category), csv_text(header, [[row[h] for h in header]]))
 
 

@@ -244,7 +244,8 @@ class Evaluation:
         data = evaluation_data(
             predicted, test, method.geometry, evaluation.resolution, prepared.decoding
         )
-        scored = score_category(self.metrics, data, test, predicted.masks)
+        undefined = self.dataset.undefined_levels  # what the data set cannot support
+        scored = score_category(self.metrics, data, test, predicted.masks, undefined)
         efficiency = self.efficiency(method, predicted, peak) if evaluation.latency.enabled else {}
         result = CategoryResult(
             category=category,

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+
+
+class Layout(str, Enum):
+    comparison = "comparison"
+    paper = "paper"
 
 
 def report_command(
@@ -20,11 +26,19 @@ def report_command(
     out: Annotated[
         Path, typer.Option("--out", help="Folder for report.md, report.csv, report.html, charts.")
     ] = Path("report"),
+    layout: Annotated[
+        Layout,
+        typer.Option(
+            "--layout",
+            help="comparison: runs as columns, charts, HTML. paper: data sets as rows and the "
+            "metrics as columns in the AF-CLIP authors' order (paper.md, paper.csv).",
+        ),
+    ] = Layout.comparison,
 ) -> None:
     """Compare runs side by side: tables, charts and overlays in Markdown, CSV and HTML."""
     from adcore.report import build_report
 
-    written = build_report(run_dirs, out)
+    written = build_report(run_dirs, out, layout.value)
     console = Console()
     console.print(f"Compared {len(run_dirs)} run(s); wrote {len(written)} files.")
-    console.print(f"Open {out / 'report.html'}")
+    console.print(f"Open {written[-1] if layout is Layout.paper else out / 'report.html'}")

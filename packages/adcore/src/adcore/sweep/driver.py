@@ -15,6 +15,7 @@ from adcore.results import CategoryResult, RunResult
 from adcore.sweep.executors import LocalExecutor, RayExecutor
 from adcore.sweep.plan import Plan, plan_sweep
 from adcore.sweep.spec import load_sweep
+from adcore.sweep.training import train_missing
 from adcore.sweep.unit import FAIL_ONCE_ENV, KILL_AFTER_ENV, Unit
 
 Executor = LocalExecutor | RayExecutor
@@ -60,6 +61,7 @@ def run_sweep(
         raise OutputError(
             f"Sweep file {sweep.path} excludes every point of its grid.", "Loosen exclude:."
         )
+    train_missing(sweep, plan, progress)
     computed: list[str] = []
     failures: list[tuple[str, str]] = []
     kill_after = int(os.environ.get(KILL_AFTER_ENV) or 0)
@@ -84,5 +86,7 @@ def run_sweep(
         if plan.units:
             executor.run(plan.units, progress, on_done, on_failed)
     summary_dir = plan.output_root / "sweeps" / sweep.name
-    runs, header, rows, reported = summarise_sweep(plan.experiments, registry, summary_dir)
+    runs, header, rows, reported = summarise_sweep(
+        plan.experiments, registry, summary_dir, sweep.spec.layout
+    )
     return SweepOutcome(plan, summary_dir, runs, header, rows, computed, failures, reported)

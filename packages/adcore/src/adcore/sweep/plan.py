@@ -49,7 +49,7 @@ class Plan:
         return self.experiments[0].config.base.experiment.output_root
 
 
-def _absolute(raw: dict[str, Any]) -> dict[str, Any]:
+def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
     """Paths made absolute on the driver: workers do not share its working directory."""
     base = validate_base(raw)
     paths = {"experiment.output_root": base.experiment.output_root, "data.root": base.data.root}
@@ -75,7 +75,7 @@ def plan_sweep(
     folders: dict[Path, dict[str, Any]] = {}
     for point in sweep.points():
         try:
-            raw = _absolute(sweep.raw_config(point))
+            raw = absolute_paths(sweep.raw_config(point))
             config = resolve(validate_base(raw), registry, random_weights)
             if random_weights:
                 fields = weights_fields(config.method_config)

@@ -13,7 +13,16 @@ overrides:                          # extra keys for the points that match ``whe
     set: {model.backbone: resnet18}
 output_root: results                # relative to the working directory, like --output
 name: my-sweep                      # prefix of experiment names; default: the file's stem
+train:                              # trainable methods: train once, evaluate zero-shot elsewhere
+  - name: afclip_train_visa         # the training run: <output_root>/visa/<method>/<name>/
+    set: {data.dataset: visa, data.root: /data/visa}
+    when: {data.dataset: [mvtec]}   # points that use its checkpoint (a list: any of)
+layout: paper                       # also write the paper-layout table (ad report --layout paper)
 ```
+
+A ``train`` entry gives the points it matches ``model.checkpoint`` = its run's
+``checkpoint.safetensors`` (unless they set a checkpoint themselves, e.g. released weights);
+``ad sweep`` trains it first when that file is missing or unfinished.
 
 Each point gets its own experiment name, ``<name>__<axis><value>__...`` over the axes other
 than ``model.name`` and ``data.dataset`` (those already name the run folder's parents):
@@ -27,7 +36,7 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -37,6 +46,7 @@ from adcore.config import (
     format_validation,
     nested,
     read_yaml_mapping,
+    validate_base,
 )
 from adcore.errors import ConfigError
 
@@ -52,6 +62,27 @@ class Override(BaseModel):
     set_: dict[str, Any] = Field(alias="set", description="Dotted keys set on those points.")
 
 
+class Training(BaseModel):
+    """One ``ad train`` run whose checkpoint some points evaluate with."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(description="Experiment name of the training run.")
+    set_: dict[str, Any] = Field(
+        alias="set", description="Dotted keys over the sweep's base and set (data.dataset, ...)."
+    )
+    when: dict[str, Any] = Field(
+        description="Axis values of the points that use its checkpoint; a list: any of."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, name: str) -> str:
+        if slug(name) != name:
+            raise ValueError("use letters, digits, '.', '_' and '-' only")
+        return name
+
+
 class SweepFile(BaseModel):
     """What a sweep file may hold; unknown keys are errors."""
 
@@ -64,6 +95,10 @@ class SweepFile(BaseModel):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     overrides: list[Override] = Field(default_factory=list)
     output_root: Path | None = None
+    train: list[Training] = Field(default_factory=list)
+    layout: Literal["comparison", "paper"] = Field(
+        "comparison", description="paper: also write the paper-layout table of the runs."
+    )
 
     @field_validator("axes")
     @classmethod
@@ -120,7 +155,13 @@ class Sweep:
                 f"Sweep file {self.path}: {', '.join(both)} is both in set: and in axes:.",
                 "Keep each key in one of them.",
             )
-        for entry in [*self.spec.exclude, *(o.when for o in self.spec.overrides)]:
+        for training in self.spec.train:
+            keys += [*training.when, *training.set_]
+        for entry in [
+            *self.spec.exclude,
+            *(o.when for o in self.spec.overrides),
+            *(t.when for t in self.spec.train),
+        ]:
             stray = sorted(set(entry) - set(self.spec.axes))
             if stray:
                 raise ConfigError(
@@ -157,9 +198,43 @@ class Sweep:
                 raw = merge_dotted(raw, override.set_)
         raw = merge_dotted(raw, point)
         raw = merge_dotted(raw, {"experiment.name": self.experiment_name(point)})
-        if self.spec.output_root is not None:
-            raw = merge_dotted(raw, {"experiment.output_root": str(self.spec.output_root)})
+        raw = self._with_output_root(raw)
+        training = self.training_for(point)
+        if training is not None and not (raw.get("model") or {}).get("checkpoint"):
+            raw = merge_dotted(raw, {"model.checkpoint": str(self.checkpoint(training))})
         return raw
+
+    def _with_output_root(self, raw: dict[str, Any]) -> dict[str, Any]:
+        if self.spec.output_root is None:
+            return raw
+        return merge_dotted(raw, {"experiment.output_root": str(self.spec.output_root)})
+
+    def training_for(self, point: dict[str, Any]) -> Training | None:
+        """The first ``train`` entry whose ``when`` the point matches (list values: any of)."""
+        for training in self.spec.train:
+            if all(
+                key in point
+                and (point[key] in value if isinstance(value, list) else point[key] == value)
+                for key, value in training.when.items()
+            ):
+                return training
+        return None
+
+    def training_config(self, training: Training) -> dict[str, Any]:
+        """The raw config of a training run: base file, ``set``, then the entry's ``set``."""
+        raw = merge_dotted(build_raw_config(self.base), self.spec.set_)
+        raw = merge_dotted(raw, training.set_)
+        raw = merge_dotted(raw, {"experiment.name": training.name})
+        return self._with_output_root(raw)
+
+    def checkpoint(self, training: Training) -> Path:
+        """Where ``ad train`` writes the entry's checkpoint:
+        ``<output_root>/<dataset>/<method>/<name>/checkpoint.safetensors``."""
+        base = validate_base(self.training_config(training))
+        dataset = base.data.dataset.rpartition(":")[2]
+        method = base.model.name.rpartition(":")[2]
+        root = base.experiment.output_root.expanduser().resolve()
+        return root / dataset / method / training.name / "checkpoint.safetensors"
 
 
 def matches(point: dict[str, Any], entry: dict[str, Any]) -> bool:
@@ -184,6 +259,6 @@ def load_sweep(path: Path) -> Sweep:
     except ValidationError as error:
         raise ConfigError(
             f"Sweep file {path} is invalid:\n" + format_validation(error),
-            "Allowed keys: name, base, set, axes, exclude, overrides, output_root.",
+            "Allowed keys: name, base, set, axes, exclude, overrides, output_root, train, layout.",
         ) from None
     return Sweep(path, spec)

@@ -124,7 +124,10 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> bool:
 
 
 def summarise_sweep(
-    experiments: Sequence[Experiment], registry: Registry, out_dir: Path
+    experiments: Sequence[Experiment],
+    registry: Registry,
+    out_dir: Path,
+    layout: str = "comparison",
 ) -> tuple[list[RunResult], list[str], list[dict[str, Any]], bool]:
     runs = [rewrite_run_summary(e, registry) for e in experiments]
     header, rows = seed_statistics(experiments, runs)
@@ -132,4 +135,8 @@ def summarise_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_sweep_summary(header, rows, names, out_dir, any(r.random_weights for r in runs))
     reported = build_report([r.run_dir for r in runs if r.categories], out_dir)
+    if layout == "paper" and any(r.categories for r in runs):
+        from adcore.report_paper import write_paper_report
+
+        write_paper_report([r.run_dir for r in runs if r.categories], out_dir)
     return runs, header, rows, reported
