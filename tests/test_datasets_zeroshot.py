@@ -194,7 +194,7 @@ def test_afclip_runs_end_to_end(roots, name: str, tmp_path: Path) -> None:
         assert all(0.0 <= v <= 1.0 for v in image + pixel if not math.isnan(v))
     if name in IMAGE_ONLY | PIXEL_ONLY:  # the reason, in the console and in summary.json
         level = "pixel" if name in IMAGE_ONLY else "image"
-        assert f"{level} metrics n/a:" in result.output
+        assert f"{level} metrics n/a:" in result.output, result.output
         summary = json.loads((run / "summary.json").read_text())
         notes = [n for c in summary["categories"] for n in c["notes"]]
         assert notes and all(n.startswith(f"{level} metrics n/a:") for n in notes)

@@ -56,20 +56,30 @@ def score_category(
     data: EvalData,
     samples: Sequence[Sample],
     input_masks: np.ndarray,
+    undefined: Mapping[str, str] | None = None,
 ) -> CategoryScores:
     """Every metric on ``data``; pixel metrics are n/a (NaN, with a note) unless every
     anomalous image has a mask, since a missing mask would count its defect as normal.
 
     input_masks: [N,S,S] bool at the method's input size, to count masks that vanished
-    there (:func:`adcore.notes.category_notes` gives every n/a its reason)."""
+    there (:func:`adcore.notes.category_notes` gives every n/a its reason). ``undefined``:
+    metric levels the data set cannot support (``Dataset.undefined_levels``) with the
+    reason, e.g. pixel metrics of an image-level-only medical set; those are not computed."""
     from adcore.notes import category_notes
 
+    undefined = dict(undefined or {})
+    computed = {n: spec for n, spec in metrics.items() if spec.level not in undefined}
     has_masks = all(s.mask_path is not None for s in samples if s.label == 1)
     values = {
         name: float(spec.factory(spec.config())(data))
         if has_masks or spec.level == "image"
         else math.nan
-        for name, spec in metrics.items()
+        for name, spec in computed.items()
     }
-    notes, vanished = category_notes(values, metrics, samples, data.labels, input_masks, data.masks)
+    notes, vanished = category_notes(
+        values, computed, samples, data.labels, input_masks, data.masks
+    )
+    levels = {spec.level for spec in metrics.values()}
+    notes[:0] = [f"{lv} metrics n/a: {why}" for lv, why in undefined.items() if lv in levels]
+    values = {name: values.get(name, math.nan) for name in metrics}
     return CategoryScores(values, notes, vanished)
