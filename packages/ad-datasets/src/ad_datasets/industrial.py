@@ -4,7 +4,10 @@ BTAD and DTD-Synthetic are MVTec-like trees (BTAD calls its normal folder ``ok``
 defect folder ``ko``); DAGM 2007 as uploaded to Kaggle (``DAGM_KaggleUpload``) keeps every
 image of a class in ``Train/`` and ``Test/`` and marks a defective one by its label image
 ``Label/<stem>_label.PNG``, the rule the AF-CLIP authors' ``dataset/dagm.py`` applies. The
-train split keeps only DAGM's unlabelled (normal) training images.
+train split keeps only DAGM's unlabelled (normal) training images. Categories are the folders
+found, named as released and as the authors' readers list them (``01``-``03``,
+``Class1``-``Class10``, ``Blotchy_099`` ...); AF-CLIP's prompts are object-agnostic, so these
+names reach only methods that prompt with a class name, and ``data.class_names`` overrides them.
 """
 
 from __future__ import annotations

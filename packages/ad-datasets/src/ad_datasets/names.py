@@ -74,25 +74,3 @@ def class_names_field() -> Any:
         description="Natural-language name per category for CLIP prompts, e.g. "
         '{"metal_nut": "hex nut"}; unset categories keep the built-in name.',
     )
-
-
-# The nine further sets of the AF-CLIP authors' zero-shot table, with the category names their
-# readers (github Faustinaqq/AF-CLIP, dataset/*.py) use; single-category sets are named as
-# there. AF-CLIP's prompts are object-agnostic, so these names only reach methods that prompt
-# with a class name (WinCLIP), and `data.class_names` overrides them.
-BTAD_CATEGORIES = ("01", "02", "03")
-DAGM_CATEGORIES = tuple(f"Class{i}" for i in range(1, 11))
-DTD_CATEGORIES = (
-    "Blotchy_099",
-    "Fibrous_183",
-    "Marbled_078",
-    "Matted_069",
-    "Mesh_114",
-    "Perforated_037",
-    "Stratified_154",
-    "Woven_001",
-    "Woven_068",
-    "Woven_104",
-    "Woven_125",
-    "Woven_127",
-)
