@@ -55,6 +55,7 @@ class AFCLIPMethod(TrainableMethod):
                 sigma=config.aggregation_sigma,
                 prompt_length=config.prompt_length,
                 adaptor_heads=config.adaptor_heads,
+                backbone_autocast=runtime.backbone_autocast,
             )
         self.model.to(runtime.device).eval()
         self._backbone_hash: str | None = None
@@ -216,4 +217,5 @@ class AFCLIPMethod(TrainableMethod):
 
     def backbone_forward(self, images: torch.Tensor) -> Any:
         """The frozen ViT up to the deepest layer read, at the configured size."""
-        return self.model.tower(images)
+        with self.runtime.backbone_autocast():
+            return self.model.tower(images).float()
