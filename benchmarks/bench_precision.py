@@ -106,6 +106,10 @@ def compare(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 method, support, category, dataset.class_name(category), args.batch_size
             )
         test = dataset.samples(category, "test")
+        if args.max_images:  # as many normal as anomalous images, in the set's order
+            normal = [s for s in test if s.label == 0][: args.max_images // 2]
+            anomalous = [s for s in test if s.label == 1][: args.max_images - len(normal)]
+            test = normal + anomalous
         geometry = methods["fp32"].geometry
         for index, batch in enumerate(make_loader(test, geometry, args.batch_size)):
             order = list(methods) if index % 2 == 0 else list(methods)[::-1]
@@ -149,6 +153,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["winclip", "patchcore", "miniclip"])
     parser.add_argument("--categories", nargs="+", default=None, help="default: all three")
     parser.add_argument("--k-shot", default=None, help="default: each method's natural one")
+    parser.add_argument("--max-images", type=int, default=None, help="test images a category")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--low", default="bf16", choices=["bf16", "fp16"])
@@ -157,7 +162,10 @@ def main() -> None:
     if args.k_shot is not None and args.k_shot != "all":
         args.k_shot = int(args.k_shot)
     load_before = os.getloadavg()
-    results = [compare(name, args) for name in args.methods]
+    results = []
+    for name in args.methods:
+        results.append(compare(name, args))
+        print(json.dumps(results[-1]), flush=True)
     load_after = os.getloadavg()
     low = args.low
     print(
