@@ -91,6 +91,7 @@ class AFCLIPMethod(TrainableMethod):
             sigma=config.aggregation_sigma,
             prompt_length=config.prompt_length,
             adaptor_heads=config.adaptor_heads,
+            backbone_autocast=self.runtime.backbone_autocast,
         )
 
     # -- weights -------------------------------------------------------------------------
@@ -283,7 +284,8 @@ class AFCLIPMethod(TrainableMethod):
 
     def backbone_forward(self, images: torch.Tensor) -> Any:
         """The frozen ViT up to the deepest layer read, at the configured size."""
-        return self.model.tower(images)
+        with self.runtime.backbone_autocast():
+            return self.model.tower(images).float()
 
 
 class MiniCLIPMethod(AFCLIPMethod):
@@ -307,6 +309,7 @@ class MiniCLIPMethod(AFCLIPMethod):
             radii=config.radii,
             sigma=config.aggregation_sigma,
             adapter_heads=config.adaptor_heads,
+            backbone_autocast=self.runtime.backbone_autocast,
         )
 
     def _read_released(self, path: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:

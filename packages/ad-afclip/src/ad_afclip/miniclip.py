@@ -17,8 +17,10 @@ blocks 5/7/9/10, before ``ln_post``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -139,9 +141,14 @@ class MiniCLIP(nn.Module):
         radii: list[int],
         sigma: float = 4.0,
         adapter_heads: int | None = None,
+        backbone_autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
+            contextlib.nullcontext
+        ),
     ) -> None:
         super().__init__()
         self.tower = FrozenVisualTower(clip.visual, resolution, layers)
+        # reduced precision for the frozen image tower only (``Runtime.backbone_autocast``)
+        self.backbone_autocast = backbone_autocast
         self.ln_post = clip.visual.ln_post
         self.proj = clip.visual.proj
         width = self.tower.width
@@ -183,8 +190,8 @@ class MiniCLIP(nn.Module):
 
     def frozen_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] normalised -> [L, B, 1+N, C] tokens of the read blocks (no grad)."""
-        with torch.no_grad():
-            return self.tower(images)
+        with torch.no_grad(), self.backbone_autocast():
+            return self.tower(images).float()
 
     def encode_image(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[L, B, 1+N, C] -> unit class embedding [B, E], unit fused patch features [B, N, E]."""

@@ -9,8 +9,10 @@ Few-shot adds a memory bank of the aggregated (not adapted) tokens (Sec. 3.5).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,9 +119,14 @@ class AFCLIP(nn.Module):
         sigma: float = 4.0,
         prompt_length: int = 12,
         adaptor_heads: int | None = None,
+        backbone_autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
+            contextlib.nullcontext
+        ),
     ) -> None:
         super().__init__()
         self.tower = FrozenVisualTower(clip.visual, resolution, layers)
+        # reduced precision for the frozen image tower only (``Runtime.backbone_autocast``)
+        self.backbone_autocast = backbone_autocast
         self.ln_post = clip.visual.ln_post
         self.proj = clip.visual.proj
         self.prompts = StatePrompts(clip, tokenizer, prompt_length)
@@ -135,7 +142,9 @@ class AFCLIP(nn.Module):
     def aggregated_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] normalised -> [S_sets, B, 1+N, C] aggregated tokens (frozen path)."""
         with torch.no_grad():
-            return spatial_aggregation(self.tower(images), self.kernels)
+            with self.backbone_autocast():
+                tokens = self.tower(images)
+            return spatial_aggregation(tokens.float(), self.kernels)
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """[..., T, C] adapted tokens -> [..., T, E] in CLIP's joint space."""

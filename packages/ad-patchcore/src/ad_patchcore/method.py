@@ -70,6 +70,7 @@ class PatchCore(Method):
             config.patch_size,
             config.pretrain_embed_dimension,
             config.target_embed_dimension,
+            runtime.backbone_autocast,
         ).to(self.device)
         self.bank: torch.Tensor | None = None  # [M, D] on the CPU, the canonical copy
         self._index: FlatL2Index | None = None
@@ -187,7 +188,8 @@ class PatchCore(Method):
 
     @torch.no_grad()
     def backbone_forward(self, images: torch.Tensor) -> Any:
-        return self.model.backbone(images)
+        with self.runtime.backbone_autocast():
+            return [m.float() for m in self.model.backbone(images)]
 
     def weights_identity(self) -> dict[str, Any]:
         return dict(self._identity)

@@ -14,6 +14,10 @@ authors' code does. Pooling and upsampling act on different axes, so doing the p
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,10 +37,19 @@ class LocallyAwarePatchFeatures(nn.Module):
     """Backbone stages -> one ``target_dim`` feature per patch of the first stage's grid."""
 
     def __init__(
-        self, backbone: nn.Module, patch_size: int, pretrain_dim: int, target_dim: int
+        self,
+        backbone: nn.Module,
+        patch_size: int,
+        pretrain_dim: int,
+        target_dim: int,
+        backbone_autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
+            contextlib.nullcontext
+        ),
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        # reduced precision for the CNN only (``Runtime.backbone_autocast``)
+        self.backbone_autocast = backbone_autocast
         self.patch_size = patch_size
         self.pretrain_dim = pretrain_dim
         self.target_dim = target_dim
@@ -44,7 +57,9 @@ class LocallyAwarePatchFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised images -> patch features and the patch grid."""
         # [B, 3, H, W] -> [B, h*w, D], (h, w)
-        maps = [m.float() for m in self.backbone(images)]
+        with self.backbone_autocast():
+            raw = self.backbone(images)
+        maps = [m.float() for m in raw]
         grid = tuple(maps[0].shape[-2:])
         layers = []
         for feature_map in maps:

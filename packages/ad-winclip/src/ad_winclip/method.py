@@ -53,7 +53,8 @@ class WinClipMethod(Method):
         return {"clip": self.model.clip}
 
     def backbone_forward(self, images: torch.Tensor) -> Any:
-        return self.model.clip.visual(images)
+        with self.runtime.backbone_autocast():
+            return self.model.clip.visual(images).float()
 
     def weights_identity(self) -> dict[str, Any]:
         return dict(self.identity)
@@ -109,6 +110,7 @@ def build(config: Any, runtime: Runtime) -> WinClipMethod:
         prompt_average=config.prompt_average,
         text_batch_size=config.text_batch_size,
         window_batch_size=config.window_batch_size,
+        backbone_autocast=runtime.backbone_autocast,
     )
     import open_clip
 

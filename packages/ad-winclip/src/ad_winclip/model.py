@@ -57,8 +57,10 @@ released no code).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +76,7 @@ from ad_winclip.windows import (
 from adcore.api import PluginError, nearest_neighbours
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
+Autocast = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
 def class_scores(embeddings: torch.Tensor, text: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -131,6 +134,7 @@ class WinClip(nn.Module):
         prompt_average: str = "normalized",
         text_batch_size: int = 64,
         window_batch_size: int = 2048,
+        backbone_autocast: Autocast = contextlib.nullcontext,
     ) -> None:
         super().__init__()
         visual = clip.visual
@@ -154,6 +158,8 @@ class WinClip(nn.Module):
         self.prompt_average = prompt_average
         self.text_batch_size = text_batch_size
         self.window_batch_size = window_batch_size
+        # reduced precision for the tower passes only (``Runtime.backbone_autocast``)
+        self.backbone_autocast = backbone_autocast
         self.grid: tuple[int, int] = tuple(visual.grid_size)
         for k in self.scales:
             index = window_indices(self.grid, k)
@@ -181,9 +187,9 @@ class WinClip(nn.Module):
         if class_name not in self.text_cache:
             normal, anomalous = prompt_ensemble(class_name)
             tokens = self.tokenizer(normal + anomalous).to(self.device)
-            embeddings = torch.cat(
-                [self.clip.encode_text(part).float() for part in tokens.split(self.text_batch_size)]
-            )  # [P, D]
+            with self.backbone_autocast():
+                parts = [self.clip.encode_text(part) for part in tokens.split(self.text_batch_size)]
+            embeddings = torch.cat(parts).float()  # [P, D]
             if self.prompt_average == "normalized":
                 embeddings = F.normalize(embeddings, dim=-1)
             prototypes = torch.stack(
@@ -325,13 +331,27 @@ class WinClip(nn.Module):
     def reset_references(self) -> None:
         self.patch_bank, self.window_banks = None, {}
 
+    def encode(
+        self, images: torch.Tensor, patches: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]:
+        """The tower passes, in fp32 whatever precision they ran at.
+
+        Normalised images [B,3,H,W] -> image embeddings [B, D], patch tokens [B, P, C]
+        (None without ``patches``), window embeddings {k: [B, W_k, D]}.
+        """
+        with self.backbone_autocast():
+            tokens = self.embed_tokens(images)
+            qkv = self.first_block_qkv(tokens)
+            image, patch = self.encode_full(tokens, qkv, patches=patches)
+            windows = {k: self.window_embeddings(tokens, k, qkv) for k in self.scales}
+        patch = None if patch is None else patch.float()
+        return image.float(), patch, {k: value.float() for k, value in windows.items()}
+
     @torch.no_grad()
     def add_references(self, images: torch.Tensor) -> None:
         """Append normal images [b,3,H,W] (normalised) to the reference banks (Sec. 4.3)."""
-        tokens = self.embed_tokens(images)
-        qkv = self.first_block_qkv(tokens)
-        _, patches = self.encode_full(tokens, qkv)
-        new = {k: self.window_embeddings(tokens, k, qkv).flatten(0, 1) for k in self.scales}
+        _, patches, windows = self.encode(images)
+        new = {k: value.flatten(0, 1) for k, value in windows.items()}
         patches = patches.flatten(0, 1)
         self.patch_bank = (
             patches if self.patch_bank is None else torch.cat([self.patch_bank, patches])
@@ -347,12 +367,9 @@ class WinClip(nn.Module):
         if self.text_embeddings is None:
             raise PluginError("WinCLIP was asked to predict before fit.", "Call fit first.")
         text = self.text_embeddings
-        tokens = self.embed_tokens(images)
-        qkv = self.first_block_qkv(tokens)
         few_shot = self.patch_bank is not None
-        image_embedding, patches = self.encode_full(tokens, qkv, patches=few_shot)
+        image_embedding, patches, windows = self.encode(images, patches=few_shot)
         image_score = class_scores(image_embedding, text, self.temperature)  # [B]
-        windows = {k: self.window_embeddings(tokens, k, qkv) for k in self.scales}
         scale_maps = torch.stack(
             [
                 harmonic_aggregation(

@@ -93,7 +93,9 @@ class ModelSection(Section):
 
     name: str = Field("patchcore", description="Method plugin name (or dist:name).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    precision: Precision = Field("fp32", description="fp32, or bf16/fp16 autocast on CUDA.")
+    precision: Precision = Field(
+        "fp32", description="fp32, or bf16 (CUDA; AMX/AVX512-BF16 CPUs) / fp16 (CUDA) backbones."
+    )
 
     @field_validator("device")
     @classmethod

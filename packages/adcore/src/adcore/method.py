@@ -11,18 +11,17 @@ import abc
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from adcore.errors import PluginError
+from adcore.precision import Precision, backbone_autocast, check_precision, fp32_region
 from adcore.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-Precision = Literal["fp32", "bf16", "fp16"]
 
 # the preprocessing record used to live here under this name
 InputGeometry = Preprocessing
@@ -30,20 +29,32 @@ InputGeometry = Preprocessing
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how a method runs; chosen by the host, passed to the factory."""
+    """Where and how a method runs; chosen by the host, passed to the factory.
+
+    Raises ``ConfigError`` when ``device`` cannot run ``precision`` (see ``adcore.precision``).
+    """
 
     device: str = "cpu"
     precision: Precision = "fp32"
     seed: int = 0
 
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Mixed precision on CUDA when asked; CPU runs stay fp32 for exact results."""
-        import torch
+    def __post_init__(self) -> None:
+        check_precision(self.device, self.precision)
 
-        if self.precision == "fp32" or not self.device.startswith("cuda"):
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The host's context around ``fit``/``predict``: autocast off, results in fp32.
+
+        Reduced precision applies only where a method opens :meth:`backbone_autocast`.
+        """
+        return fp32_region(self.device, self.precision)
+
+    def backbone_autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16/fp16 autocast for a backbone forward as ``precision`` asks (fp32: no-op).
+
+        Methods cast what leaves the backbone back with ``.float()``: scores, maps and
+        nearest-neighbour search stay fp32.
+        """
+        return backbone_autocast(self.device, self.precision)
 
 
 @dataclass
