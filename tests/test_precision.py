@@ -173,16 +173,16 @@ def test_fp32_runs_no_layer_in_bf16():
 
 
 def test_patchcore_searches_its_bank_in_fp32(monkeypatch):
-    from ad_patchcore.search import NearestNeighbours
+    import ad_patchcore.method
 
-    search = NearestNeighbours.search
+    search = ad_patchcore.method.nearest_neighbours
     calls: list[tuple[torch.dtype, bool]] = []
 
-    def spy(self, queries, *args, **kwargs):
+    def spy(queries, *args, **kwargs):
         calls.append((queries.dtype, torch.is_autocast_enabled("cpu")))
-        return search(self, queries, *args, **kwargs)
+        return search(queries, *args, **kwargs)
 
-    monkeypatch.setattr(NearestNeighbours, "search", spy)
+    monkeypatch.setattr(ad_patchcore.method, "nearest_neighbours", spy)
     method, _ = fitted_prediction("patchcore", "bf16")
     assert method.bank.dtype == torch.float32
     assert calls and set(calls) == {(torch.float32, False)}
