@@ -21,7 +21,7 @@ from torch import nn
 from ad_afclip.adaptor import Adaptor
 from ad_afclip.aggregation import aggregation_weights, spatial_aggregation
 from ad_afclip.prompts import StatePrompts
-from adcore.api import ConfigError
+from adcore.api import ConfigError, nearest_neighbours
 
 TEMPERATURE = 0.07
 
@@ -173,17 +173,13 @@ class AFCLIP(nn.Module):
 def memory_scores(tokens: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """[S, B, N, C] query patch tokens, [S, M, C] unit-norm bank -> [B, N] scores.
 
-    Per set, min over the bank of (1 - cos) / 2, then the mean over sets (Sec. 3.5); queries
-    are processed in chunks so memory stays bounded for large banks.
+    Per set, min over the bank of (1 - cos) / 2, then the mean over sets (Sec. 3.5), through
+    the host's exact chunked search (memory bounded for large banks).
     """
     sets, batch, length, channels = tokens.shape
-    queries = F.normalize(tokens.float(), dim=-1).reshape(sets, batch * length, channels)
-    bank = bank.to(queries.dtype)
-    distances = torch.empty(sets, batch * length, device=tokens.device)
-    for start in range(0, batch * length, chunk):
-        similarity = torch.bmm(queries[:, start : start + chunk], bank.transpose(1, 2))
-        distances[:, start : start + chunk] = (1 - similarity.amax(dim=-1)) / 2
-    return distances.mean(dim=0).reshape(batch, length)
+    queries = tokens.float().reshape(sets, batch * length, channels)  # [S, B*N, C]
+    distances, _ = nearest_neighbours(queries, bank.float(), 1, "cosine", chunk=chunk)
+    return (distances[..., 0] / 2).mean(dim=0).reshape(batch, length)
 
 
 def grid_labels(masks: torch.Tensor, grid: int) -> torch.Tensor:

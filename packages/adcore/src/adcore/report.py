@@ -351,14 +351,10 @@ def _params(count: float) -> str:
 # --- the whole report -----------------------------------------------------------------------
 
 
-def build_report(run_dirs: list[Path], out_dir: Path, layout: str = "comparison") -> list[Path]:
+def build_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     """Read ``run_dirs`` and write the comparison under ``out_dir``; returns the files written.
 
-    ``layout="paper"`` writes only the paper-layout table (:mod:`adcore.report_paper`)."""
-    if layout == "paper":
-        from adcore.report_paper import write_paper_report
-
-        return write_paper_report(run_dirs, out_dir)
+    The paper layout (data sets as rows) is :func:`adcore.report_paper.write_paper_report`."""
     from adcore.results import ensure_writable
 
     if not run_dirs:

@@ -36,9 +36,14 @@ def report_command(
     ] = Layout.comparison,
 ) -> None:
     """Compare runs side by side: tables, charts and overlays in Markdown, CSV and HTML."""
-    from adcore.report import build_report
+    if layout is Layout.paper:
+        from adcore.report_paper import write_paper_report
 
-    written = build_report(run_dirs, out, layout.value)
+        written = write_paper_report(run_dirs, out)
+    else:
+        from adcore.report import build_report
+
+        written = build_report(run_dirs, out)
     console = Console()
     console.print(f"Compared {len(run_dirs)} run(s); wrote {len(written)} files.")
     console.print(f"Open {written[-1] if layout is Layout.paper else out / 'report.html'}")
