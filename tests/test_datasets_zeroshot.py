@@ -220,3 +220,19 @@ def test_btad_download_verifies_and_unwraps_the_archive(tmp_path: Path) -> None:
     assert not (target / "btad.zip").exists() and not list(target.glob(".unpack-*"))
     with pytest.raises(DataError, match="SHA256"):
         download_btad(tmp_path / "bad", url=archive.as_uri(), sha256="0" * 64)
+
+
+def test_training_on_an_image_level_only_set_is_refused(roots) -> None:
+    """BrainMRI has no masks: AF-CLIP's map losses would take every lesion pixel as normal."""
+    root, written = roots
+    anomalous = sum(label for _, label, _ in written["brainmri"]["brainmri"]["test"])
+    result = CliRunner().invoke(
+        app,
+        ["train", "--method", "afclip", "--dataset", "brainmri", "--data-root", str(root),
+         "--output", "/nonexistent-output", *TINY_AFCLIP],
+    )  # fmt: skip
+    assert isinstance(result.exception, DataError), result.output  # `ad` prints it, exit 1
+    text = str(result.exception)
+    assert f"{anomalous} anomalous training image(s)" in text and "have no mask" in text
+    assert "Train on a data set with defect masks" in text
+    assert not Path("/nonexistent-output").exists()

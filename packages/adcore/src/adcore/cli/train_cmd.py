@@ -19,7 +19,7 @@ from adcore.cli.options import (
     SetOption,
     resolved_config,
 )
-from adcore.errors import PluginError
+from adcore.errors import DataError, PluginError
 
 
 def train_command(
@@ -71,6 +71,15 @@ def train_command(
         for name in evaluation.categories
         for sample in evaluation.dataset.samples(name, "test")
     ]
+    unmasked = [s for s in samples if s.label == 1 and s.mask_path is None]
+    if unmasked:
+        reason = evaluation.dataset.undefined_levels.get("pixel", "no mask file was found")
+        raise DataError(
+            f"{len(unmasked)} anomalous training image(s) of data set "
+            f"{resolved.dataset.spec.name!r} have no mask (e.g. {unmasked[0].image_path}): "
+            f"{reason}. Training would take every pixel of them as normal.",
+            "Train on a data set with defect masks (e.g. MVTec-AD or VisA), or add the masks.",
+        )
     console = Console()
     if resolved.random_weights:
         console.print("[yellow]Random weights[/]: the frozen backbone is randomly initialised.")
