@@ -116,6 +116,29 @@ def test_changed_config_is_refused_unless_overwrite(mvtec_root, tmp_path):
     assert all(not c.resumed for c in _run(changed, overwrite=True).categories)
 
 
+def test_an_interrupted_overwrite_leaves_no_old_result_under_the_new_config(
+    mvtec_root, tmp_path, monkeypatch
+):
+    """The old config's finished categories must not be resumed as the new config's."""
+    first = _run(_config(mvtec_root, tmp_path / "out"))
+    changed = _config(mvtec_root, tmp_path / "out", "data.k_shot=2")
+    run_dir = tmp_path / "out" / "mvtec" / "pixel-gaussian" / "default"
+
+    def interrupted(self, category, prepared):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Evaluation, "run_category", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _run(changed, overwrite=True)
+    assert not list(run_dir.glob("*/metrics.csv"))
+    assert not (run_dir / "summary_metrics.csv").exists()
+    rerun = _run(changed)  # the same new config, without --overwrite
+    assert not any(c.resumed for c in rerun.categories)
+    assert {c.num_support for c in rerun.categories} == {2}
+    assert {c.num_support for c in first.categories} == {3}
+
+
 def test_same_seed_same_scores(mvtec_root, tmp_path):
     a = _run(_config(mvtec_root, tmp_path / "a", "experiment.seed=3"))
     b = _run(_config(mvtec_root, tmp_path / "b", "experiment.seed=3"))

@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from adcore.config import ResolvedConfig
 
 COUNT_COLUMNS = ("num_support", "num_test", "num_anomalous", "num_skipped", "num_vanished_masks")
+SUMMARY_FILES = (
+    "summary_metrics.csv",
+    "summary_metrics_pretty.csv",
+    "summary_metrics_pretty.md",
+    "summary.json",
+)
 NOTES_COLUMN, NOTES_SEPARATOR = "notes", "; "  # metrics.csv: why metrics are n/a
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -156,6 +162,15 @@ class RunLayout:
 
     def model_state(self, category: str) -> Path:
         return self.category(category) / "model.pt"
+
+    def forget_results(self, categories: Iterable[str]) -> None:
+        """Before ``--overwrite`` writes a new config: remove what marks results as finished
+        (each category's ``metrics.csv``, the run summaries), so that an interrupted
+        overwrite never leaves old results under the new config to be resumed as its own."""
+        marks = [self.metrics(c) for c in categories]
+        marks += [self.root / n for n in SUMMARY_FILES]
+        for path in marks:
+            path.unlink(missing_ok=True)
 
 
 def write_category(layout: RunLayout, result: CategoryResult, metric_names: Sequence[str]) -> None:

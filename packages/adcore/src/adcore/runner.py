@@ -175,6 +175,8 @@ class Evaluation:
         pending = [c for c in self.categories if not self.finished(c)]
         # every file is checked before anything is written or any model is built
         prepared = {category: self.prepare(category) for category in pending}
+        if self.options.overwrite:
+            self.layout.forget_results(pending)
         if pending or not self.layout.env.exists():
             self.write_run_files()
         else:
