@@ -164,3 +164,19 @@ def test_predict_reports_a_normalised_score_beside_the_raw_one(saved_run, tmp_pa
     table = run_ad(*args, "--input", str(data / "plate/test"))
     assert "normalised" in table.stdout and "0.5 at the threshold" in table.stdout
     assert "normalised_score" in (tmp_path / "p/scores.csv").read_text().splitlines()[0]
+
+
+def test_unreadable_inputs_are_named_at_once_before_any_map(saved_run, tmp_path):
+    data, run = saved_run
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = (data / "widget/test/good/000.png").read_bytes()
+    (inputs / "ok.png").write_bytes(good)
+    (inputs / "cut.png").write_bytes(good[: len(good) // 3])  # truncated
+    (inputs / "text.png").write_text("not an image")
+    with pytest.raises(DataError) as caught:
+        predict(run, [inputs], tmp_path / "p", category="widget")
+    text = str(caught.value)
+    assert "2 bad sample(s)" in text and "cut.png" in text and "text.png" in text
+    assert "--skip-bad-samples" not in text and "run ad predict again" in text
+    assert not (tmp_path / "p" / "maps").exists()

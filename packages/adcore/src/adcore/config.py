@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from adcore.errors import ConfigError, PluginError
+from adcore.errors import ConfigError, PluginError, UsageError
 from adcore.method import Precision
 from adcore.plugins import Component, Registry
 from adcore.records import PluginConfig, listify_scalars
@@ -284,7 +284,7 @@ def parse_assignment(text: str) -> dict[str, Any]:
     """``a.b=value`` -> {"a": {"b": value}}; the value is read as YAML (numbers, lists...)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
-        raise ConfigError(
+        raise UsageError(
             f"--set {text!r} is not of the form section.key=value.",
             "For example --set data.batch_size=16 or --set model.layers=[layer2,layer3].",
         )

@@ -171,6 +171,7 @@ def predict(
 
     from adcore.loading import make_loader
     from adcore.mapfiles import write_map
+    from adcore.preparation import screen_samples
 
     category = pick_category(run_dir, category)
     images = find_images(inputs)
@@ -179,6 +180,14 @@ def predict(
     config, method, runtime = load_method(run_dir, category, device)
     samples = [Sample(image_path=p, label=0, category=category) for p, _ in images]
     data = config.base.data
+    try:  # every unreadable input named at once, before any map is written
+        screen_samples(samples, False, False, data.max_image_pixels)
+    except DataError as error:
+        raise DataError(
+            error.problem,
+            "Fix, convert or remove those files and run ad predict again; it scores every "
+            "image it is given.",
+        ) from None
     decoding = category_decoding(
         [p for p, _ in images], data.intensity_range, data.max_image_pixels
     )

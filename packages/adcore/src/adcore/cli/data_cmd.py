@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -73,9 +74,10 @@ def download(
 
     spec = get_registry().resolve("dataset", dataset).spec
     if spec.download is None:
-        raise DataError(
+        guide = spec.download_help or "Obtain it from its publisher and pass --data-root R."
+        raise DataError(  # the guides call the data root R: show the folder given instead
             f"Data set {spec.name!r} cannot be downloaded by ad.",
-            spec.download_help or "Obtain it from its publisher and pass --data-root.",
+            re.sub(r"\bR\b", str(to), guide),
         )
     with Progress() as progress:
         spec.download(to, progress)
