@@ -178,3 +178,14 @@ def test_colour_bar_ticks_are_evenly_spaced_along_the_bar_with_the_threshold_in_
         assert ticks[0] == value_range[0] and ticks[-1] == value_range[1]
         if threshold is not None:
             assert ticks[2] == pytest.approx(threshold)
+
+
+def test_tick_labels_stay_distinct_when_the_threshold_is_near_another_tick():
+    """The case seen on a WinCLIP overlay: range 0.508-0.516, threshold 0.5148."""
+    from adcore.reporters.overlay import colour_bar_ticks, tick_format
+
+    ticks = colour_bar_ticks((0.508, 0.5163), 0.5148)
+    assert len({f"{t:.3g}" for t in ticks}) < len(ticks)  # three digits would repeat a label
+    labels = [tick_format(ticks).format(x=t) for t in ticks]
+    assert len(set(labels)) == len(ticks)
+    assert tick_format([0.0, 0.25, 0.5, 0.75, 1.0]) == "{x:.3g}"  # short when it suffices

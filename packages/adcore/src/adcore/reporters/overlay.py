@@ -95,6 +95,15 @@ def colour_bar_ticks(value_range: tuple[float, float], threshold: float | None) 
     return list(np.linspace(low, high, 5))
 
 
+def tick_format(ticks: list[float]) -> str:
+    """The shortest ``{x:.Ng}`` (3 to 8 significant digits) that gives every tick its own
+    label: a threshold close to another tick must not print as the same number."""
+    for digits in range(3, 9):
+        if len({f"{t:.{digits}g}" for t in ticks}) == len(ticks):
+            return f"{{x:.{digits}g}}"
+    return "{x:.8g}"
+
+
 def colourise(anomaly_map: np.ndarray, scale: Any) -> tuple[np.ndarray, np.ndarray]:
     """[H,W] float -> colours [H,W,3] in [0,1] and scaled values [H,W] in [0,1]."""
     from matplotlib import colormaps
@@ -177,10 +186,11 @@ def render_png(
         fraction=0.046,
         pad=0.03,
     )
-    bar.set_ticks(colour_bar_ticks(value_range, threshold))
+    ticks = colour_bar_ticks(value_range, threshold)
+    bar.set_ticks(ticks)
     bar.set_label(COLOUR_BAR_LABEL, fontsize=8)
     bar.ax.tick_params(labelsize=8)
-    bar.ax.yaxis.set_major_formatter("{x:.3g}")
+    bar.ax.yaxis.set_major_formatter(tick_format(ticks))
     handles = []
     if item.mask is not None:
         none = "" if item.mask.any() else " (none here)"
