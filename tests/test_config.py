@@ -128,3 +128,18 @@ def test_cli_bad_value_exits_nonzero_without_traceback():
     assert result.returncode == 1
     assert "model.precision" in result.stderr and "fp8" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("value", ["few", "-1", "0.5", "true"])
+def test_a_wrong_k_shot_is_one_problem_saying_what_is_allowed(value):
+    with pytest.raises(ConfigError) as caught:
+        validate_base(build_raw_config(None, assignments=[f"data.k_shot={value}"]))
+    lines = [li for li in str(caught.value).splitlines() if li.strip().startswith("- ")]
+    assert len(lines) == 1 and "data.k_shot: " in lines[0]
+    assert "0 (zero-shot), a positive count, or 'all' (full-shot)" in lines[0]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("3", 3), ("0", 0), ("all", "all")])
+def test_k_shot_values_that_are_allowed(value, expected):
+    config = validate_base(build_raw_config(None, assignments=[f"data.k_shot={value}"]))
+    assert config.data.k_shot == expected

@@ -78,12 +78,16 @@ class DataSection(Section):
         "0..1 or their min..max), 'type' (the container's full scale), or [low, high].",
     )
 
-    @field_validator("k_shot")
+    @field_validator("k_shot", mode="before")
     @classmethod
-    def _non_negative(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 0:
+    def _setting(cls, value: Any) -> Any:
+        """One message for every wrong value (not one per member of the union)."""
+        if value is None or value == "all":
+            return value
+        text = str(value).strip()
+        if isinstance(value, bool) or not text.isdigit():
             raise ValueError("must be 0 (zero-shot), a positive count, or 'all' (full-shot)")
-        return value
+        return int(text)
 
 
 class ModelSection(Section):
