@@ -23,6 +23,7 @@ from adcore.maps import gaussian_blur
 from adcore.method import FitContext, Runtime
 from adcore.neighbors import FlatL2Index, nearest_neighbours
 from adcore.records import Capability
+from test_patchcore_fidelity import authors_patch_features  # the validated transcription
 
 SIZE = 64
 
@@ -189,29 +190,6 @@ def test_local_aggregation_is_a_3x3_mean_when_pooling_keeps_channels():
     maps = torch.randn(2, 16, 9, 7, generator=torch.Generator().manual_seed(4))
     expected = F.avg_pool2d(maps, 3, stride=1, padding=1, count_include_pad=True)
     assert torch.allclose(local_aggregation(maps, 3, 16), expected, atol=1e-6)
-
-
-def authors_patch_features(maps: list[torch.Tensor], pre: int, target: int) -> torch.Tensor:
-    """Transcription of patchcore-inspection's PatchCore._embed + Preprocessing + Aggregator."""
-    patched = []
-    for feature_map in maps:
-        b, c, h, w = feature_map.shape
-        unfolded = F.unfold(feature_map, kernel_size=3, padding=1).reshape(b, c, 3, 3, -1)
-        patched.append((unfolded.permute(0, 4, 1, 2, 3), (h, w)))
-    out, (h0, w0) = [patched[0][0]], patched[0][1]
-    for features, (h, w) in patched[1:]:
-        features = features.reshape(features.shape[0], h, w, *features.shape[2:])
-        features = features.permute(0, -3, -2, -1, 1, 2)
-        base = features.shape
-        features = features.reshape(-1, h, w).unsqueeze(1)
-        features = F.interpolate(features, size=(h0, w0), mode="bilinear", align_corners=False)
-        features = features.squeeze(1).reshape(*base[:-2], h0, w0)
-        features = features.permute(0, -2, -1, 1, 2, 3)
-        out.append(features.reshape(len(features), -1, *features.shape[-3:]))
-    flat = [x.reshape(-1, *x.shape[-3:]) for x in out]
-    pooled = [F.adaptive_avg_pool1d(x.reshape(len(x), 1, -1), pre).squeeze(1) for x in flat]
-    stacked = torch.stack(pooled, dim=1).reshape(len(pooled[0]), 1, -1)
-    return F.adaptive_avg_pool1d(stacked, target).reshape(len(stacked), -1)
 
 
 def test_patch_features_match_authors_code_and_shapes():
