@@ -3,7 +3,9 @@
 Written from reading github Faustinaqq/AF-CLIP (commit bb7edec, ``clip/model.py``,
 ``clip/adaptor.py``, ``main.py``) and github suniverse77/miniCLIP (commit e8ffb70,
 ``af_tiny/model/{clip,transformer,adapter,tokenizer}.py``, ``af_tiny/utils/loss_fn.py``,
-``af_tiny/utils/evaluation.py``): plain functions on a state dict, in the authors' order of
+``af_tiny/utils/evaluation.py``; for the inputs AF-CLIP's ``main.py``, ``clip/clip.py``
+``_transform`` and ``dataset/mvtec.py``, af_tiny's ``utils/util.py`` ``load_model`` and
+``dataset/mvtec.py``): plain functions on a state dict, in the authors' order of
 operations (sequence-first layout, unfold-based aggregation for AF-CLIP, per-window convs
 for miniCLIP, losses on probabilities), including one side effect: both alignment losses
 rewrite the 0/1 patch targets to -1/1 in place through ``copy.copy`` (which shares
@@ -15,7 +17,16 @@ Validated once against the authors' own modules, imported from those commits in 
 folder (einops installed there), on random weights of the shapes the tests use (TinyCLIP-8M
 at 90 px for miniCLIP, a 4-block width-64 ViT at 48 px for AF-CLIP): scores, maps, features,
 text features, few-shot scores and maps and every loss term were bitwise equal; gradients
-of every trained tensor agreed to 2e-6 relative (fp32, CPU).
+of every trained tensor agreed to 2e-6 relative (fp32, CPU). ``dataset_item`` was checked
+once against both repositories' own ``dataset/mvtec.py`` ``MVTecDataset`` with the transforms
+built as AF-CLIP's ``main.py`` and af_tiny's ``load_model`` build them (61 x 45, 40 x 61,
+50 x 37 and 37 x 66 px files at 48 and 90 px): images and soft masks bitwise equal. On the
+parity tests' non-square files and weight files (einops in a scratch folder, a
+``pkg_resources`` shim, ``torch.load(weights_only=False)`` for the pickled adaptor), the
+authors' modules (AF-CLIP's ``CLIP.detect_forward``/``store_memory`` and ``main.py``'s
+losses; af_tiny's ``CLIP.forward`` and ``utils/loss_fn.py``) and this transcription gave
+bitwise equal scores, maps (zero- and few-shot) and loss terms; gradients agreed to 1.2e-7
+(AF-CLIP) and 3.2e-6 (miniCLIP) of each tensor's largest entry.
 
 Weights: ``clip`` is an open_clip CLIP state dict (the authors' key names are the same);
 trained parts use the authors' names (``attn_adapter.attention.attn.to_q.weight``, ...).
@@ -29,9 +40,42 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy.ndimage import gaussian_filter
+from torchvision import transforms
 
 Tensors = dict[str, torch.Tensor]
+
+
+# -- inputs: what both repositories' data sets hand the model ---------------------------
+
+
+def dataset_item(image_path, mask_path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MVTecDataset.__getitem__ with both repositories' transforms: (img [3, S, S], gt [1, S, S]).
+
+    The image: ``clip._transform(n_px)`` with its Resize and CenterCrop replaced by
+    ``Resize((S, S), BICUBIC)`` and ``CenterCrop((S, S))``, then RGB, ToTensor and OpenAI
+    CLIP's Normalize. The mask: the file's values (0/255), or zeros for a normal image,
+    through ``target_transform``: ``Resize((S, S), BICUBIC)`` and ToTensor (soft edges).
+    """
+    bicubic = transforms.InterpolationMode.BICUBIC
+    transform = transforms.Compose([
+        transforms.Resize(size=(size, size), interpolation=bicubic),
+        transforms.CenterCrop(size=(size, size)),
+        lambda image: image.convert("RGB"),
+        transforms.ToTensor(),
+        transforms.Normalize((0.48145466, 0.4578275, 0.40821073),
+                             (0.26862954, 0.26130258, 0.27577711)),
+    ])  # fmt: skip
+    target_transform = transforms.Compose([
+        transforms.Resize(size=(size, size), interpolation=bicubic), transforms.ToTensor()
+    ])  # fmt: skip
+    img = Image.open(image_path).convert("RGB")
+    if mask_path is not None:
+        gt = np.array(Image.open(mask_path))
+    else:
+        gt = np.zeros((img.size[1], img.size[0]), dtype=np.uint8)
+    return transform(img), target_transform(Image.fromarray(gt))
 
 
 def layer_norm(x: torch.Tensor, w: Tensors, name: str) -> torch.Tensor:
@@ -134,7 +178,8 @@ def mask_targets(gts: torch.Tensor, size) -> torch.Tensor:
 
 
 def final_maps(predict_map: torch.Tensor, size: int) -> np.ndarray:
-    """evaluation_pixel: bilinear to the image size, then scipy's Gaussian, sigma 4."""
+    """evaluation_pixel: bilinear to the transformed image's size (S x S, whatever the
+    file's size), then scipy's Gaussian, sigma 4."""
     maps = F.interpolate(predict_map, size=(size, size), mode="bilinear").numpy()
     return np.stack([gaussian_filter(m, sigma=4) for m in maps])[:, 0]
 
