@@ -8,7 +8,8 @@ References, run here on the same non-square images (no network, no weights):
   preprocess config (bicubic shorter side, centre crop, OpenAI statistics).
 - AF-CLIP / miniCLIP: Faustinaqq/AF-CLIP @ bb7edec4 ``main.py`` and suniverse77/miniCLIP
   @ e8ffb70f ``af_tiny/utils/util.py``: ``Resize((s, s), BICUBIC)``, ``CenterCrop(s)``, CLIP
-  statistics; rebuilt here from torchvision.
+  statistics; rebuilt here from torchvision. Their masks: ``Resize((s, s), BICUBIC)`` and
+  ``ToTensor`` (soft), ground truth ``> 0.5``; every other method's masks: nearest-neighbour.
 Tolerance 1e-6 on the normalised floats (our uint8 -> float on the device against
 torchvision's ``ToTensor``: the same arithmetic in another order).
 """
@@ -30,7 +31,7 @@ from ad_patchcore.plugin import factory as patchcore_factory
 from ad_winclip.plugin import WinClipConfig
 from ad_winclip.plugin import factory as winclip_factory
 from adcore.dataset import Sample
-from adcore.loading import SampleImages
+from adcore.loading import SampleImages, collate
 from adcore.method import Runtime
 from adcore.preprocessing import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from adcore.resolution import to_original_resolution
@@ -134,6 +135,7 @@ def test_afclip_and_miniclip_declare_the_authors_bicubic_stretch(images, tiny_vi
         settings = {**settings, "backbone": tiny_vit}
     method = spec.factory(spec.config(**settings), Runtime())
     side = settings["resolution"]
+    assert method.geometry.mask_filter == "bicubic"  # masks: their target_transform
     for path in images:
         torch.testing.assert_close(ours(path, method.geometry), theirs(path, bicubic_stretch(side)),
                                    atol=1e-6, rtol=0)  # fmt: skip
@@ -156,6 +158,75 @@ def test_masks_follow_the_image_geometry_with_nearest_neighbour(tmp_path):
     expected = np.asarray(reference(Image.fromarray((mask > 0).astype(np.uint8))))
     assert item["mask"].shape == (64, 64)
     np.testing.assert_array_equal(item["mask"].numpy(), expected)
+
+
+def write_mask(path, height: int, width: int, defect) -> None:
+    """A 0/255 mask file, as MVTec-AD's, with rows top:bottom and columns left:right set."""
+    mask = np.zeros((height, width), np.uint8)
+    top, bottom, left, right = defect
+    mask[top:bottom, left:right] = 255
+    Image.fromarray(mask).save(path)
+
+
+def test_bicubic_masks_equal_the_authors_target_transform(tmp_path):
+    """AF-CLIP's ``main.py`` / af_tiny's ``load_model``: ``Resize((S, S), BICUBIC)`` on the PIL
+    mask, then ``ToTensor`` (soft, what their training downsamples to the patch grid); their
+    evaluation ground truth is that ``> 0.5``. A mask already S x S comes out unchanged, a
+    normal image's (no file) all zeros; ``nearest`` (every other method) stays as it was."""
+    side = 48
+    shapes = [(45, 61, (8, 30, 15, 45)), (61, 40, (0, 13, 7, 33)), (side, side, (24, 48, 0, 16))]
+    samples = []
+    for index, (height, width, defect) in enumerate(shapes):
+        write_image(tmp_path / f"{index}.png", width, height, seed=index)
+        write_mask(tmp_path / f"{index}_mask.png", height, width, defect)
+        samples.append(Sample(image_path=tmp_path / f"{index}.png", label=1, category="c",
+                              mask_path=tmp_path / f"{index}_mask.png"))  # fmt: skip
+    write_image(tmp_path / "normal.png", 61, 45, seed=9)
+    samples.append(Sample(image_path=tmp_path / "normal.png", label=0, category="c"))
+    target_transform = transforms.Compose([
+        transforms.Resize((side, side), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.ToTensor(),
+    ])  # fmt: skip
+    nearest = transforms.Resize((side, side), interpolation=transforms.InterpolationMode.NEAREST)
+    geometry = Preprocessing(size=side, filter="bicubic", mask_filter="bicubic")
+    bicubic = collate([SampleImages(samples, geometry)[i] for i in range(len(samples))])
+    plain = collate([SampleImages(samples, Preprocessing(size=side))[i] for i in range(4)])
+    assert "soft_mask" not in plain
+    assert bicubic["soft_mask"].dtype == torch.float32 and bicubic["mask"].dtype == torch.uint8
+    for row, sample in enumerate(samples):
+        if sample.mask_path is None:
+            file = Image.new("L", (61, 45), 0)
+        else:
+            file = Image.open(sample.mask_path)
+        soft = target_transform(file)[0]  # [S, S] in [0, 1]
+        assert torch.equal(bicubic["soft_mask"][row], soft)
+        assert torch.equal(bicubic["mask"][row], (soft > 0.5).to(torch.uint8))
+        expected = np.asarray(nearest(file)) > 0
+        np.testing.assert_array_equal(plain["mask"][row].numpy(), expected)
+    soft = bicubic["soft_mask"]
+    assert ((soft > 0) & (soft < 1))[0].sum() > 0  # the stretched edges are soft
+    assert torch.equal(soft[2], bicubic["mask"][2].float())  # already S x S: unchanged
+    assert torch.equal(bicubic["mask"][2], plain["mask"][2])
+    assert soft[3].sum() == 0
+
+
+def test_training_batches_carry_the_soft_mask(tmp_path):
+    """``ad train`` hands a method the soft mask where the geometry declares one."""
+    from adcore.method import TrainingSettings
+    from adcore.training import _batches
+
+    write_image(tmp_path / "0.png", 61, 45)
+    write_mask(tmp_path / "0_mask.png", 45, 61, (8, 30, 15, 45))
+    samples = [Sample(image_path=tmp_path / "0.png", label=1, category="c",
+                      mask_path=tmp_path / "0_mask.png")]  # fmt: skip
+    settings = TrainingSettings(epochs=1, batch_size=1)
+    for mask_filter in ("nearest", "bicubic"):
+        geometry = Preprocessing(size=48, mask_filter=mask_filter)
+        item = SampleImages(samples, geometry)[0]
+        (batch,) = _batches(samples, geometry, settings, 0, Runtime(), {}, 0)
+        expected = item["soft_mask"] if mask_filter == "bicubic" else item["mask"].float()
+        assert batch.masks.dtype == torch.float32
+        assert torch.equal(batch.masks[0], expected)
 
 
 def test_crop_box_by_hand():

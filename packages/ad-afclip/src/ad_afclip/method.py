@@ -58,9 +58,15 @@ class AFCLIPMethod(TrainableMethod):
     def __init__(self, config: AFCLIPConfig, runtime: Runtime) -> None:
         self.config: SharedConfig = config
         self.runtime = runtime
-        # the authors' transform: Resize((side, side), bicubic) on PIL images, CLIP statistics
+        # the authors' transforms: Resize((side, side), bicubic) on PIL images, CLIP
+        # statistics; masks stretched bicubic too (soft: training targets from the soft
+        # mask, evaluation ground truth soft > 0.5)
         self.geometry = Preprocessing(
-            size=config.resolution, filter="bicubic", mean=CLIP_MEAN, std=CLIP_STD
+            size=config.resolution,
+            filter="bicubic",
+            mask_filter="bicubic",
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
         )
         self._clip, self._backbone = load_clip_with_identity(
             config.backbone, config.pretrained, config.quick_gelu

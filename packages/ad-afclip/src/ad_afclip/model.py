@@ -183,10 +183,11 @@ def memory_scores(tokens: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -
 
 
 def grid_labels(masks: torch.Tensor, grid: int) -> torch.Tensor:
-    """[B, H, W] float masks -> [B, grid, grid] patch targets, as both authors' training:
-    bilinear (align_corners=False), values below 0.5 -> 0, above -> 1; a value of exactly
-    0.5 (a mask edge halfway between two sampled pixels) stays 0.5, a soft target that the
-    alignment loss leaves out of both states."""
+    """[B, H, W] float masks in [0, 1] -> [B, grid, grid] patch targets, as both authors'
+    training: bilinear (align_corners=False), values below 0.5 -> 0, above -> 1; a value of
+    exactly 0.5 (e.g. a mask edge halfway between two sampled pixels) stays 0.5, a soft
+    target that the alignment loss leaves out of both states. The masks are the loader's
+    soft bicubic masks (``TrainingBatch.masks``), as the authors' targets are built."""
     resized = F.interpolate(
         masks[:, None].float(), size=(grid, grid), mode="bilinear", align_corners=False
     )[:, 0]

@@ -143,7 +143,7 @@ def probe_image(path: Path, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIX
 
 
 def vanishes_at(mask: np.ndarray, side: int) -> bool:
-    """True when a non-empty [H,W] mask has no pixel left after the loader's nearest-neighbour
+    """True when a non-empty [H,W] mask has no pixel left after a nearest-neighbour
     resize to ``side`` x ``side`` (thin scratches, small spots)."""
     small = Image.fromarray(mask.astype(np.uint8)).resize((side, side), Image.Resampling.NEAREST)
     return bool(mask.any()) and not np.asarray(small).any()

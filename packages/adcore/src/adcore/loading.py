@@ -4,8 +4,10 @@ Files are decoded by :mod:`adcore.decoding` (bit depth, orientation, mask values
 
 Images become uint8 [3,S,S] tensors through the method's declared preprocessing (resize with
 its filter, then centre crop: :class:`adcore.preprocessing.Preprocessing`); masks get the
-same geometry with nearest-neighbour resizing, so a pixel of the map and a pixel of the mask
-always describe the same place.
+same geometry with the declared mask filter, so a pixel of the map and a pixel of the mask
+always describe the same place. ``mask`` is always the binary ground truth that evaluation
+scores against; a mask filter other than nearest-neighbour (the authors' soft bicubic masks)
+adds ``soft_mask``, which training uses as the mask instead.
 """
 
 from __future__ import annotations
@@ -57,14 +59,15 @@ class SampleImages:
                 "Fix or remove the pair, or rerun with --skip-bad-samples.",
             )
         pixels = self.geometry.apply(image)  # [S,S,3]
+        truth, soft = self.geometry.apply_mask(mask)  # uint8 0/1 [S,S], float [S,S] or None
         item: dict[str, Any] = {
             "image": torch.from_numpy(pixels.copy()).permute(2, 0, 1),  # [3,S,S] uint8
-            "mask": torch.from_numpy(
-                self.geometry.apply(mask, mask=True).copy()
-            ),  # [S,S] uint8 0/1
+            "mask": torch.from_numpy(truth.copy()),  # [S,S] uint8 0/1
             "label": sample.label,
             "index": index,
         }
+        if soft is not None:  # a soft mask filter: what the authors' training sees
+            item["soft_mask"] = torch.from_numpy(soft)  # [S,S] float32 in [0,1]
         if self.original_masks:
             item["original_mask"] = np.asarray(mask, dtype=bool)  # [H,W]
         return item
@@ -80,6 +83,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "label": torch.tensor([item["label"] for item in items], dtype=torch.long),
         "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
     }
+    if "soft_mask" in items[0]:
+        batch["soft_mask"] = torch.stack([item["soft_mask"] for item in items])
     if "original_mask" in items[0]:
         batch["original_mask"] = [item["original_mask"] for item in items]
     return batch
@@ -96,7 +101,8 @@ def make_loader(
     pin_memory: bool = False,
     decoding: Decoding | None = None,
 ) -> Any:
-    """A DataLoader yielding dicts: image uint8 [B,3,S,S], mask uint8 [B,S,S], label, index.
+    """A DataLoader yielding dicts: image uint8 [B,3,S,S], mask uint8 0/1 [B,S,S], label,
+    index; soft_mask float [B,S,S] in [0,1] too where ``geometry.mask_filter`` is not nearest.
 
     ``decoding``: the category's :class:`~adcore.decoding.Decoding` (bit-depth range, size
     limit); the defaults when None.

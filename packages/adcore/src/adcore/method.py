@@ -138,7 +138,8 @@ class TrainingSettings(BaseModel):
 @dataclass
 class TrainingBatch:
     """One training batch on the device: ``images`` uint8 [B,3,H,W], ``masks`` float [B,H,W]
-    in {0, 1}, ``labels`` long [B], and each image's ``categories`` and ``class_names``."""
+    (in {0, 1}, or in [0, 1] where the geometry's ``mask_filter`` is not nearest: the soft
+    mask), ``labels`` long [B], and each image's ``categories`` and ``class_names``."""
 
     images: torch.Tensor
     masks: torch.Tensor

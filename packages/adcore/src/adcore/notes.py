@@ -24,7 +24,7 @@ def vanished_masks(samples: Sequence[Sample], masks: np.ndarray) -> int:
 
     samples: [N]; masks: [N,S,S] bool at the evaluation resolution. Masks that are empty in
     the file are refused earlier by the data check, so an empty mask here has vanished in
-    the nearest-neighbour resize (thin scratches, small spots).
+    the resize with the method's mask filter (thin scratches, small spots).
     """
     if not len(samples):
         return 0

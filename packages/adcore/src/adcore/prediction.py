@@ -27,7 +27,7 @@ class PredictionPass:
 
     scores: np.ndarray  # [N] float64
     maps: np.ndarray  # [N,S,S] float32 at the method's output size
-    masks: np.ndarray  # [N,S,S] bool, through the same geometry (nearest-neighbour)
+    masks: np.ndarray  # [N,S,S] bool, through the same geometry (its mask filter)
     batch_sizes: np.ndarray  # [T] images of each predict call
     batch_seconds: np.ndarray  # [T] device-synchronised seconds of each predict call
 

@@ -1,10 +1,11 @@
 """How an image reaches a method: resize, filter, centre crop and normalisation, as a record.
 
 Each method declares its authors' preprocessing as a :class:`Preprocessing`; the host's
-loader workers apply it to images (with the declared PIL filter) and to masks (with
-nearest-neighbour), and ``evaluation.resolution: original`` maps anomaly maps back through
-the same crop (:meth:`Preprocessing.crop_box`). The arithmetic is torchvision's on PIL
-images, so a declaration equals the authors' transform pixel for pixel:
+loader workers apply it to images (with the declared PIL filter) and to masks (with the
+declared mask filter, nearest-neighbour unless the authors resize masks otherwise), and
+``evaluation.resolution: original`` maps anomaly maps back through the same crop
+(:meth:`Preprocessing.crop_box`). The arithmetic is torchvision's on PIL images, so a
+declaration equals the authors' transform pixel for pixel:
 
 - ``resize="stretch"``: both sides to ``size`` (``transforms.Resize((size, size))``).
 - ``resize="shorter_side"``: the shorter side to ``size``, the longer one to
@@ -12,6 +13,15 @@ images, so a declaration equals the authors' transform pixel for pixel:
   square (``crop`` defaults to ``size``).
 - centre crop: top-left corner ``int(round((resized - crop) / 2))`` (``transforms.CenterCrop``).
 - ``filter``: PIL's resampling filter (what torchvision uses for PIL images).
+- ``mask_filter``: the filter for masks, same resize and crop. ``nearest`` (the default)
+  keeps them binary. Any other filter resizes the binary mask as a 0/255 image and divides
+  by 255 (torchvision's ``Resize`` then ``ToTensor`` on the PIL mask): a soft mask in [0,1],
+  which training sees, while evaluation's ground truth is the soft mask ``> 0.5``. AF-CLIP
+  (github Faustinaqq/AF-CLIP, ``main.py`` ``target_transform``) and miniCLIP (github
+  suniverse77/miniCLIP, ``af_tiny/utils/util.py`` ``load_model``) do this with ``bicubic``;
+  their training downsamples the soft mask to the patch grid, their evaluation thresholds it
+  at 0.5 (``util/utils.py`` / ``af_tiny/utils/evaluation.py``). PIL leaves an image already
+  at the target size unchanged, so a binary mask of the method's side stays binary.
 """
 
 from __future__ import annotations
@@ -44,10 +54,12 @@ def pil_filter(name: str) -> int:
 
 
 class Preprocessing(BaseModel):
-    """A method's input geometry and normalisation; masks follow with nearest-neighbour.
+    """A method's input geometry and normalisation; masks follow with ``mask_filter``.
 
     ``size``: side of the stretched square, or the shorter side; ``crop``: side of the
-    centre crop (``None``: none, for ``stretch``); ``mean``/``std`` standardise [0,1] RGB.
+    centre crop (``None``: none, for ``stretch``); ``filter``: the images' PIL filter;
+    ``mask_filter``: the masks' (``nearest``: binary; otherwise soft, see the module
+    docstring); ``mean``/``std`` standardise [0,1] RGB.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -55,6 +67,7 @@ class Preprocessing(BaseModel):
     size: int
     resize: ResizeMode = "stretch"
     filter: Filter = "bilinear"
+    mask_filter: Filter = "nearest"
     crop: int | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -129,10 +142,33 @@ class Preprocessing(BaseModel):
         )
 
     def apply(self, image: Image.Image, mask: bool = False) -> np.ndarray:
-        """An image -> uint8 [S,S,3] (or a mask, nearest-neighbour, -> [S,S])."""
-        resample = pil_filter("nearest" if mask else self.filter)
+        """An image -> uint8 [S,S,3]; a 0/1 mask (``mask=True``) -> its evaluation ground
+        truth, uint8 0/1 [S,S] (see :meth:`apply_mask`)."""
+        if mask:
+            return self.apply_mask(image)[0]
+        return self._resize_and_crop(image, self.filter)
+
+    def apply_mask(self, mask: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+        """A binary 'L' mask [H,W] (0 normal, nonzero defect) -> (ground truth, soft mask).
+
+        ``nearest``: (the resized mask, uint8 [S,S] with the input's values, None). Other
+        filters: the soft mask, float32 [S,S] in [0,1] (the mask as 0/255, resized with
+        ``mask_filter`` and divided by 255, as ``ToTensor``), and the ground truth
+        ``soft > 0.5`` as uint8 0/1 [S,S].
+        """
+        if self.mask_filter == "nearest":
+            return self._resize_and_crop(mask, "nearest"), None
+        from PIL import Image
+
+        scaled = Image.fromarray(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8))
+        resized = self._resize_and_crop(scaled, self.mask_filter)  # uint8 [S,S], 0..255
+        soft = resized.astype(np.float32) / np.float32(255)
+        return (soft > 0.5).astype(np.uint8), soft
+
+    def _resize_and_crop(self, image: Image.Image, filter_name: str) -> np.ndarray:
+        """The geometry with ``filter_name``: uint8 [S,S] or [S,S,C] as the image's mode."""
         width, height = image.size
-        image = image.resize(self.resized_size(width, height), resample)
+        image = image.resize(self.resized_size(width, height), pil_filter(filter_name))
         if self.crop is not None:  # always set for shorter_side
             image = image.crop(self.resized_box(width, height))
         return np.asarray(image)

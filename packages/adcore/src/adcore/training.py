@@ -241,9 +241,11 @@ def _batches(
     )
     for batch in loader:
         categories = tuple(samples[int(i)].category for i in batch["index"])
+        # the soft mask where the geometry's mask filter makes one (the authors' targets)
+        masks = batch.get("soft_mask", batch["mask"])  # [B,S,S] float in [0,1] or uint8 0/1
         yield TrainingBatch(
             images=batch["image"].to(runtime.device, non_blocking=True),
-            masks=batch["mask"].to(runtime.device, non_blocking=True).float(),
+            masks=masks.to(runtime.device, non_blocking=True).float(),
             labels=batch["label"].to(runtime.device),
             categories=categories,
             class_names=tuple(class_names.get(c, c.replace("_", " ")) for c in categories),
