@@ -8,7 +8,13 @@ one once, with the same torch as ours:
 
     python -m venv /tmp/anomalib-venv
     /tmp/anomalib-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
-    /tmp/anomalib-venv/bin/pip install anomalib open_clip_torch timm
+    /tmp/anomalib-venv/bin/pip install anomalib "open_clip_torch>=2.23.0,<2.26.1" timm
+
+open_clip stays inside anomalib's own pin (``<2.26.1``): anomalib 2.7.0 reorders each window's
+tokens to sequence-first before calling the transformer, and open_clip 2.26 and later run it
+batch-first, so attention mixes windows and every window embedding comes out the same
+(anomalib issue #2571). The worker refuses such an environment, since its WinCLIP would be
+timed computing something else.
 
 Without ``--anomalib-python`` (or when that interpreter cannot import anomalib) only our side
 is timed. anomalib's side runs in a worker process of that interpreter; both sides get the
@@ -18,8 +24,9 @@ within one run, so a shared, busy machine slows both alike. Figures are medians 
 ``--repeats`` after one warm-up call each; the load average before and after is printed.
 
 Steps (CPU, fp32 unless marked):
-- ``winclip_predict``: zero-shot, ViT-B-16-plus-240 at 240 px, one image (the issue's figure);
-  our bf16 (``model.precision: bf16``) is timed alongside against anomalib's fp32.
+- ``winclip_predict``: zero-shot, ViT-B-16-plus-240 at 240 px, ``--winclip-images`` images a
+  call (default 1); our bf16 (``model.precision: bf16``) is timed alongside against
+  anomalib's fp32.
 - ``patchcore_features``: wide_resnet50_2 layer2+3 at 224 px, ``--feature-batch`` images:
   each side's own patch embedding (ours: locally aware features pooled to 1024;
   anomalib's: 3x3 average pool, concatenation to 1536).
@@ -62,6 +69,13 @@ try:
     from anomalib.models.image.winclip.torch_model import WinClipModel
 except Exception as error:
     answer({"error": f"{type(error).__name__}: {error}"})
+    sys.exit(0)
+from importlib.metadata import version as installed
+open_clip_version = installed("open_clip_torch")
+if tuple(int(part) for part in open_clip_version.split(".")[:3]) >= (2, 26, 1):
+    answer({"error": f"open_clip {open_clip_version} is outside anomalib's pin (<2.26.1); "
+            "its WinCLIP window embeddings are wrong there (anomalib issue #2571): "
+            "pip install 'open_clip_torch>=2.23.0,<2.26.1' in that environment"})
     sys.exit(0)
 inputs = load("inputs")
 create = open_clip.create_model_and_transforms
@@ -151,7 +165,7 @@ def timed(step: Callable[[], object]) -> float:
 
 def build_ours(args: argparse.Namespace, folder: Path) -> dict[str, Callable[[], object]]:
     """Our methods on random weights; writes the weights and inputs anomalib's side loads."""
-    from ad_patchcore.coreset import approximate_greedy_coreset, random_projection
+    from ad_patchcore.coreset import approximate_greedy_coreset
     from ad_patchcore.plugin import PatchCoreConfig
     from ad_patchcore.plugin import factory as patchcore_factory
     from ad_winclip.plugin import WinClipConfig
@@ -172,7 +186,7 @@ def build_ours(args: argparse.Namespace, folder: Path) -> dict[str, Callable[[],
         winclip_bf16 = winclip_factory(winclip_config, Runtime(precision="bf16", seed=0))
     for method in filter(None, (winclip, winclip_bf16)):
         method.fit(FitContext("bottle", class_name, 0))
-    winclip_image = images(1, winclip_config.resolution)
+    winclip_image = images(args.winclip_images, winclip_config.resolution)
 
     patch_config = PatchCoreConfig(pretrained="none", resolution=224, crop=None)
     patchcore = patchcore_factory(patch_config, Runtime(seed=0))
@@ -199,13 +213,8 @@ def build_ours(args: argparse.Namespace, folder: Path) -> dict[str, Callable[[],
     )
 
     def coreset() -> object:
-        matrix = random_projection(features.shape[1], patch_config.coreset_projection_dim, 0)
         return approximate_greedy_coreset(
-            features @ matrix,
-            0.1,
-            0,
-            patch_config.coreset_starting_points,
-            patch_config.coreset_chunk,
+            patchcore._project(features), 0.1, 0, patch_config.coreset_starting_points
         )
 
     steps: dict[str, Callable[[], object]] = {
@@ -226,6 +235,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-images", type=int, default=16)
     parser.add_argument("--feature-batch", type=int, default=4)
+    parser.add_argument(
+        "--winclip-images",
+        type=int,
+        default=1,
+        help="images in each WinCLIP predict call (both sides); times are per call",
+    )
     parser.add_argument("--steps", nargs="+", default=None, help="default: all")
     parser.add_argument("--no-bf16", action="store_true", help="skip our bf16 WinCLIP")
     parser.add_argument("--json", default=None)
@@ -267,7 +282,9 @@ def main() -> None:
             with torch.no_grad():
                 mine = outputs()
             agreement = {
-                "image_score_abs_diff": abs(float(mine.scores[0]) - reply["winclip_score"][0]),
+                "image_score_abs_diff": float(
+                    (mine.scores - torch.tensor(reply["winclip_score"])).abs().max()
+                ),
                 "map_max_abs_diff": float(
                     (mine.maps.flatten() - torch.tensor(reply["winclip_map"])).abs().max()
                 ),

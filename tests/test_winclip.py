@@ -205,6 +205,27 @@ def test_window_embedding_equals_open_clip_on_the_window_alone(method) -> None:
                     torch.testing.assert_close(ours[:, w], expected, atol=1e-5, rtol=1e-4)
 
 
+def test_own_block_arithmetic_equals_open_clips_blocks(method, monkeypatch) -> None:
+    """Plain blocks run through ``WinClip._block``; any other block runs as open_clip's own
+    module. Treating every block as not plain must give the same embeddings."""
+    import ad_winclip.model as winclip_model
+
+    model = method.model
+    with torch.no_grad():
+        tokens = model.embed_tokens(method.geometry.normalize(random_images(2, seed=4)))
+        own = {k: model.window_embeddings(tokens, k) for k in (2, 3)}
+        image, patches = model.encode_full(tokens)
+        monkeypatch.setattr(winclip_model, "_plain_block", lambda block: False)
+        assert model.first_block_qkv(tokens) is None
+        for k in (2, 3):
+            torch.testing.assert_close(
+                model.window_embeddings(tokens, k), own[k], atol=1e-5, rtol=1e-4
+            )
+        their_image, their_patches = model.encode_full(tokens)
+    torch.testing.assert_close(their_image, image, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(their_patches, patches, atol=1e-5, rtol=1e-4)
+
+
 def test_window_embedding_ignores_other_windows_and_images(method) -> None:
     """Fails when window sequences reach the blocks in the wrong layout (seq- vs batch-first).
 

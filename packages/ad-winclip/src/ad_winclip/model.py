@@ -230,11 +230,18 @@ class WinClip(nn.Module):
             return None
         return F.linear(block.ln_1(tokens), block.attn.in_proj_weight, block.attn.in_proj_bias)
 
-    def _first_block(self, x: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
-        """The first residual block from precomputed projections: [N, L, C], [N, L, 3C]."""
-        block = self.clip.visual.transformer.resblocks[0]
+    @staticmethod
+    def _block(block: nn.Module, x: torch.Tensor, qkv: torch.Tensor | None = None) -> torch.Tensor:
+        """A plain residual block on batch-first tokens [N, L, C] -> [N, L, C].
+
+        open_clip's ``ResidualAttentionBlock`` arithmetic: pre-norm attention, then pre-norm
+        MLP, each with its layer scale. ``qkv`` [N, L, 3C], when given, stands in for the
+        block's own input projection (the first block's shared projections).
+        """
         attn = block.attn
         n, length, width = x.shape
+        if qkv is None:
+            qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
         q, k, v = qkv.view(n, length, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)  # [N, H, L, C/H]
         x = x + block.ls_1(attn.out_proj(out.transpose(1, 2).reshape(n, length, width)))
@@ -242,7 +249,7 @@ class WinClip(nn.Module):
 
     @staticmethod
     def _class_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """A last block that outputs the class token only: [N, L, C] -> [N, C].
+        """A last plain block that outputs the class token only: [N, L, C] -> [N, C].
 
         Keys and values come from every token; query, attention output and MLP only from
         the class token, which is all that is read out.
@@ -263,25 +270,22 @@ class WinClip(nn.Module):
     ) -> torch.Tensor:
         """Batch-first tokens [N, L, C] through the transformer -> [N, L, C] or class [N, C].
 
-        The open_clip blocks get their own layout (``transformer.batch_first``): feeding
-        [N, L, C] to sequence-first blocks, or the reverse, mixes tokens of different
-        sequences.
+        Plain blocks run through ``_block`` (``_class_block`` for the last one when only the
+        class token is read); any other block runs as it is, in the layout open_clip gives
+        it (``transformer.batch_first``): feeding [N, L, C] to sequence-first blocks, or the
+        reverse, mixes tokens of different sequences. ``qkv`` is the first block's
+        projections (``first_block_qkv``).
         """
         transformer = self.clip.visual.transformer
-        blocks = list(transformer.resblocks)
-        if qkv is not None:
-            x = self._first_block(x, qkv)
-            blocks = blocks[1:]
-        last = blocks.pop() if class_only and blocks and _plain_block(blocks[-1]) else None
         seq_first = not getattr(transformer, "batch_first", True)
-        if seq_first:
-            x = x.transpose(0, 1)  # [L, N, C]
-        for block in blocks:
-            x = block(x)
-        if seq_first:
-            x = x.transpose(0, 1)  # [N, L, C]
-        if last is not None:
-            return self._class_block(last, x)
+        blocks = list(transformer.resblocks)
+        for index, block in enumerate(blocks):
+            if not _plain_block(block):
+                x = block(x.transpose(0, 1)).transpose(0, 1) if seq_first else block(x)
+            elif class_only and index == len(blocks) - 1:
+                return self._class_block(block, x)
+            else:
+                x = self._block(block, x, qkv if index == 0 else None)
         return x[:, 0] if class_only else x
 
     def _project(self, pooled: torch.Tensor) -> torch.Tensor:
