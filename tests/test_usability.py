@@ -25,7 +25,9 @@ def adcore_methods():
                        factory=build, capabilities={Capability.FEW_SHOT})]
 """
 
-# the example method, but Ctrl-C arrives while the second category is being fitted
+# the example method, but Ctrl-C arrives while the second category is being fitted; Python's
+# own SIGINT handler is put back first, since a process started in the background by a
+# shell without job control inherits SIGINT as ignored (then no Ctrl-C could reach it)
 INTERRUPTING = """
 import os, signal
 from adcore.api import Capability, MethodSpec, hookimpl
@@ -35,6 +37,7 @@ from ad_plugin_example.model import PixelGaussian
 class Interrupting(PixelGaussian):
     def fit(self, context):
         if context.category == "widget":
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             os.kill(os.getpid(), signal.SIGINT)
         super().fit(context)
 
