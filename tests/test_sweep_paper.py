@@ -94,6 +94,28 @@ def test_a_checkpoint_given_in_the_file_wins(tmp_path: Path) -> None:
     assert sweep.raw_config(btad)["model"]["checkpoint"] == "x"
 
 
+def test_random_weights_keep_the_trained_checkpoint(data_dir: Path) -> None:
+    """--random-weights replaces pretrained backbones only: the points still evaluate with
+    the checkpoint their training entry writes, so the sweep trains first."""
+    from adcore.plugins import get_registry
+    from adcore.sweep.plan import plan_sweep
+    from adcore.sweep.training import needed_trainings
+
+    sweep = load_sweep(tiny_copy("afclip_paper.yaml", data_dir))
+    cwd = os.getcwd()
+    os.chdir(data_dir)
+    try:
+        plan = plan_sweep(sweep, get_registry(), random_weights=True)
+    finally:
+        os.chdir(cwd)
+    names = [training.name for training in needed_trainings(sweep, plan)]
+    assert sorted(names) == ["afclip_train_mvtec", "afclip_train_visa"]
+    for experiment in plan.experiments:
+        model = experiment.raw["model"]
+        assert model["pretrained"] == "none"
+        assert model["checkpoint"] == str(sweep.checkpoint(sweep.training_for(experiment.point)))
+
+
 @pytest.fixture(scope="module")
 def swept(data_dir: Path):
     """``ad sweep`` of the tiny copy, run twice (the second must find everything done)."""

@@ -37,8 +37,8 @@ class SharedConfig(PluginConfig):
     checkpoint: str | None = Field(
         None,
         description="trained parts: a file or run folder of `ad train`, or the authors' "
-        "released files (a file or their folder); none = untrained",
-        json_schema_extra={"weights": True},
+        "released files (a file or their folder); none = untrained. --random-weights "
+        "leaves it as given: a checkpoint trained on the same random backbone loads",
     )
     checkpoint_epoch: int | None = Field(
         None,
