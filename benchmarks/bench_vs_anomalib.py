@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -122,6 +123,15 @@ for line in sys.stdin:
         steps[command["step"]]()
     answer({"seconds": time.perf_counter() - started})
 """
+
+
+STEPS = (
+    "winclip_predict",
+    "patchcore_features",
+    "patchcore_coreset",
+    "patchcore_predict",
+    "winclip_predict_bf16",
+)
 
 
 class Anomalib:
@@ -241,10 +251,17 @@ def main() -> None:
         default=1,
         help="images in each WinCLIP predict call (both sides); times are per call",
     )
-    parser.add_argument("--steps", nargs="+", default=None, help="default: all")
+    parser.add_argument("--steps", nargs="+", default=None, choices=STEPS, help="default: all")
     parser.add_argument("--no-bf16", action="store_true", help="skip our bf16 WinCLIP")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.no_bf16 and "winclip_predict_bf16" in (args.steps or []):
+        parser.error("--steps winclip_predict_bf16 needs our bf16 WinCLIP: drop --no-bf16")
+    if args.anomalib_python and not shutil.which(args.anomalib_python):
+        parser.error(
+            f"--anomalib-python {args.anomalib_python}: no such executable; make the environment "
+            "as this script's docstring says, or leave the option out to time our side only"
+        )
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ad-vs-anomalib-") as tmp:
         folder = Path(tmp)
