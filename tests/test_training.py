@@ -208,3 +208,105 @@ def test_method_driven_phases_alternate_with_their_own_optimisers(samples, tmp_p
     assert not (tmp_path / "checkpoint_epoch1.safetensors").exists()
     optimizers = torch.load(tmp_path / "optimizer.pt", weights_only=True)
     assert set(optimizers) == {"weight", "bias"}
+
+
+# a weight-free trainable method for `ad train` through the entry point: PixelLogistic
+TRAINABLE_PLUGIN = """
+import torch
+from torch import nn
+from adcore.api import Capability, MethodSpec, PluginConfig, hookimpl
+from adcore.method import InputGeometry, Prediction, TrainableMethod, TrainingSettings
+
+class Config(PluginConfig):
+    pass
+
+class Tiny(TrainableMethod):
+    def __init__(self, config, runtime):
+        self.geometry = InputGeometry(size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+        self.head = nn.Conv2d(3, 1, 1)
+    def training_settings(self):
+        return TrainingSettings(epochs=1, learning_rate=0.1, batch_size=4)
+    def trainable_parameters(self):
+        return iter(self.head.parameters())
+    def training_loss(self, images, masks, labels):
+        logits = self.head(self.geometry.normalize(images))[:, 0]
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, masks)
+        return {"loss": loss}
+    def trainable_state(self):
+        return {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+    def load_trainable_state(self, state):
+        self.head.load_state_dict(state)
+    def fit(self, context):
+        return None
+    def predict(self, images):
+        logits = self.head(self.geometry.normalize(images))[:, 0]
+        return Prediction(scores=logits.flatten(1).amax(dim=1), maps=logits)
+    def modules(self):
+        return {"head": self.head}
+    def backbone_forward(self, images):
+        return self.head(images)
+    def weights_identity(self):
+        return {"backbone": "tiny", "backbone_hash": "abc", "random": True}
+
+@hookimpl
+def adcore_methods():
+    return [MethodSpec(name="tiny-trainable", summary="a 1x1 convolution", config=Config,
+                       factory=Tiny, capabilities={Capability.ZERO_SHOT, Capability.TRAINABLE})]
+"""
+
+
+def test_ad_train_refuses_a_bad_sample_before_training_or_skips_and_names_it(tmp_path) -> None:
+    """A mask whose size differs from its image: one paragraph naming the file and the fix,
+    no traceback, nothing trained; --skip-bad-samples (or data.skip_bad_samples) trains on
+    the rest and names the file left out."""
+    from PIL import Image
+
+    from adtest import run_ad, write_distribution
+
+    root = write_mvtec_tree(tmp_path / "data", ("widget",), 1, 2, 3, size=32)
+    wrong = root / "widget/ground_truth/square/001_mask.png"
+    Image.new("L", (64, 48), 255).save(wrong)
+    site = write_distribution(
+        tmp_path / "site", "tiny-trainable-ad-plugin", TRAINABLE_PLUGIN, "tiny"
+    )
+    env = {"PYTHONPATH": str(site)}
+    args = [
+        "train", "--method", "tiny-trainable", "--dataset", "folder", "--data-root", str(root),
+        "--output", str(tmp_path / "out"), "--no-progress", "--set", "data.num_workers=0",
+    ]  # fmt: skip
+    run = tmp_path / "out/folder/tiny-trainable/default"
+
+    stopped = run_ad(*args, env=env)
+    assert stopped.returncode == 1
+    assert "Traceback" not in stopped.stdout + stopped.stderr
+    assert "DataLoader" not in stopped.stderr
+    message = stopped.stderr.strip()
+    assert message.startswith("Error:") and "\n\n" not in message
+    assert str(wrong) in message and "64x48" in message and "--skip-bad-samples" in message
+    assert not (run / "checkpoint.safetensors").exists()
+
+    for option in (["--skip-bad-samples"], ["--set", "data.skip_bad_samples=true"]):
+        skipped = run_ad(*args, *option, "--restart", env=env)
+        assert skipped.returncode == 0, skipped.stderr
+        assert "skipped 1 bad sample" in skipped.stdout and str(wrong) in skipped.stdout
+        assert (run / "checkpoint.safetensors").is_file()
+
+
+def test_a_data_error_in_a_loader_worker_keeps_its_own_message() -> None:
+    """PyTorch re-raises a worker's exception as "Caught DataError in DataLoader worker
+    process 0. Original Traceback ..."; the error the user sees is the original paragraph."""
+    from torch.utils.data import DataLoader
+
+    from adcore.errors import DataError
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, index: int):
+            raise DataError("Mask m.png is 2x2 but its image i.png is 1x1.", "Fix the pair.")
+
+    with pytest.raises(DataError) as caught:
+        list(DataLoader(Broken(), num_workers=1))
+    assert str(caught.value) == "Mask m.png is 2x2 but its image i.png is 1x1. Fix the pair."
+    assert caught.value.exit_code == 1

@@ -193,3 +193,20 @@ def test_data_check_names_a_missing_mask_as_the_folder_names_its_masks(tmp_path,
     text = " ".join(result.stdout.split() + result.stderr.split())
     assert "ground_truth/square/002.png" in text and "002_mask.png" not in text
     assert "000.png" not in text.replace("002.png", "")  # the accepted masks are not reported
+
+
+def test_skip_bad_samples_names_each_skipped_file_on_the_console(tmp_path, mvtec_root):
+    """--skip-bad-samples says which files it left out and why, as a note of the category
+    (console, metrics.csv's notes), besides the count in num_skipped."""
+    from PIL import Image
+
+    wrong = mvtec_root / "widget/ground_truth/square/001_mask.png"
+    Image.new("L", (30, 20), 255).save(wrong)
+    result = _eval(mvtec_root, tmp_path / "out", "--skip-bad-samples")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "skipped 1 bad sample" in line]
+    assert lines and lines[-1].startswith("note widget: skipped 1 bad sample: ")
+    assert str(wrong) in lines[-1] and "30x20" in lines[-1]
+    assert not any("skipped" in line for line in result.stdout.splitlines() if "plate" in line)
+    metrics = (tmp_path / "out/mvtec/pixel-gaussian/default/widget/metrics.csv").read_text()
+    assert "skipped 1 bad sample" in metrics and str(wrong) in metrics

@@ -13,6 +13,7 @@ class AdError(Exception):
     exit_code = 1
 
     def __init__(self, problem: str, hint: str = "") -> None:
+        problem = _unwrapped(problem, type(self))
         super().__init__(problem)
         self.problem = problem
         self.hint = hint
@@ -52,3 +53,17 @@ class Interrupted(AdError):
     """Stopped by Ctrl-C (exit code 130, as shells report SIGINT)."""
 
     exit_code = 130
+
+
+def _unwrapped(message: str, kind: type) -> str:
+    """The original message of an error PyTorch re-raised from a DataLoader worker.
+
+    PyTorch rebuilds the worker's exception as ``kind("Caught X in DataLoader worker process
+    N.\nOriginal Traceback ...\nmodule.X: <message>")``; the user is owed ``<message>`` only
+    (its problem and hint, already joined), as if it had been raised in this process.
+    """
+    if not message.startswith("Caught ") or "\nOriginal Traceback" not in message:
+        return message
+    marker = f"\n{kind.__module__}.{kind.__qualname__}: "
+    at = message.rfind(marker)
+    return message[at + len(marker) :].rstrip("\n") if at >= 0 else message
