@@ -14,6 +14,7 @@ from ad_afclip.losses import patch_alignment_loss
 from ad_afclip.method import AFCLIPMethod
 from ad_afclip.model import FrozenVisualTower, interpolate_positional_embedding
 from ad_afclip.plugin import TINYCLIP_8M, AFCLIPConfig, MiniCLIPConfig, adcore_methods
+from adcore.config import weights_fields
 from adcore.dataset import Sample
 from adcore.errors import ConfigError, WeightsError
 from adcore.loading import SampleImages
@@ -103,7 +104,9 @@ def test_records_declare_both_variants_with_paper_defaults() -> None:
     for name, spec in specs.items():
         assert {c.value for c in spec.capabilities} == capabilities[name]
         schema = spec.config.model_json_schema()["properties"]
-        assert schema["checkpoint"]["weights"] is True
+        # trained parts are not pretrained weights: --random-weights leaves them as given
+        assert "weights" not in schema["checkpoint"]
+        assert schema["pretrained"] and "checkpoint" not in weights_fields(spec.config())
     afclip, mini = AFCLIPConfig(), MiniCLIPConfig()
     assert (afclip.backbone, afclip.pretrained, afclip.resolution) == (
         "ViT-L-14-336",
