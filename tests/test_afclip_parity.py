@@ -103,7 +103,7 @@ def read_both(
             Image.fromarray(mask).save(mask_path)
         samples.append(Sample(image_path=image_path, label=int(defect is not None),
                               category="bottle", mask_path=mask_path))  # fmt: skip
-    loaded = SampleImages(samples, geometry)
+    loaded = SampleImages(samples, geometry, soft_masks=True)  # as ad train loads them
     batch = collate([loaded[index] for index in range(len(samples))])
     nearest = SampleImages(samples, geometry.model_copy(update={"mask_filter": "nearest"}))
     theirs = [ref.dataset_item(s.image_path, s.mask_path, geometry.size) for s in samples]

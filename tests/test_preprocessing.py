@@ -189,8 +189,13 @@ def test_bicubic_masks_equal_the_authors_target_transform(tmp_path):
     ])  # fmt: skip
     nearest = transforms.Resize((side, side), interpolation=transforms.InterpolationMode.NEAREST)
     geometry = Preprocessing(size=side, filter="bicubic", mask_filter="bicubic")
-    bicubic = collate([SampleImages(samples, geometry)[i] for i in range(len(samples))])
-    plain = collate([SampleImages(samples, Preprocessing(size=side))[i] for i in range(4)])
+    loaded = SampleImages(samples, geometry, soft_masks=True)
+    bicubic = collate([loaded[i] for i in range(len(samples))])
+    evaluation = SampleImages(samples, geometry)[0]  # evaluation loaders: no soft mask
+    assert "soft_mask" not in evaluation and torch.equal(evaluation["mask"], bicubic["mask"][0])
+    plain = collate(
+        [SampleImages(samples, Preprocessing(size=side), soft_masks=True)[i] for i in range(4)]
+    )
     assert "soft_mask" not in plain
     assert bicubic["soft_mask"].dtype == torch.float32 and bicubic["mask"].dtype == torch.uint8
     for row, sample in enumerate(samples):
@@ -222,7 +227,7 @@ def test_training_batches_carry_the_soft_mask(tmp_path):
     settings = TrainingSettings(epochs=1, batch_size=1)
     for mask_filter in ("nearest", "bicubic"):
         geometry = Preprocessing(size=48, mask_filter=mask_filter)
-        item = SampleImages(samples, geometry)[0]
+        item = SampleImages(samples, geometry, soft_masks=True)[0]
         (batch,) = _batches(samples, geometry, settings, 0, Runtime(), {}, 0)
         expected = item["soft_mask"] if mask_filter == "bicubic" else item["mask"].float()
         assert batch.masks.dtype == torch.float32

@@ -25,29 +25,19 @@ from adcore.records import Capability
 TINY = "winclip-test-tiny"
 SIZE = 80
 GRID = 5
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": SIZE, "layers": 3, "width": 64, "head_width": 16,
+                   "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                 "layers": 1},
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def tiny_model_name(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("open_clip_configs")
-    config = {
-        "embed_dim": 32,
-        "vision_cfg": {
-            "image_size": SIZE,
-            "layers": 3,
-            "width": 64,
-            "head_width": 16,
-            "patch_size": 16,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 2,
-            "layers": 1,
-        },
-    }
-    (folder / f"{TINY}.json").write_text(json.dumps(config))
+    (folder / f"{TINY}.json").write_text(json.dumps(TINY_CONFIG))
     open_clip.add_model_config(folder)
     return TINY
 

@@ -76,23 +76,12 @@ from ad_winclip.prompts import prompt_ensemble
 from adcore.dataset import Sample
 from adcore.loading import SampleImages
 from adcore.method import FitContext, Prediction, Runtime
+from test_winclip import SIZE, TINY_CONFIG  # the same tiny ViT as the stage tests
 
 TINY = "winclip-parity-tiny"
-SIZE = 80
 GRID = (5, 5)
 SCALES = (2, 3)
 TOL = 1e-6
-TINY_CONFIG: dict[str, Any] = {
-    "embed_dim": 32,
-    "vision_cfg": {
-        "image_size": SIZE,
-        "layers": 3,
-        "width": 64,
-        "head_width": 16,
-        "patch_size": 16,
-    },
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 # --- the transcription of anomalib's WinCLIP ----------------------------------------------

@@ -6,8 +6,9 @@ Images become uint8 [3,S,S] tensors through the method's declared preprocessing 
 its filter, then centre crop: :class:`adcore.preprocessing.Preprocessing`); masks get the
 same geometry with the declared mask filter, so a pixel of the map and a pixel of the mask
 always describe the same place. ``mask`` is always the binary ground truth that evaluation
-scores against; a mask filter other than nearest-neighbour (the authors' soft bicubic masks)
-adds ``soft_mask``, which training uses as the mask instead.
+scores against; training loaders (``soft_masks=True``) of a geometry whose mask filter is
+not nearest-neighbour (the authors' soft bicubic masks) add ``soft_mask``, which training
+uses as the mask instead.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ class SampleImages:
         geometry: Preprocessing,
         original_masks: bool = False,
         decoding: Decoding | None = None,
+        soft_masks: bool = False,
     ) -> None:
         self.samples = list(samples)
         self.geometry = geometry
         self.original_masks = original_masks
         self.decoding = decoding or Decoding()
+        self.soft_masks = soft_masks  # add soft_mask where the mask filter makes one
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -66,7 +69,7 @@ class SampleImages:
             "label": sample.label,
             "index": index,
         }
-        if soft is not None:  # a soft mask filter: what the authors' training sees
+        if self.soft_masks and soft is not None:  # what the authors' training sees
             item["soft_mask"] = torch.from_numpy(soft)  # [S,S] float32 in [0,1]
         if self.original_masks:
             item["original_mask"] = np.asarray(mask, dtype=bool)  # [H,W]
@@ -100,9 +103,11 @@ def make_loader(
     original_masks: bool = False,
     pin_memory: bool = False,
     decoding: Decoding | None = None,
+    soft_masks: bool = False,
 ) -> Any:
     """A DataLoader yielding dicts: image uint8 [B,3,S,S], mask uint8 0/1 [B,S,S], label,
-    index; soft_mask float [B,S,S] in [0,1] too where ``geometry.mask_filter`` is not nearest.
+    index; with ``soft_masks`` (training), soft_mask float [B,S,S] in [0,1] too where
+    ``geometry.mask_filter`` is not nearest.
 
     ``decoding``: the category's :class:`~adcore.decoding.Decoding` (bit-depth range, size
     limit); the defaults when None.
@@ -112,7 +117,7 @@ def make_loader(
 
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        SampleImages(samples, geometry, original_masks, decoding),
+        SampleImages(samples, geometry, original_masks, decoding, soft_masks),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,

@@ -238,6 +238,7 @@ def _batches(
         shuffle=True,
         seed=seed,
         pin_memory=runtime.device.startswith("cuda"),
+        soft_masks=True,
     )
     for batch in loader:
         categories = tuple(samples[int(i)].category for i in batch["index"])
