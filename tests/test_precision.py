@@ -129,6 +129,19 @@ def test_cli_refuses_fp16_on_cpu_in_one_paragraph(mvtec_root, tmp_path):
     assert "fp16 is for CUDA" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.skipif(not cpu_bf16_flags(), reason="this CPU has no native bf16 matmuls")
+def test_cli_says_a_bf16_run_on_the_console_and_in_the_summary(mvtec_root, tmp_path):
+    result = run_ad(
+        *eval_args(mvtec_root, tmp_path / "out"), "--device", "cpu",
+        "--set", "model.precision=bf16", *fast_flags(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    line = "Precision: bf16 backbones (autocast); scores, maps, nearest-neighbour search"
+    assert line in " ".join(result.stdout.split())
+    (summary,) = (tmp_path / "out").rglob("summary_metrics_pretty.md")
+    assert line in summary.read_text()
+
+
 # --- what runs in bf16, and what does not --------------------------------------------------
 
 

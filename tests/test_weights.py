@@ -338,6 +338,11 @@ def test_random_backbone_and_untrained_parameters_are_reported_apart(tmp_path):
         assert "Weights: x, tag t, digest ab, trained checkpoint digest " in text
         assert (RANDOM_NOTE in text) is random_weights
         assert (UNTRAINED_NOTE in text) is untrained_parameters
+    random_identity = {**trained, "source": "random", "pretrained": "none"}
+    context = SimpleNamespace(run_dir=tmp_path, env={"weights": random_identity})
+    PrettySummaryReporter().on_run(result, context)
+    text = (tmp_path / "summary_metrics_pretty.md").read_text()
+    assert "Weights: x, random initialisation, digest ab" in text
 
 
 def test_fitted_state_of_other_weights_is_refused(tmp_path):

@@ -44,6 +44,16 @@ def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
     return tuple(flag for flag in BF16_CPU_FLAGS if flag in flags)
 
 
+def precision_note(precision: str | None) -> str:
+    """One line saying what a reduced-precision run changed; empty for fp32 (or unknown)."""
+    if precision in (None, "fp32"):
+        return ""
+    return (
+        f"Precision: {precision} backbones (autocast); scores, maps, nearest-neighbour search "
+        "and metrics in fp32."
+    )
+
+
 def _device_type(device: str) -> str:
     return device.split(":", 1)[0]
 

@@ -24,6 +24,7 @@ from adcore.cli.options import (
     resolved_config,
 )
 from adcore.errors import Interrupted
+from adcore.precision import precision_note
 from adcore.results import RunLayout, RunResult
 
 RANDOM_BANNER = (
@@ -118,6 +119,8 @@ def eval_command(
         console.print(note, highlight=False)
     if resolved.random_weights:
         console.print(RANDOM_BANNER)
+    if precision_note(resolved.base.model.precision):
+        console.print(precision_note(resolved.base.model.precision), highlight=False)
     options = RunOptions(overwrite, save_maps, save_model, show_progress=not no_progress)
     with Progress(enabled=not no_progress and not as_json) as progress:
         evaluation = Evaluation(resolved, get_registry(), options, progress)

@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+from adcore.precision import precision_note
 from adcore.reporting import Reporter, RunContext
 from adcore.results import NOTES_SEPARATOR, RunResult, atomic_write_text, csv_text
 
@@ -17,10 +18,14 @@ UNTRAINED_NOTE = (
 
 
 def weights_line(identity: dict[str, Any] | None) -> str:
-    """``Weights: resnet18, tag a1_in1k, digest 0f3a...`` (nothing for weight-free methods)."""
+    """``Weights: resnet18, tag a1_in1k, digest 0f3a...``; ``random initialisation`` in
+    place of the tag or file for a random backbone; nothing for weight-free methods."""
     if not identity or not identity.get("digest"):
         return ""
-    source = f"{identity.get('source')} {identity.get('pretrained')}"
+    if identity.get("source") in ("random", "none"):
+        source = "random initialisation"
+    else:
+        source = f"{identity.get('source')} {identity.get('pretrained')}"
     parts = [str(identity.get("architecture")), source, f"digest {identity['digest']}"]
     if identity.get("checkpoint_digest"):
         parts.append(f"trained checkpoint digest {identity['checkpoint_digest']}")
@@ -76,6 +81,8 @@ class PrettySummaryReporter(Reporter):
         note = f"> {RANDOM_NOTE}\n\n" if result.random_weights else ""
         note += f"> {UNTRAINED_NOTE}\n\n" if result.untrained_parameters else ""
         note += weights_line(context.env.get("weights"))
+        shown_precision = precision_note(context.env.get("precision"))
+        note += f"{shown_precision}\n\n" if shown_precision else ""
         shown = header[:-1]  # notes go below the table, where they have room
         table = "| " + " | ".join(shown) + " |\n|" + "---|" * len(shown) + "\n"
         table += "".join("| " + " | ".join(row[:-1]) + " |\n" for row in cells)
