@@ -192,6 +192,25 @@ def test_local_aggregation_is_a_3x3_mean_when_pooling_keeps_channels():
     assert torch.allclose(local_aggregation(maps, 3, 16), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("channels", "patch", "dim"),
+    [(512, 3, 1024), (1024, 3, 1024), (128, 3, 1024), (2048, 1, 1024), (96, 5, 384), (7, 2, 10),
+     (100, 3, 64)],  # an even patch; a wide group (automatic choice: unfold)
+)  # fmt: skip
+def test_local_aggregation_equals_unfold_then_adaptive_pooling(channels, patch, dim):
+    """The grouped convolution against the definition (the authors' ``F.unfold`` then
+    ``F.adaptive_avg_pool1d`` per position), in float64 so only the summation order differs."""
+    maps = torch.randn(2, channels, 9, 7, generator=torch.Generator().manual_seed(5)).double()
+    unfolded = F.unfold(maps, kernel_size=patch, padding=(patch - 1) // 2)  # [B, C*p*p, P]
+    per_position = unfolded.transpose(1, 2).reshape(-1, 1, unfolded.shape[1])
+    pooled = F.adaptive_avg_pool1d(per_position, dim).reshape(2, -1, dim).transpose(1, 2)
+    side = 9 + 2 * ((patch - 1) // 2) - patch + 1, 7 + 2 * ((patch - 1) // 2) - patch + 1
+    for grouped in (None, True, False):
+        ours = local_aggregation(maps, patch, dim, grouped=grouped)
+        assert ours.shape == (2, dim, *side)
+        torch.testing.assert_close(ours.flatten(2), pooled, rtol=0, atol=1e-12)
+
+
 def test_patch_features_match_authors_code_and_shapes():
     config = small_config(pretrain_embed_dimension=96, target_embed_dimension=80)
     method = factory(config, Runtime(seed=0))

@@ -189,7 +189,8 @@ class PatchCore(Method):
     @torch.no_grad()
     def backbone_forward(self, images: torch.Tensor) -> Any:
         with self.runtime.backbone_autocast():
-            return [m.float() for m in self.model.backbone(images)]
+            laid_out = images.contiguous(memory_format=self.model.layout)
+            return [m.float() for m in self.model.backbone(laid_out)]
 
     def weights_identity(self) -> dict[str, Any]:
         return dict(self._identity)
