@@ -139,3 +139,28 @@ def test_wrong_layout(tmp_path: Path) -> None:
         open_folder(root)
     assert "<root>/normal/*.png" in str(error.value)
     assert "photos holds good/" in str(error.value)
+
+
+def test_a_category_without_usable_test_images_says_why(tmp_path: Path) -> None:
+    """Empty test folders, and test images that are all bad, are two different messages;
+    a file PIL cannot read is named once, with PIL's reason and without its path again."""
+    from adcore.config import DataSection
+    from adcore.preparation import prepare_category
+
+    root = tmp_path / "line"
+    for i in range(3):
+        image(root / "train" / "good" / f"{i}.png")
+    (root / "test" / "good").mkdir(parents=True)
+    data = DataSection(k_shot="all", skip_bad_samples=True)
+    with pytest.raises(DataError, match="lists no test images for it") as empty:
+        prepare_category(open_folder(root), "line", data, seed=0)
+    assert "--category" in str(empty.value)
+
+    broken = root / "test" / "good" / "x.png"
+    broken.write_bytes(b"\x00not an image at all" * 10)
+    with pytest.raises(DataError) as bad:
+        prepare_category(open_folder(root), "line", data, seed=0)
+    text = str(bad.value)
+    assert "all 1 of its test images are bad samples" in text
+    assert "PIL recognises no image format in it" in text
+    assert text.count(str(broken)) == 1

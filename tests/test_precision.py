@@ -127,6 +127,7 @@ def test_cli_refuses_fp16_on_cpu_in_one_paragraph(mvtec_root, tmp_path):
     )  # fmt: skip
     assert result.returncode == 1
     assert "fp16 is for CUDA" in result.stderr and "Traceback" not in result.stderr
+    assert "Precision: fp16" not in result.stdout  # not announced, then refused
 
 
 @pytest.mark.skipif(not cpu_bf16_flags(), reason="this CPU has no native bf16 matmuls")

@@ -212,8 +212,10 @@ def test_eval_through_the_entry_point_prints_a_table_and_writes_json(mvtec_root,
 def test_usage_errors_exit_with_code_2(mvtec_root, tmp_path):
     unknown_option = run_ad(*eval_args(mvtec_root, tmp_path / "out"), "--bogus")
     assert unknown_option.returncode == 2 and "No such option" in unknown_option.stderr
-    bad_k_shot = run_ad(*eval_args(mvtec_root, tmp_path / "out"), "--k-shot", "two")
-    assert bad_k_shot.returncode == 2 and "Traceback" not in bad_k_shot.stderr
+    for value in ("two", "-3", "1.5"):
+        bad_k_shot = run_ad(*eval_args(mvtec_root, tmp_path / "out"), "--k-shot", value)
+        assert bad_k_shot.returncode == 2 and "Traceback" not in bad_k_shot.stderr
+        assert f"--k-shot '{value}' is not a whole number" in bad_k_shot.stderr
 
 
 def test_original_resolution_compares_maps_at_each_masks_own_size(mvtec_root, tmp_path):

@@ -72,7 +72,11 @@ class PatchCoreConfig(PluginConfig):
     @model_validator(mode="after")
     def _crop_fits(self) -> PatchCoreConfig:
         if self.crop is not None and self.crop > self.resolution:
-            raise ValueError(f"crop {self.crop} is larger than resolution {self.resolution}")
+            raise ValueError(
+                f"crop {self.crop} is larger than resolution {self.resolution} (the shorter "
+                f"side is resized to resolution, then the centre crop is taken): set model.crop "
+                f"to at most {self.resolution}, or to null for no crop"
+            )
         return self
 
 

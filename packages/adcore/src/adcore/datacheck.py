@@ -28,6 +28,7 @@ from adcore.decoding import (
     ImageTooLargeError,
     IntensityRule,
     Probe,
+    UndecodableImageError,
     category_decoding,
     dangling,
     decode_mask,
@@ -217,6 +218,8 @@ def _inspect(
 
 
 def _reason(error: Exception) -> str:
+    if isinstance(error, UndecodableImageError):  # the listing names the file already
+        return error.reason
     if isinstance(error, DataError):
         return error.problem
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -119,13 +119,25 @@ def open_image(path: Path, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXE
             "Check the data set root and its layout.",
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(
-            f"File {path} cannot be decoded as an image ({error}).", SKIP_HINT
-        ) from None
+        raise UndecodableImageError(path, error) from None
     if max_image_pixels is not None and image.size[0] * image.size[1] > max_image_pixels:
         image.close()
         raise too_large_error(path, image.size, max_image_pixels)
     return image
+
+
+class UndecodableImageError(DataError):
+    """A file PIL cannot decode; ``reason`` is PIL's complaint without the path in it."""
+
+    def __init__(self, path: Path, error: BaseException) -> None:
+        reason = str(error)
+        for shown in (repr(str(path)), str(path)):
+            reason = reason.replace(shown, "")
+        reason = reason.strip(" :.") or type(error).__name__
+        if reason == "cannot identify image file":
+            reason = "PIL recognises no image format in it"
+        self.reason = reason
+        super().__init__(f"File {path} cannot be decoded as an image ({reason}).", SKIP_HINT)
 
 
 def dangling(path: Path) -> str:
@@ -139,9 +151,7 @@ def _load(image: Image.Image, path: Path) -> Image.Image:
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise DataError(
-            f"File {path} cannot be decoded as an image ({error}).", SKIP_HINT
-        ) from None
+        raise UndecodableImageError(path, error) from None
     return image
 
 

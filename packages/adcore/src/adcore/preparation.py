@@ -79,7 +79,16 @@ def prepare_category(dataset: Dataset, category: str, data: DataSection, seed: i
     skipped = screened - len(support) + len(all_test) - len(test)
     notes = [skipped_note([*bad_support, *bad_test])] if skipped else []
     if not test:
-        raise DataError(f"Category {category!r} has no usable test images.", "Check the data set.")
+        found = (
+            f"all {len(all_test)} of its test images are bad samples ({skipped_note(bad_test)})"
+            if all_test
+            else "the data set lists no test images for it (its test folders are empty)"
+        )
+        raise DataError(
+            f"Category {category!r} has no usable test images: {found}.",
+            "Add readable test images to it (see the data set's layout in the README), or "
+            "leave the category out with --category.",
+        )
     paths = [s.image_path for s in (*support, *test)]
     decoding = category_decoding(paths, data.intensity_range, data.max_image_pixels)
     return CategoryData(support, test, skipped, notes, decoding)

@@ -119,8 +119,6 @@ def eval_command(
         console.print(note, highlight=False)
     if resolved.random_weights:
         console.print(RANDOM_BANNER)
-    if precision_note(resolved.base.model.precision):
-        console.print(precision_note(resolved.base.model.precision), highlight=False)
     options = RunOptions(overwrite, save_maps, save_model, show_progress=not no_progress)
     with Progress(enabled=not no_progress and not as_json) as progress:
         evaluation = Evaluation(resolved, get_registry(), options, progress)
@@ -142,6 +140,8 @@ def eval_command(
     for category in result.categories:  # why a value is n/a, what resizing lost
         for note in category.notes:
             console.print(f"[yellow]note[/] {category.category}: {note}", highlight=False)
+    if precision_note(resolved.base.model.precision):  # said once the run accepted it
+        console.print(precision_note(resolved.base.model.precision), highlight=False)
     if result.random_weights:
         console.print(RANDOM_BANNER.replace("below", "above"))
     if result.untrained_parameters:

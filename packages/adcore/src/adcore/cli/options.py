@@ -43,12 +43,15 @@ def parse_k_shot(value: str | None) -> int | str | None:
     if value.strip().lower() in {"all", "full"}:
         return "all"
     try:
-        return int(value)
+        count = int(value)
     except ValueError:
+        count = -1
+    if count < 0:
         raise UsageError(
-            f"--k-shot {value!r} is not a number or 'all'.",
+            f"--k-shot {value!r} is not a whole number of images (0 or more) or 'all'.",
             "Use 0 (zero-shot), a count such as 4, or all (full-shot).",
-        ) from None
+        )
+    return count
 
 
 def sugar(
