@@ -186,6 +186,16 @@ def test_fit_without_images_is_a_plugin_error(fitted):
         method.fit(FitContext("toy", "toy", 0, []))
 
 
+def test_more_neighbours_than_bank_rows_is_a_config_error(fitted):
+    method, _ = fitted
+    rows = len(method.bank)
+    crowded = factory(small_config(coreset_ratio=0.25, num_neighbors=rows + 1), Runtime(seed=0))
+    with pytest.raises(ConfigError, match=f"category 'toy' holds {rows} patch features"):
+        crowded.fit(FitContext("toy", "toy", 6, [images(6, seed=1)]))
+    with pytest.raises(ConfigError, match=f"at most {rows}"):
+        crowded.load_fitted_state(method.fitted_state())
+
+
 def test_local_aggregation_is_a_3x3_mean_when_pooling_keeps_channels():
     maps = torch.randn(2, 16, 9, 7, generator=torch.Generator().manual_seed(4))
     expected = F.avg_pool2d(maps, 3, stride=1, padding=1, count_include_pad=True)

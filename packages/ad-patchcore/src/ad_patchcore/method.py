@@ -12,6 +12,7 @@ from ad_patchcore.backbone import authors_batchnorm_step, build_backbone
 from ad_patchcore.coreset import approximate_greedy_coreset, project, random_projection
 from ad_patchcore.model import LocallyAwarePatchFeatures, reweighted_score
 from adcore.api import (
+    ConfigError,
     FitContext,
     FlatL2Index,
     Method,
@@ -133,8 +134,7 @@ class PatchCore(Method):
                 cfg.coreset_starting_points,
             ).cpu()
             features = features[chosen]
-        self.bank = features
-        self._index = FlatL2Index(self.bank, self.runtime.device)
+        self._use_bank(features, f"the memory bank of category {context.category!r}")
         self.fit_seconds = {
             "features": extracted - started,
             "coreset": time.perf_counter() - extracted,
@@ -225,8 +225,20 @@ class PatchCore(Method):
                 f"(digest {state.get('backbone_digest')}, now {self._identity['digest']}).",
                 "Use the same weights (and seed, for random weights), or fit again.",
             )
-        self.bank = state["bank"].detach().float().cpu().contiguous()
-        self._index = FlatL2Index(self.bank, self.runtime.device)
+        self._use_bank(state["bank"].detach().float().cpu().contiguous(), "the saved bank")
+
+    def _use_bank(self, bank: torch.Tensor, what: str) -> None:
+        """Search ``bank`` [M, D] from now on; refuses fewer rows than ``num_neighbors``
+        (faiss would pad the missing neighbours with index -1 and infinite distances)."""
+        if self.config.num_neighbors > len(bank):
+            raise ConfigError(
+                f"model.num_neighbors is {self.config.num_neighbors}, but {what} holds "
+                f"{len(bank)} patch features.",
+                f"Set model.num_neighbors to at most {len(bank)} (the paper uses 1), or give "
+                "PatchCore more training images or a larger model.coreset_ratio.",
+            )
+        self.bank = bank
+        self._index = FlatL2Index(bank, self.runtime.device)
 
 
 def _gather_rows(chunks: list[torch.Tensor]) -> torch.Tensor:
