@@ -25,6 +25,7 @@ from adcore.checkpoints import OPENAI_EXTRA_KEYS, fit_state, is_torchscript, rea
 from adcore.checkpoints import strip_prefixes as strip
 from adcore.errors import ConfigError
 from adcore.hub import hf_cache_dir, hub_file, url_file
+from adcore.precision import sequence_major_self_attention
 from adcore.weights import backbone_identity, parse_weights
 
 QuickGelu = Literal["auto", True, False]
@@ -81,6 +82,7 @@ def load_open_clip(
         with captured_output(messages):
             _load(model, state, path, backbone)
     model.eval().requires_grad_(False)
+    sequence_major_self_attention(model)  # CPU bf16 runs: no per-token weight copies
     identity = backbone_identity(
         model,
         architecture=backbone,
