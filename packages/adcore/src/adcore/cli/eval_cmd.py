@@ -140,8 +140,9 @@ def eval_command(
     for category in result.categories:  # why a value is n/a, what resizing lost
         for note in category.notes:
             console.print(f"[yellow]note[/] {category.category}: {note}", highlight=False)
-    if precision_note(resolved.base.model.precision):  # said once the run accepted it
-        console.print(precision_note(resolved.base.model.precision), highlight=False)
+    precision = precision_note(resolved.base.model.precision)  # said once the run accepted it
+    if precision:
+        console.print(precision, highlight=False)
     if result.random_weights:
         console.print(RANDOM_BANNER.replace("below", "above"))
     if result.untrained_parameters:
