@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
 from pathlib import Path
 
 import pytest
@@ -13,11 +13,7 @@ from torch import nn
 from adcore.dataset import Sample
 from adcore.errors import OutputError
 from adcore.method import (
-    FitContext,
-    InputGeometry,
-    Prediction,
     Runtime,
-    TrainableMethod,
     TrainingBatch,
     TrainingPhase,
     TrainingSettings,
@@ -25,56 +21,7 @@ from adcore.method import (
 from adcore.training import checkpoint_metadata, train_method
 from adcore.weights import load_checkpoint
 from adtest import write_mvtec_tree
-
-
-class PixelLogistic(TrainableMethod):
-    """A per-pixel logistic model on brightness: small enough to check the loop by hand."""
-
-    def __init__(self) -> None:
-        self.geometry = InputGeometry(size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-        self.head = nn.Conv2d(3, 1, 1)
-        self.frozen = nn.Linear(2, 2)
-        for parameter in self.frozen.parameters():
-            parameter.requires_grad_(False)
-        with torch.no_grad():
-            self.head.weight.fill_(0.0)
-            self.head.bias.fill_(0.0)
-
-    def training_settings(self) -> TrainingSettings:
-        return TrainingSettings(epochs=3, learning_rate=0.5, betas=(0.5, 0.999), batch_size=4)
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        return iter(self.head.parameters())
-
-    def training_loss(self, images, masks, labels):
-        logits = self.head(self.geometry.normalize(images))[:, 0]  # [B, H, W]
-        pixel = nn.functional.binary_cross_entropy_with_logits(logits, masks)
-        image = nn.functional.binary_cross_entropy_with_logits(
-            logits.flatten(1).amax(dim=1), labels.float()
-        )
-        return {"loss": pixel + image, "pixel": pixel, "image": image}
-
-    def trainable_state(self):
-        return {k: v.detach().clone() for k, v in self.head.state_dict().items()}
-
-    def load_trainable_state(self, state):
-        self.head.load_state_dict(state)
-
-    def fit(self, context: FitContext) -> None:
-        return None
-
-    def predict(self, images):
-        logits = self.head(self.geometry.normalize(images))[:, 0]
-        return Prediction(scores=logits.flatten(1).amax(dim=1), maps=logits)
-
-    def modules(self):
-        return {"head": self.head}
-
-    def backbone_forward(self, images):
-        return self.head(images)
-
-    def weights_identity(self):
-        return {"backbone": "pixel-logistic", "backbone_hash": "abc", "random": True}
+from trainables import PixelLogistic
 
 
 def samples_of(root: Path) -> list[Sample]:
@@ -210,48 +157,20 @@ def test_method_driven_phases_alternate_with_their_own_optimisers(samples, tmp_p
     assert set(optimizers) == {"weight", "bias"}
 
 
-# a weight-free trainable method for `ad train` through the entry point: PixelLogistic
+# PixelLogistic as a plugin distribution, for `ad train` through the entry point (the tests
+# folder goes on its PYTHONPATH)
 TRAINABLE_PLUGIN = """
-import torch
-from torch import nn
 from adcore.api import Capability, MethodSpec, PluginConfig, hookimpl
-from adcore.method import InputGeometry, Prediction, TrainableMethod, TrainingSettings
+from trainables import PixelLogistic
 
 class Config(PluginConfig):
     pass
 
-class Tiny(TrainableMethod):
-    def __init__(self, config, runtime):
-        self.geometry = InputGeometry(size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-        self.head = nn.Conv2d(3, 1, 1)
-    def training_settings(self):
-        return TrainingSettings(epochs=1, learning_rate=0.1, batch_size=4)
-    def trainable_parameters(self):
-        return iter(self.head.parameters())
-    def training_loss(self, images, masks, labels):
-        logits = self.head(self.geometry.normalize(images))[:, 0]
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, masks)
-        return {"loss": loss}
-    def trainable_state(self):
-        return {k: v.detach().clone() for k, v in self.head.state_dict().items()}
-    def load_trainable_state(self, state):
-        self.head.load_state_dict(state)
-    def fit(self, context):
-        return None
-    def predict(self, images):
-        logits = self.head(self.geometry.normalize(images))[:, 0]
-        return Prediction(scores=logits.flatten(1).amax(dim=1), maps=logits)
-    def modules(self):
-        return {"head": self.head}
-    def backbone_forward(self, images):
-        return self.head(images)
-    def weights_identity(self):
-        return {"backbone": "tiny", "backbone_hash": "abc", "random": True}
-
 @hookimpl
 def adcore_methods():
     return [MethodSpec(name="tiny-trainable", summary="a 1x1 convolution", config=Config,
-                       factory=Tiny, capabilities={Capability.ZERO_SHOT, Capability.TRAINABLE})]
+                       factory=lambda config, runtime: PixelLogistic(),
+                       capabilities={Capability.ZERO_SHOT, Capability.TRAINABLE})]
 """
 
 
@@ -269,7 +188,7 @@ def test_ad_train_refuses_a_bad_sample_before_training_or_skips_and_names_it(tmp
     site = write_distribution(
         tmp_path / "site", "tiny-trainable-ad-plugin", TRAINABLE_PLUGIN, "tiny"
     )
-    env = {"PYTHONPATH": str(site)}
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(Path(__file__).parent)])}
     args = [
         "train", "--method", "tiny-trainable", "--dataset", "folder", "--data-root", str(root),
         "--output", str(tmp_path / "out"), "--no-progress", "--set", "data.num_workers=0",
