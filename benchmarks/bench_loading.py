@@ -4,7 +4,7 @@
 
 Generates (once, into the cache dir) 1000 PNGs of 900x900 px with MVTec-like content
 (smooth shading, texture and sensor noise, so PNG sizes are realistic), then times
-``adcore.loading.make_loader`` decoding and resizing them to 240 px, with DataLoader
+``adcore.data.loading.make_loader`` decoding and resizing them to 240 px, with DataLoader
 workers and without.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from adcore.dataset import Sample
-from adcore.loading import make_loader
-from adcore.method import InputGeometry
+from adcore.contracts.dataset import Sample
+from adcore.contracts.method import InputGeometry
+from adcore.data.loading import make_loader
 
 
 def write_image(path: Path, index: int, size: int, noise: np.ndarray) -> None:

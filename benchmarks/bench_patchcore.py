@@ -28,7 +28,7 @@ def measure(count: int, args: argparse.Namespace) -> dict[str, float]:
     import torch
 
     from ad_patchcore.plugin import PatchCoreConfig, factory
-    from adcore.method import FitContext, Runtime
+    from adcore.contracts.method import FitContext, Runtime
 
     config = PatchCoreConfig(
         backbone=args.backbone, pretrained="none", resolution=args.size, crop=None

@@ -11,7 +11,7 @@ machine slows both alike; the figures are medians over batches, with the load av
 before and after. Reported: relative L2 difference of the maps and of the scores, image
 and pixel AUROC of each (exact, ``adcore.metrics``), and time per image.
 
-bf16 on a CPU needs AMX or AVX512-BF16 (``adcore.precision``); on CUDA, pass
+bf16 on a CPU needs AMX or AVX512-BF16 (``adcore.infra.precision``); on CUDA, pass
 ``--device cuda`` (and ``--low fp16`` for fp16).
 """
 
@@ -26,13 +26,14 @@ from typing import Any
 
 import torch
 
-from adcore.config import resolve, validate_base
-from adcore.loading import make_loader
-from adcore.method import Method, Runtime
+from adcore.config.problems import validate_base
+from adcore.config.resolve import resolve
+from adcore.contracts.method import Method, Runtime
+from adcore.data.loading import make_loader
+from adcore.data.support import choose_support
 from adcore.metrics.ranking import image_auroc, pixel_auroc
-from adcore.plugins import get_registry
-from adcore.runner import build_dataset, build_method
-from adcore.support import choose_support
+from adcore.plugins.registry import get_registry
+from adcore.run.runner import build_dataset, build_method
 
 NATURAL_K = {"winclip": 0, "patchcore": "all", "miniclip": 0, "afclip": 0}
 
@@ -56,7 +57,7 @@ def build(name: str, precision: str, args: argparse.Namespace) -> tuple[Method, 
 
 def fit(method: Method, support: list, category: str, class_name: str, batch: int) -> float:
     """Fit on the support set -> seconds."""
-    from adcore.method import FitContext
+    from adcore.contracts.method import FitContext
 
     runtime = method.runtime
     loader = make_loader(support, method.geometry, batch) if support else []

@@ -180,7 +180,7 @@ def build_ours(args: argparse.Namespace, folder: Path) -> dict[str, Callable[[],
     from ad_patchcore.plugin import factory as patchcore_factory
     from ad_winclip.plugin import WinClipConfig
     from ad_winclip.plugin import factory as winclip_factory
-    from adcore.method import FitContext, Runtime
+    from adcore.contracts.method import FitContext, Runtime
 
     generator = torch.Generator().manual_seed(0)
 

@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ad_winclip.model import WinClip
 from ad_winclip.plugin import WinClipConfig, factory
-from adcore.method import FitContext, Runtime
+from adcore.contracts.method import FitContext, Runtime
 
 
 def median_seconds(

@@ -14,12 +14,12 @@ from ad_afclip.losses import patch_alignment_loss
 from ad_afclip.method import AFCLIPMethod
 from ad_afclip.model import FrozenVisualTower, interpolate_positional_embedding
 from ad_afclip.plugin import TINYCLIP_8M, AFCLIPConfig, MiniCLIPConfig, adcore_methods
-from adcore.config import weights_fields
-from adcore.dataset import Sample
-from adcore.errors import ConfigError, WeightsError
-from adcore.loading import SampleImages
-from adcore.method import FitContext, InputGeometry, Runtime
-from adcore.training import train_method
+from adcore.config.sections import weights_fields
+from adcore.contracts.dataset import Sample
+from adcore.contracts.method import FitContext, InputGeometry, Runtime
+from adcore.data.loading import SampleImages
+from adcore.infra.errors import ConfigError, WeightsError
+from adcore.run.training import train_method
 from adtest import write_mvtec_tree
 
 TINY = "ad-test-tiny-vit"

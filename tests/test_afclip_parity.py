@@ -35,11 +35,11 @@ from ad_afclip.clip_models import register_model_config
 from ad_afclip.method import AFCLIPMethod, MiniCLIPMethod
 from ad_afclip.model import grid_labels
 from ad_afclip.plugin import TINYCLIP_8M, AFCLIPConfig, MiniCLIPConfig
-from adcore.dataset import Sample
-from adcore.errors import WeightsError
-from adcore.loading import SampleImages, collate
-from adcore.method import FitContext, Runtime, TrainingBatch
-from adcore.preprocessing import Preprocessing
+from adcore.contracts.dataset import Sample
+from adcore.contracts.method import FitContext, Runtime, TrainingBatch
+from adcore.contracts.preprocessing import Preprocessing
+from adcore.data.loading import SampleImages, collate
+from adcore.infra.errors import WeightsError
 
 TOL = 1e-4
 AF_TINY = "afclip-parity-vit"
@@ -110,7 +110,7 @@ def read_both(
     return Inputs(
         images=batch["image"],
         masks=batch["mask"].float(),
-        soft=batch["soft_mask"],  # as adcore.training hands them to the method
+        soft=batch["soft_mask"],  # as adcore.run.training hands them to the method
         nearest=torch.stack([nearest[index]["mask"] for index in range(len(samples))]).float(),
         theirs=torch.stack([image for image, _ in theirs]),
         gts=torch.stack([gt for _, gt in theirs]),
@@ -354,7 +354,7 @@ def test_released_files_that_do_not_fit_are_one_clear_error(mini, tmp_path: Path
 
 
 def test_miniclip_trains_in_alternating_phases_and_keeps_epochs(mini, tmp_path) -> None:
-    from adcore.training import train_method
+    from adcore.run.training import train_method
     from adtest import write_mvtec_tree
 
     root = write_mvtec_tree(tmp_path / "mvtec", ("bottle",), num_good=2, num_bad=2)

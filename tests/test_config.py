@@ -7,16 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adcore.config import (
-    ExperimentConfig,
-    build_raw_config,
-    deep_merge,
-    load_yaml_file,
-    resolve,
-    validate_base,
-)
-from adcore.errors import ConfigError
-from adcore.plugins import get_registry
+from adcore.config.files import build_raw_config, deep_merge, load_yaml_file
+from adcore.config.problems import validate_base
+from adcore.config.resolve import resolve
+from adcore.config.sections import ExperimentConfig
+from adcore.infra.errors import ConfigError
+from adcore.plugins.registry import get_registry
 from adtest import run_ad
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

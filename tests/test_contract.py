@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from adcore import hookspecs
-from adcore.plugins import HOOKS, get_registry
+from adcore.contracts import hookspecs
+from adcore.plugins.registry import HOOKS, get_registry
 from adcore.testing import check_dataset, check_method, check_metric, check_reporter
 
 REGISTRY = get_registry()

@@ -20,14 +20,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from adcore.config import build_raw_config, resolve, validate_base
-from adcore.datacheck import check_dataset, find_bad_samples
-from adcore.dataset import Sample
-from adcore.decoding import Decoding, category_decoding, decode_mask, probe, read_image
-from adcore.errors import DataError
-from adcore.plugins import get_registry
-from adcore.results import CategoryResult
-from adcore.runner import Evaluation, RunOptions
+from adcore.config.files import build_raw_config
+from adcore.config.problems import validate_base
+from adcore.config.resolve import resolve
+from adcore.contracts.dataset import Sample
+from adcore.data.datacheck import check_dataset, find_bad_samples
+from adcore.data.decoding import Decoding, category_decoding, decode_mask, probe, read_image
+from adcore.infra.errors import DataError
+from adcore.outputs.results import CategoryResult
+from adcore.plugins.registry import get_registry
+from adcore.run.runner import Evaluation, RunOptions
 from adtest import eval_args, fast_flags, run_ad, write_mvtec_tree
 
 METRICS = "evaluation.metrics=[image_auroc,pixel_auroc,pixel_f1_max,pro]"

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from adcore.datacheck import check_dataset
-from adcore.dataset import Sample
-from adcore.outputkeys import output_keys, relative_keys
+from adcore.contracts.dataset import Sample
+from adcore.data.datacheck import check_dataset
+from adcore.outputs.outputkeys import output_keys, relative_keys
 from adtest import eval_args, fast_flags, run_ad
 from test_datasets_visa import COUNTS, write_visa
 

@@ -9,8 +9,8 @@ from PIL import Image
 from rich.console import Console
 
 from ad_datasets.plugin import adcore_datasets
-from adcore.datacheck import check_dataset, drop_bad_samples, find_bad_samples, render_report
-from adcore.dataset import Sample
+from adcore.contracts.dataset import Sample
+from adcore.data.datacheck import check_dataset, drop_bad_samples, find_bad_samples, render_report
 
 
 def save(path: Path, size: tuple[int, int] = (20, 16), mode: str = "RGB", fmt: str = "PNG") -> Path:

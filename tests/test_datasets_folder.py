@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from ad_datasets.plugin import adcore_datasets
-from adcore.errors import DataError
-from adcore.loading import make_loader
-from adcore.method import InputGeometry
+from adcore.contracts.method import InputGeometry
+from adcore.data.loading import make_loader
+from adcore.infra.errors import DataError
 
 SIZE = 16
 
@@ -144,8 +144,8 @@ def test_wrong_layout(tmp_path: Path) -> None:
 def test_a_category_without_usable_test_images_says_why(tmp_path: Path) -> None:
     """Empty test folders, and test images that are all bad, are two different messages;
     a file PIL cannot read is named once, with PIL's reason and without its path again."""
-    from adcore.config import DataSection
-    from adcore.preparation import prepare_category
+    from adcore.config.sections import DataSection
+    from adcore.run.preparation import prepare_category
 
     root = tmp_path / "line"
     for i in range(3):

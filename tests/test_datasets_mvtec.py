@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from ad_datasets.plugin import adcore_datasets
-from adcore.errors import ConfigError, DataError
-from adcore.loading import make_loader
-from adcore.method import InputGeometry
+from adcore.contracts.method import InputGeometry
+from adcore.data.loading import make_loader
+from adcore.infra.errors import ConfigError, DataError
 
 SIZE = 32
 # category -> defect -> number of test images; "good" is the normal test split

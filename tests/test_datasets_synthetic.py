@@ -11,7 +11,7 @@ from PIL import Image
 
 from ad_datasets import synthetic
 from ad_datasets.plugin import adcore_datasets
-from adcore.errors import DataError
+from adcore.infra.errors import DataError
 
 SMALL = {"image_size": 96, "train_images": 3, "good_test_images": 2, "images_per_defect": 2}
 DEFECTS = {

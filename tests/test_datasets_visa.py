@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from ad_datasets.plugin import adcore_datasets
-from adcore.errors import DataError
-from adcore.loading import make_loader
-from adcore.method import InputGeometry
+from adcore.contracts.method import InputGeometry
+from adcore.data.loading import make_loader
+from adcore.infra.errors import DataError
 
 SIZE = 24
 # category -> (train normals, test normals, test anomalies)

@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from ad_afclip.clip_models import register_model_config
 from ad_datasets.download import download_btad, download_isic, unpack_zip
 from adcore.cli import app
-from adcore.datacheck import check_dataset
-from adcore.errors import DataError
-from adcore.plugins import get_registry
+from adcore.data.datacheck import check_dataset
+from adcore.infra.errors import DataError
+from adcore.plugins.registry import get_registry
 from adfixtures import AUTHORS_FOLDERS, WRITERS
 from adtest import run_ad
 

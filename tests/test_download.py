@@ -18,7 +18,7 @@ from PIL import Image
 
 from ad_datasets.download import download_visa, fetch, verify_archive
 from ad_datasets.plugin import adcore_datasets
-from adcore.errors import DataError
+from adcore.infra.errors import DataError
 
 
 def visa_archive(path: Path, top: str | None = "VisA_20220922", padding: int = 300_000) -> bytes:
@@ -191,7 +191,7 @@ def test_corrupt_archives_are_refused_and_deleted(tmp_path: Path) -> None:
 
 
 def test_host_progress_bars_are_driven_in_mib(tmp_path: Path) -> None:
-    from adcore.progress import Progress
+    from adcore.infra.progress import Progress
 
     data = visa_archive(tmp_path / "v.tar", padding=int(2.5 * 2**20))
     tasks: list[tuple[str, int | None]] = []

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from adcore.efficiency import (
+from adcore.contracts.method import FitContext, InputGeometry, Method, Prediction, Runtime
+from adcore.run.efficiency import (
     measure_backbone,
     measure_efficiency,
     method_over_backbone,
 )
-from adcore.method import FitContext, InputGeometry, Method, Prediction, Runtime
 
 SIZE = 16
 SLEEP_S = 0.01
@@ -99,7 +99,7 @@ def test_backbone_floor_and_ratio():
 
 
 def test_settings_forbid_unknown_keys():
-    from adcore.config import LatencySettings as EfficiencySettings
+    from adcore.config.sections import LatencySettings as EfficiencySettings
 
     settings = EfficiencySettings()
     assert settings.enabled and settings.warmup_iters is None and settings.throughput_batch == 16
@@ -129,8 +129,8 @@ def test_prediction_pass_times_each_predict_call(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from adcore.dataset import Sample
-    from adcore.prediction import run_prediction_pass
+    from adcore.contracts.dataset import Sample
+    from adcore.run.prediction_pass import run_prediction_pass
 
     samples = []
     for index in range(10):
@@ -151,8 +151,8 @@ def test_evaluation_figures_from_the_pass_and_a_budgeted_probe():
     stops at its budget but never below ``min_iters``; ``measure_iters`` is exact."""
     import numpy as np
 
-    from adcore.config import LatencySettings
-    from adcore.efficiency import RESULT_COLUMNS, count_cost, evaluation_figures, probe_latency
+    from adcore.config.sections import LatencySettings
+    from adcore.run.efficiency import RESULT_COLUMNS, count_cost, evaluation_figures, probe_latency
 
     method = PerImageMethod()
     method.calls = []
@@ -180,10 +180,12 @@ def test_eval_counts_size_and_flops_once_and_says_how(mvtec_root, tmp_path, monk
     import csv
     import json
 
-    import adcore.efficiency as efficiency
-    from adcore.config import build_raw_config, resolve, validate_base
-    from adcore.plugins import get_registry
-    from adcore.runner import Evaluation, RunOptions
+    import adcore.run.efficiency as efficiency
+    from adcore.config.files import build_raw_config
+    from adcore.config.problems import validate_base
+    from adcore.config.resolve import resolve
+    from adcore.plugins.registry import get_registry
+    from adcore.run.runner import Evaluation, RunOptions
 
     counted = []
     original = efficiency.count_cost

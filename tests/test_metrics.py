@@ -10,8 +10,8 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from adcore.errors import ConfigError, DataError
-from adcore.evaldata import EvalData
+from adcore.contracts.records import EmptyConfig
+from adcore.infra.errors import ConfigError, DataError
 from adcore.metrics import (
     aupro,
     image_ap,
@@ -21,8 +21,8 @@ from adcore.metrics import (
     pixel_auroc,
     pixel_f1_max,
 )
+from adcore.metrics.evaldata import EvalData
 from adcore.metrics.specs import ProConfig, metric_specs
-from adcore.records import EmptyConfig
 
 TOL = 1e-6
 

@@ -1,4 +1,4 @@
-"""adcore.neighbors: exact k-NN by chunks and through faiss, against float64 brute force."""
+"""adcore.toolkit.neighbors: exact k-NN by chunks and through faiss, against float64 brute force."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adcore.neighbors import FlatL2Index, nearest_neighbours
+from adcore.toolkit.neighbors import FlatL2Index, nearest_neighbours
 
 
 def brute_force(queries, bank, k, metric):

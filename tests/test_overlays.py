@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from adcore.metrics import image_f1_threshold
-from adcore.reporters.overlay import (
+from adcore.outputs.reporters.overlay import (
     HEAT_ALPHA,
     PREDICTED_COLOUR,
     TRUTH_COLOUR,
@@ -169,7 +169,7 @@ def test_no_overlays_unless_asked(tmp_path):
 
 
 def test_colour_bar_ticks_are_evenly_spaced_along_the_bar_with_the_threshold_in_the_middle():
-    from adcore.reporters.overlay import colour_bar_ticks, colour_scale
+    from adcore.outputs.reporters.overlay import colour_bar_ticks, colour_scale
 
     for value_range, threshold in (((0.0, 3.0), 1.2), ((0.1, 0.3), 0.28), ((2.0, 6.0), None)):
         ticks = colour_bar_ticks(value_range, threshold)
@@ -182,7 +182,7 @@ def test_colour_bar_ticks_are_evenly_spaced_along_the_bar_with_the_threshold_in_
 
 def test_tick_labels_stay_distinct_when_the_threshold_is_near_another_tick():
     """The case seen on a WinCLIP overlay: range 0.508-0.516, threshold 0.5148."""
-    from adcore.reporters.overlay import colour_bar_ticks, tick_format
+    from adcore.outputs.reporters.overlay import colour_bar_ticks, tick_format
 
     ticks = colour_bar_ticks((0.508, 0.5163), 0.5148)
     assert len({f"{t:.3g}" for t in ticks}) < len(ticks)  # three digits would repeat a label

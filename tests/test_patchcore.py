@@ -18,11 +18,11 @@ from ad_patchcore.backbone import build_backbone, resolve_out_indices
 from ad_patchcore.coreset import approximate_greedy_coreset, greedy_coreset
 from ad_patchcore.model import local_aggregation, reweighted_score
 from ad_patchcore.plugin import PatchCoreConfig, adcore_methods, factory
-from adcore.errors import ConfigError, PluginError, WeightsError
-from adcore.maps import gaussian_blur
-from adcore.method import FitContext, Runtime
-from adcore.neighbors import FlatL2Index, nearest_neighbours
-from adcore.records import Capability
+from adcore.contracts.method import FitContext, Runtime
+from adcore.contracts.records import Capability
+from adcore.infra.errors import ConfigError, PluginError, WeightsError
+from adcore.toolkit.maps import gaussian_blur
+from adcore.toolkit.neighbors import FlatL2Index, nearest_neighbours
 from test_patchcore_fidelity import authors_patch_features  # the validated transcription
 
 SIZE = 64

@@ -35,7 +35,7 @@ from ad_patchcore.backbone import authors_batchnorm_step
 from ad_patchcore.coreset import approximate_greedy_coreset, project, random_projection
 from ad_patchcore.method import PatchCore
 from ad_patchcore.plugin import PatchCoreConfig
-from adcore.method import FitContext, InputGeometry, Runtime
+from adcore.contracts.method import FitContext, InputGeometry, Runtime
 
 LAYERS = ["layer2", "layer3"]
 

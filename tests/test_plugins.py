@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from adcore.errors import PluginError
-from adcore.plugins import load_registry
+from adcore.infra.errors import PluginError
+from adcore.plugins.registry import load_registry
 from adtest import eval_args, run_ad, write_distribution
 
 BROKEN = 'raise RuntimeError("this plugin is broken on purpose")\n'
 DUPLICATE = """
-from adcore import hookimpl
-from adcore.records import Capability, MethodSpec, PluginConfig
+from adcore.api import hookimpl
+from adcore.contracts.records import Capability, MethodSpec, PluginConfig
 
 class Config(PluginConfig):
     pass
@@ -27,8 +27,8 @@ def adcore_methods():
                        capabilities={Capability.FEW_SHOT})]
 """
 BAD_RECORD = """
-from adcore import hookimpl
-from adcore.records import Capability, MethodSpec
+from adcore.api import hookimpl
+from adcore.contracts.records import Capability, MethodSpec
 
 @hookimpl
 def adcore_methods():

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-import adcore.precision
+import adcore.infra.precision
 from ad_afclip.clip_models import register_model_config
 from ad_afclip.method import AFCLIPMethod
 from ad_afclip.plugin import AFCLIPConfig
@@ -24,9 +24,9 @@ from ad_patchcore.plugin import PatchCoreConfig
 from ad_patchcore.plugin import factory as patchcore_factory
 from ad_winclip.plugin import WinClipConfig
 from ad_winclip.plugin import factory as winclip_factory
-from adcore.errors import ConfigError
-from adcore.method import FitContext, Method, Runtime
-from adcore.precision import check_precision, cpu_bf16_flags
+from adcore.contracts.method import FitContext, Method, Runtime
+from adcore.infra.errors import ConfigError
+from adcore.infra.precision import check_precision, cpu_bf16_flags
 from adtest import eval_args, fast_flags, run_ad
 
 TINY_CLIP = "ad-test-precision-vit"
@@ -38,7 +38,7 @@ register_model_config(TINY_CLIP, {"embed_dim": 32, "vision_cfg": VISION, "text_c
 @pytest.fixture(autouse=True)
 def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run these tests on any CPU: without native bf16, PyTorch emulates it (slowly)."""
-    monkeypatch.setattr(adcore.precision, "cpu_bf16_flags", lambda: ("amx_bf16",))
+    monkeypatch.setattr(adcore.infra.precision, "cpu_bf16_flags", lambda: ("amx_bf16",))
 
 
 def images(count: int, size: int, seed: int) -> torch.Tensor:
@@ -102,7 +102,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 
 def test_cpu_without_native_bf16_is_refused_with_the_fix(monkeypatch):
-    monkeypatch.setattr(adcore.precision, "cpu_bf16_flags", lambda: ())
+    monkeypatch.setattr(adcore.infra.precision, "cpu_bf16_flags", lambda: ())
     with pytest.raises(ConfigError) as caught:
         Runtime(device="cpu", precision="bf16")
     message = str(caught.value)
@@ -248,7 +248,7 @@ def test_cpu_bf16_self_attention_projects_without_a_per_token_bmm():
     projection becomes a ``bmm`` over the tokens (PyTorch materialises the weight once per
     token: 35x slower on a ViT-B-16 block); hooked, one matrix product with the same values.
     fp32 runs are left exactly as they were."""
-    from adcore.precision import sequence_major_self_attention
+    from adcore.infra.precision import sequence_major_self_attention
 
     torch.manual_seed(0)
     plain = nn.MultiheadAttention(32, 4, batch_first=True).eval().requires_grad_(False)
@@ -276,7 +276,7 @@ def test_cpu_bf16_self_attention_projects_without_a_per_token_bmm():
 
 
 def test_open_clip_models_get_the_sequence_major_hook():
-    from adcore.openclip import load_open_clip
+    from adcore.toolkit.openclip import load_open_clip
 
     model, _ = load_open_clip("ViT-B-32", None, seed=0)
     attention = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adcore.errors import DataError, UsageError
-from adcore.predict import predict
+from adcore.infra.errors import DataError, UsageError
+from adcore.run.predict import predict
 from adtest import eval_args, fast_flags, run_ad, write_mvtec_tree
 
 
@@ -98,9 +98,11 @@ def test_a_run_with_several_categories_needs_category(saved_run, tmp_path):
 
 
 def test_a_run_without_saved_model_is_a_clear_error(tmp_path):
-    from adcore.config import build_raw_config, resolve, validate_base
-    from adcore.plugins import get_registry
-    from adcore.runner import Evaluation, RunOptions
+    from adcore.config.files import build_raw_config
+    from adcore.config.problems import validate_base
+    from adcore.config.resolve import resolve
+    from adcore.plugins.registry import get_registry
+    from adcore.run.runner import Evaluation, RunOptions
 
     data = write_mvtec_tree(tmp_path / "mvtec", categories=("plate",))
     raw = build_raw_config(

@@ -30,11 +30,17 @@ from ad_patchcore.plugin import PatchCoreConfig
 from ad_patchcore.plugin import factory as patchcore_factory
 from ad_winclip.plugin import WinClipConfig
 from ad_winclip.plugin import factory as winclip_factory
-from adcore.dataset import Sample
-from adcore.loading import SampleImages, collate
-from adcore.method import Runtime
-from adcore.preprocessing import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from adcore.resolution import to_original_resolution
+from adcore.contracts.dataset import Sample
+from adcore.contracts.method import Runtime
+from adcore.contracts.preprocessing import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+)
+from adcore.data.loading import SampleImages, collate
+from adcore.run.resolution import to_original_resolution
 
 TINY = "preprocessing-test-tiny-vit"
 
@@ -217,8 +223,8 @@ def test_bicubic_masks_equal_the_authors_target_transform(tmp_path):
 
 def test_training_batches_carry_the_soft_mask(tmp_path):
     """``ad train`` hands a method the soft mask where the geometry declares one."""
-    from adcore.method import TrainingSettings
-    from adcore.training import _batches
+    from adcore.contracts.method import TrainingSettings
+    from adcore.run.training import _batches
 
     write_image(tmp_path / "0.png", 61, 45)
     write_mask(tmp_path / "0_mask.png", 45, 61, (8, 30, 15, 45))

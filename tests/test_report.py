@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from adcore.report import build_report
+from adcore.outputs.report.compare import build_report
 from adtest import eval_args, fast_flags, run_ad, write_mvtec_tree
 
 METRICS = ["image_auroc", "pixel_auroc"]

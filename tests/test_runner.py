@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adcore.config import build_raw_config, resolve, validate_base
-from adcore.dataset import Sample
-from adcore.errors import ConfigError, OutputError, PluginError
-from adcore.plugins import get_registry
-from adcore.results import atomic_write_text
-from adcore.runner import Evaluation, RunOptions
-from adcore.support import choose_support
+from adcore.config.files import build_raw_config
+from adcore.config.problems import validate_base
+from adcore.config.resolve import resolve
+from adcore.contracts.dataset import Sample
+from adcore.data.support import choose_support
+from adcore.infra.errors import ConfigError, OutputError, PluginError
+from adcore.infra.files import atomic_write_text
+from adcore.plugins.registry import get_registry
+from adcore.run.runner import Evaluation, RunOptions
 from adtest import eval_args, run_ad
 
 

@@ -20,7 +20,7 @@ def test_other_modules_import_only_the_runners_entry_points():
         if path == RUNNER:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "adcore.runner":
+            if isinstance(node, ast.ImportFrom) and node.module == "adcore.run.runner":
                 for alias in node.names:
                     used.setdefault(alias.name, []).append(path.name)
     assert used, "the commands run evaluations through the runner"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from adcore.errors import ConfigError
+from adcore.infra.errors import ConfigError
 from adcore.sweep.driver import run_sweep
 from adcore.sweep.executors import LocalExecutor, RayExecutor
 from adcore.sweep.spec import load_sweep
@@ -243,8 +243,9 @@ def test_ray_retries_a_unit_whose_worker_died(tmp_path, data_root, ray_cluster, 
 
 
 def test_the_shipped_winclip_paper_sweep_expands_to_the_paper_grid():
-    from adcore.config import resolve, validate_base
-    from adcore.plugins import get_registry
+    from adcore.config.problems import validate_base
+    from adcore.config.resolve import resolve
+    from adcore.plugins.registry import get_registry
     from adcore.sweep.spec import load_sweep
 
     path = Path(__file__).resolve().parents[1] / "configs/sweeps/winclip_paper.yaml"

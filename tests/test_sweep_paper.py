@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from adcore.cli import app
-from adcore.errors import ConfigError
+from adcore.infra.errors import ConfigError
 from adcore.sweep.spec import load_sweep
 from adfixtures import WRITERS
 from adtest import write_mvtec_tree
@@ -97,7 +97,7 @@ def test_a_checkpoint_given_in_the_file_wins(tmp_path: Path) -> None:
 def test_random_weights_keep_the_trained_checkpoint(data_dir: Path) -> None:
     """--random-weights replaces pretrained backbones only: the points still evaluate with
     the checkpoint their training entry writes, so the sweep trains first."""
-    from adcore.plugins import get_registry
+    from adcore.plugins.registry import get_registry
     from adcore.sweep.plan import plan_sweep
     from adcore.sweep.training import needed_trainings
 

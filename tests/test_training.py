@@ -10,16 +10,17 @@ import pytest
 import torch
 from torch import nn
 
-from adcore.dataset import Sample
-from adcore.errors import OutputError
-from adcore.method import (
+from adcore.contracts.dataset import Sample
+from adcore.contracts.method import (
     Runtime,
     TrainingBatch,
     TrainingPhase,
     TrainingSettings,
 )
-from adcore.training import checkpoint_metadata, train_method
-from adcore.weights import load_checkpoint
+from adcore.infra.errors import OutputError
+from adcore.run.training import train_method
+from adcore.toolkit.trained import checkpoint_metadata
+from adcore.toolkit.weights import load_checkpoint
 from adtest import write_mvtec_tree
 from trainables import PixelLogistic
 
@@ -216,7 +217,7 @@ def test_a_data_error_in_a_loader_worker_keeps_its_own_message() -> None:
     process 0. Original Traceback ..."; the error the user sees is the original paragraph."""
     from torch.utils.data import DataLoader
 
-    from adcore.errors import DataError
+    from adcore.infra.errors import DataError
 
     class Broken(torch.utils.data.Dataset):
         def __len__(self) -> int:

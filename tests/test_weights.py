@@ -24,15 +24,15 @@ from safetensors.torch import save_file
 from ad_afclip.clip_models import TINYCLIP_RELEASES, _tinyclip_release
 from ad_patchcore.backbone import build_backbone
 from ad_patchcore.plugin import PatchCoreConfig, factory
-from adcore import hub
-from adcore.captured import captured_output
-from adcore.checkpoints import normalise_state, read_checkpoint
-from adcore.errors import WeightsError
-from adcore.method import FitContext, Runtime
-from adcore.openclip import load_open_clip
-from adcore.reporters.summary import RANDOM_NOTE, UNTRAINED_NOTE, PrettySummaryReporter
-from adcore.results import RunResult
-from adcore.weights import (
+from adcore.contracts.method import FitContext, Runtime
+from adcore.infra.captured import captured_output
+from adcore.infra.errors import WeightsError
+from adcore.outputs.reporters.summary import RANDOM_NOTE, UNTRAINED_NOTE, PrettySummaryReporter
+from adcore.outputs.results import RunResult
+from adcore.toolkit import hub
+from adcore.toolkit.checkpoints import normalise_state, read_checkpoint
+from adcore.toolkit.openclip import load_open_clip
+from adcore.toolkit.weights import (
     check_fitted_state,
     stamp_fitted_state,
     weights_flags,
@@ -367,7 +367,7 @@ def test_third_party_chatter_is_captured_and_summarised():
 
 
 def test_comparison_report_marks_untrained_parameters_apart_from_random(tmp_path):
-    from adcore.report import label_runs, read_run, report_markdown
+    from adcore.outputs.report.compare import label_runs, read_run, report_markdown
 
     runs = []
     for name, env in (("a", {"untrained_parameters": True}), ("b", {"random_weights": True})):

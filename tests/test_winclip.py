@@ -18,9 +18,9 @@ from ad_winclip import prompts
 from ad_winclip.model import visual_association
 from ad_winclip.plugin import WinClipConfig, adcore_methods, factory
 from ad_winclip.windows import covering_windows, harmonic_aggregation, window_indices
-from adcore.errors import ConfigError, WeightsError
-from adcore.method import FitContext, Runtime
-from adcore.records import Capability
+from adcore.contracts.method import FitContext, Runtime
+from adcore.contracts.records import Capability
+from adcore.infra.errors import ConfigError, WeightsError
 
 TINY = "winclip-test-tiny"
 SIZE = 80

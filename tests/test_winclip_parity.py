@@ -73,9 +73,9 @@ from ad_winclip.method import WinClipMethod
 from ad_winclip.model import WinClipOutput
 from ad_winclip.plugin import WinClipConfig, factory
 from ad_winclip.prompts import prompt_ensemble
-from adcore.dataset import Sample
-from adcore.loading import SampleImages
-from adcore.method import FitContext, Prediction, Runtime
+from adcore.contracts.dataset import Sample
+from adcore.contracts.method import FitContext, Prediction, Runtime
+from adcore.data.loading import SampleImages
 from test_winclip import SIZE, TINY_CONFIG  # the same tiny ViT as the stage tests
 
 TINY = "winclip-parity-tiny"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from adcore.method import (
+from adcore.contracts.method import (
     FitContext,
     InputGeometry,
     Prediction,

@@ -24,7 +24,7 @@ from urllib.request import Request, url2pathname, urlopen
 from ad_datasets.visa import SPLIT_CSV
 from adcore.api import DataError
 
-# ``progress`` is adcore.progress.Progress (``task(description, total)`` yielding
+# ``progress`` is adcore.infra.progress.Progress (``task(description, total)`` yielding
 # ``advance(n)``; shown in MiB) or a plain callable ``(bytes done, bytes in total or None)``.
 Progress = Any
 MIB = 1 << 20

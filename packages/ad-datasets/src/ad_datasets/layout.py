@@ -1,6 +1,6 @@
 """Reading folder trees: the MVTec layout shared by mvtec, synthetic, folder and converted VisA.
 
-Every reader here lists paths only; pixels are decoded later by :mod:`adcore.loading`.
+Every reader here lists paths only; pixels are decoded later by :mod:`adcore.data.loading`.
 """
 
 from __future__ import annotations

@@ -14,71 +14,71 @@ from typing import TYPE_CHECKING, Any
 # name -> module that defines it
 _EXPORTS: dict[str, str] = {
     # hooks and records
-    "hookimpl": "adcore.hookspecs",
-    "PluginConfig": "adcore.records",
-    "EmptyConfig": "adcore.records",
-    "Capability": "adcore.records",
-    "MethodSpec": "adcore.records",
-    "DatasetSpec": "adcore.records",
-    "MetricSpec": "adcore.records",
-    "ReporterSpec": "adcore.records",
+    "hookimpl": "adcore.contracts.hookspecs",
+    "PluginConfig": "adcore.contracts.records",
+    "EmptyConfig": "adcore.contracts.records",
+    "Capability": "adcore.contracts.records",
+    "MethodSpec": "adcore.contracts.records",
+    "DatasetSpec": "adcore.contracts.records",
+    "MetricSpec": "adcore.contracts.records",
+    "ReporterSpec": "adcore.contracts.records",
     # errors
-    "AdError": "adcore.errors",
-    "ConfigError": "adcore.errors",
-    "DataError": "adcore.errors",
-    "PluginError": "adcore.errors",
-    "WeightsError": "adcore.errors",
+    "AdError": "adcore.infra.errors",
+    "ConfigError": "adcore.infra.errors",
+    "DataError": "adcore.infra.errors",
+    "PluginError": "adcore.infra.errors",
+    "WeightsError": "adcore.infra.errors",
     # methods
-    "Method": "adcore.method",
-    "TrainableMethod": "adcore.method",
-    "TrainingSettings": "adcore.method",
-    "TrainingPhase": "adcore.method",
-    "TrainingBatch": "adcore.method",
-    "FitContext": "adcore.method",
-    "Prediction": "adcore.method",
-    "Runtime": "adcore.method",
-    "InputGeometry": "adcore.method",
+    "Method": "adcore.contracts.method",
+    "TrainableMethod": "adcore.contracts.method",
+    "TrainingSettings": "adcore.contracts.method",
+    "TrainingPhase": "adcore.contracts.method",
+    "TrainingBatch": "adcore.contracts.method",
+    "FitContext": "adcore.contracts.method",
+    "Prediction": "adcore.contracts.method",
+    "Runtime": "adcore.contracts.method",
+    "InputGeometry": "adcore.contracts.method",
     # preprocessing
-    "Preprocessing": "adcore.preprocessing",
-    "IMAGENET_MEAN": "adcore.preprocessing",
-    "IMAGENET_STD": "adcore.preprocessing",
-    "CLIP_MEAN": "adcore.preprocessing",
-    "CLIP_STD": "adcore.preprocessing",
+    "Preprocessing": "adcore.contracts.preprocessing",
+    "IMAGENET_MEAN": "adcore.contracts.preprocessing",
+    "IMAGENET_STD": "adcore.contracts.preprocessing",
+    "CLIP_MEAN": "adcore.contracts.preprocessing",
+    "CLIP_STD": "adcore.contracts.preprocessing",
     # data sets
-    "Dataset": "adcore.dataset",
-    "Sample": "adcore.dataset",
-    "Split": "adcore.dataset",
-    "GOOD": "adcore.dataset",
-    "IMAGE_EXTENSIONS": "adcore.loading",
+    "Dataset": "adcore.contracts.dataset",
+    "Sample": "adcore.contracts.dataset",
+    "Split": "adcore.contracts.dataset",
+    "GOOD": "adcore.contracts.dataset",
+    "IMAGE_EXTENSIONS": "adcore.data.loading",
     # anomaly maps
-    "anomaly_map": "adcore.maps",
-    "upsample": "adcore.maps",
-    "gaussian_blur": "adcore.maps",
+    "anomaly_map": "adcore.toolkit.maps",
+    "upsample": "adcore.toolkit.maps",
+    "gaussian_blur": "adcore.toolkit.maps",
     # memory banks
-    "nearest_neighbours": "adcore.neighbors",
-    "FlatL2Index": "adcore.neighbors",
+    "nearest_neighbours": "adcore.toolkit.neighbors",
+    "FlatL2Index": "adcore.toolkit.neighbors",
     # weights
-    "parse_weights": "adcore.weights",
-    "load_checkpoint": "adcore.weights",
-    "missing_weights": "adcore.weights",
-    "file_digest": "adcore.weights",
-    "tensors_digest": "adcore.weights",
-    "WeightsIdentity": "adcore.weights",
-    "backbone_identity": "adcore.weights",
-    "with_trained_parts": "adcore.weights",
-    "require_same_weights": "adcore.weights",
-    "read_checkpoint": "adcore.checkpoints",
-    "normalise_state": "adcore.checkpoints",
-    "fit_state": "adcore.checkpoints",
-    "hf_cache_dir": "adcore.hub",
-    "hub_file": "adcore.hub",
-    "url_file": "adcore.hub",
-    "captured_output": "adcore.captured",
-    "load_open_clip": "adcore.openclip",
-    "QuickGelu": "adcore.openclip",
-    "QUICK_GELU_HELP": "adcore.openclip",
+    "parse_weights": "adcore.toolkit.weights",
+    "load_checkpoint": "adcore.toolkit.weights",
+    "missing_weights": "adcore.toolkit.weights",
+    "file_digest": "adcore.toolkit.weights",
+    "tensors_digest": "adcore.toolkit.weights",
+    "WeightsIdentity": "adcore.toolkit.weights",
+    "backbone_identity": "adcore.toolkit.weights",
+    "with_trained_parts": "adcore.toolkit.weights",
+    "require_same_weights": "adcore.toolkit.weights",
+    "read_checkpoint": "adcore.toolkit.checkpoints",
+    "normalise_state": "adcore.toolkit.checkpoints",
+    "fit_state": "adcore.toolkit.checkpoints",
+    "hf_cache_dir": "adcore.toolkit.hub",
+    "hub_file": "adcore.toolkit.hub",
+    "url_file": "adcore.toolkit.hub",
+    "captured_output": "adcore.infra.captured",
+    "load_open_clip": "adcore.toolkit.openclip",
+    "QuickGelu": "adcore.toolkit.openclip",
+    "QUICK_GELU_HELP": "adcore.toolkit.openclip",
     # training
-    "checkpoint_metadata": "adcore.training",
+    "checkpoint_metadata": "adcore.run.training",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -98,21 +98,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors; never executed
-    from adcore.captured import captured_output  # noqa: F401
-    from adcore.checkpoints import fit_state, normalise_state, read_checkpoint  # noqa: F401
-    from adcore.dataset import GOOD, Dataset, Sample, Split  # noqa: F401
-    from adcore.errors import (  # noqa: F401
-        AdError,
-        ConfigError,
-        DataError,
-        PluginError,
-        WeightsError,
-    )
-    from adcore.hookspecs import hookimpl  # noqa: F401
-    from adcore.hub import hf_cache_dir, hub_file, url_file  # noqa: F401
-    from adcore.loading import IMAGE_EXTENSIONS  # noqa: F401
-    from adcore.maps import anomaly_map, gaussian_blur, upsample  # noqa: F401
-    from adcore.method import (  # noqa: F401
+    from adcore.contracts.dataset import GOOD, Dataset, Sample, Split  # noqa: F401
+    from adcore.contracts.hookspecs import hookimpl  # noqa: F401
+    from adcore.contracts.method import (  # noqa: F401
         FitContext,
         InputGeometry,
         Method,
@@ -123,16 +111,14 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         TrainingPhase,
         TrainingSettings,
     )
-    from adcore.neighbors import FlatL2Index, nearest_neighbours  # noqa: F401
-    from adcore.openclip import QUICK_GELU_HELP, QuickGelu, load_open_clip  # noqa: F401
-    from adcore.preprocessing import (  # noqa: F401
+    from adcore.contracts.preprocessing import (  # noqa: F401
         CLIP_MEAN,
         CLIP_STD,
         IMAGENET_MEAN,
         IMAGENET_STD,
         Preprocessing,
     )
-    from adcore.records import (  # noqa: F401
+    from adcore.contracts.records import (  # noqa: F401
         Capability,
         DatasetSpec,
         EmptyConfig,
@@ -141,8 +127,22 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         PluginConfig,
         ReporterSpec,
     )
-    from adcore.training import checkpoint_metadata  # noqa: F401
-    from adcore.weights import (  # noqa: F401
+    from adcore.data.loading import IMAGE_EXTENSIONS  # noqa: F401
+    from adcore.infra.captured import captured_output  # noqa: F401
+    from adcore.infra.errors import (  # noqa: F401
+        AdError,
+        ConfigError,
+        DataError,
+        PluginError,
+        WeightsError,
+    )
+    from adcore.toolkit.checkpoints import fit_state, normalise_state, read_checkpoint  # noqa: F401
+    from adcore.toolkit.hub import hf_cache_dir, hub_file, url_file  # noqa: F401
+    from adcore.toolkit.maps import anomaly_map, gaussian_blur, upsample  # noqa: F401
+    from adcore.toolkit.neighbors import FlatL2Index, nearest_neighbours  # noqa: F401
+    from adcore.toolkit.openclip import QUICK_GELU_HELP, QuickGelu, load_open_clip  # noqa: F401
+    from adcore.toolkit.trained import checkpoint_metadata  # noqa: F401
+    from adcore.toolkit.weights import (  # noqa: F401
         WeightsIdentity,
         backbone_identity,
         file_digest,

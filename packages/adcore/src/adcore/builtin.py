@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from adcore.hookspecs import hookimpl
+from adcore.contracts.hookspecs import hookimpl
+from adcore.contracts.records import MetricSpec, ReporterSpec
 from adcore.metrics.specs import metric_specs
-from adcore.records import MetricSpec, ReporterSpec
 
 
 def _reporter(class_name: str):
     def build(_config: object):
-        from adcore.reporters import summary
+        from adcore.outputs.reporters import summary
 
         return getattr(summary, class_name)()
 
@@ -17,7 +17,7 @@ def _reporter(class_name: str):
 
 
 def _overlay_reporter(_config: object):
-    from adcore.reporters.overlay import OverlayReporter
+    from adcore.outputs.reporters.overlay import OverlayReporter
 
     return OverlayReporter()
 

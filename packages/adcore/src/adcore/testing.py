@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from adcore.records import (
+from adcore.contracts.records import (
     Capability,
     ComponentSpec,
     DatasetSpec,
@@ -37,8 +37,8 @@ from adcore.records import (
 if TYPE_CHECKING:
     import torch
 
-    from adcore.dataset import Dataset
-    from adcore.method import Method
+    from adcore.contracts.dataset import Dataset
+    from adcore.contracts.method import Method
 
 
 class ContractError(AssertionError):
@@ -75,7 +75,7 @@ def _images(count: int, size: int, seed: int) -> torch.Tensor:
 def _build_method(spec: MethodSpec, overrides: dict[str, Any] | None, device: str) -> Method:
     import torch
 
-    from adcore.method import Method, Runtime
+    from adcore.contracts.method import Method, Runtime
 
     values = {**spec.smoke_config, **(overrides or {})}
     try:
@@ -97,7 +97,7 @@ def _build_method(spec: MethodSpec, overrides: dict[str, Any] | None, device: st
 def _fit(method: Method, spec: MethodSpec, size: int) -> None:
     import torch
 
-    from adcore.method import FitContext
+    from adcore.contracts.method import FitContext
 
     zero_shot = Capability.ZERO_SHOT in spec.capabilities
     support = [] if zero_shot else [_images(2, size, seed=1)]  # [2,3,S,S] uint8
@@ -106,7 +106,7 @@ def _fit(method: Method, spec: MethodSpec, size: int) -> None:
 
 
 def _overrides(method: Method, name: str) -> bool:
-    from adcore.method import Method as Base
+    from adcore.contracts.method import Method as Base
 
     return getattr(type(method), name) is not getattr(Base, name)
 
@@ -136,9 +136,9 @@ def check_method(
     import torch
     from torch import nn
 
-    from adcore.efficiency import count_parameters, measure_backbone, measure_efficiency
-    from adcore.method import Prediction, Runtime
-    from adcore.weights import WeightsIdentity
+    from adcore.contracts.method import Prediction, Runtime
+    from adcore.run.efficiency import count_parameters, measure_backbone, measure_efficiency
+    from adcore.toolkit.weights import WeightsIdentity
 
     _require(isinstance(spec, MethodSpec), f"{spec!r} is not a MethodSpec.")
     check_config(spec.config, spec.name)
@@ -245,7 +245,7 @@ def check_dataset(
     set's categories and samples: sorted, of that category, labels 0/1, train all normal,
     a mask for every anomalous test image when ``requires_masks``, every path present.
     Returns the data set, or None when it could not be read without a root."""
-    from adcore.dataset import Dataset, Sample
+    from adcore.contracts.dataset import Dataset, Sample
 
     _require(isinstance(spec, DatasetSpec), f"{spec!r} is not a DatasetSpec.")
     check_config(spec.config, spec.name)
@@ -287,7 +287,7 @@ def check_metric(spec: MetricSpec) -> None:
     strictly better than the reversed ranking."""
     import numpy as np
 
-    from adcore.evaldata import EvalData
+    from adcore.metrics.evaldata import EvalData
 
     _require(isinstance(spec, MetricSpec), f"{spec!r} is not a MetricSpec.")
     check_config(spec.config, spec.name)
@@ -309,8 +309,9 @@ def check_metric(spec: MetricSpec) -> None:
 
 
 def check_reporter(spec: ReporterSpec) -> None:
-    """The record, its config, and a factory that builds an ``adcore.reporting.Reporter``."""
-    from adcore.reporting import Reporter
+    """The record, its config, and a factory that builds a
+    :class:`adcore.outputs.reporting.Reporter`."""
+    from adcore.outputs.reporting import Reporter
 
     _require(isinstance(spec, ReporterSpec), f"{spec!r} is not a ReporterSpec.")
     check_config(spec.config, spec.name)

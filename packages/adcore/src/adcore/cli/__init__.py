@@ -13,7 +13,7 @@ from rich.markup import escape
 from adcore.cli import bench_cmd, config_cmd, data_cmd, eval_cmd, plugins_cmd, sweep_cmd, train_cmd
 from adcore.cli.predict_cmd import predict_command
 from adcore.cli.report_cmd import report_command
-from adcore.errors import AdError
+from adcore.infra.errors import AdError
 
 app = typer.Typer(
     name="ad",
@@ -74,7 +74,7 @@ def main() -> None:
 
 def _plugin_failure(error: Exception) -> AdError | None:
     """An exception from a plugin's code as one paragraph naming the plugin, else None."""
-    from adcore.failures import plugin_failure
-    from adcore.plugins import get_registry
+    from adcore.plugins.failures import plugin_failure
+    from adcore.plugins.registry import get_registry
 
     return plugin_failure(error, get_registry())

@@ -21,12 +21,12 @@ from adcore.cli.options import (
     SetOption,
     resolved_config,
 )
-from adcore.records import Capability
+from adcore.contracts.records import Capability
 
 
 def _supported_k_shot(capabilities: frozenset[Capability], requested: int | str) -> int | str:
     """The requested setting when the method has it, else the one it is usually run in."""
-    from adcore.components import required_capability
+    from adcore.run.components import required_capability
 
     if required_capability(requested) in capabilities:
         return requested
@@ -64,10 +64,10 @@ def bench_command(
     Reports latency (batch 1), throughput, peak memory, parameters, memory bank and GFLOPs,
     and the method / backbone ratios of time and FLOPs at the same input size.
     """
-    from adcore.efficiency import measure_backbone, measure_efficiency, method_over_backbone
-    from adcore.plugins import get_registry
-    from adcore.progress import Progress
-    from adcore.runner import Evaluation, RunOptions
+    from adcore.infra.progress import Progress
+    from adcore.plugins.registry import get_registry
+    from adcore.run.efficiency import measure_backbone, measure_efficiency, method_over_backbone
+    from adcore.run.runner import Evaluation, RunOptions
 
     resolved = resolved_config(
         config,

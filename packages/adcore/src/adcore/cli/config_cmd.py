@@ -59,7 +59,7 @@ def show(
 @app.command("schema")
 def schema() -> None:
     """Print the JSON schema of the config, each installed plugin's settings included."""
-    from adcore.config import config_schema
-    from adcore.plugins import get_registry
+    from adcore.config.schema import config_schema
+    from adcore.plugins.registry import get_registry
 
     print(json.dumps(config_schema(get_registry()), indent=2))

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from adcore.cli.options import CategoryOption, DataRootOption, JsonOption, SetOption, sugar
-from adcore.errors import DataError
+from adcore.infra.errors import DataError
 
 app = typer.Typer(help="Check a data set's layout, or download one.", no_args_is_help=True)
 
@@ -37,10 +37,12 @@ def check(
     Exits 1 when anything would make an evaluation wrong. --set data.max_image_pixels=N and
     --set data.intensity_range=... apply as in ad eval.
     """
-    from adcore.components import build_dataset, select_categories
-    from adcore.config import build_raw_config, resolve_dataset, validate_base
-    from adcore.datacheck import check_dataset, render_report
-    from adcore.plugins import get_registry
+    from adcore.config.files import build_raw_config
+    from adcore.config.problems import validate_base
+    from adcore.config.resolve import resolve_dataset
+    from adcore.data.datacheck import check_dataset, render_report
+    from adcore.plugins.registry import get_registry
+    from adcore.run.components import build_dataset, select_categories
 
     chosen = sugar(dataset=dataset, data_root=data_root, category=category)
     raw = build_raw_config(None, chosen, assignments)
@@ -69,8 +71,8 @@ def download(
     to: Annotated[Path, typer.Option("--to", help="Folder to download and unpack into.")],
 ) -> None:
     """Fetch and unpack a public data set, resuming a partial download."""
-    from adcore.plugins import get_registry
-    from adcore.progress import Progress
+    from adcore.infra.progress import Progress
+    from adcore.plugins.registry import get_registry
 
     spec = get_registry().resolve("dataset", dataset).spec
     if spec.download is None:

@@ -23,9 +23,9 @@ from adcore.cli.options import (
     SetOption,
     resolved_config,
 )
-from adcore.errors import Interrupted
-from adcore.precision import precision_note
-from adcore.results import RunLayout, RunResult
+from adcore.infra.errors import Interrupted
+from adcore.infra.precision import precision_note
+from adcore.outputs.results import RunLayout, RunResult
 
 RANDOM_BANNER = (
     "[bold yellow]Random weights:[/] every model is randomly initialised; the numbers below "
@@ -95,9 +95,9 @@ def eval_command(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a method on a data set: metrics per category, efficiency, result files."""
-    from adcore.plugins import get_registry
-    from adcore.progress import Progress
-    from adcore.runner import Evaluation, RunOptions
+    from adcore.infra.progress import Progress
+    from adcore.plugins.registry import get_registry
+    from adcore.run.runner import Evaluation, RunOptions
 
     assignments = list(set_ or [])
     if skip_bad_samples:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from adcore.errors import UsageError
+from adcore.infra.errors import UsageError
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML experiment config (may use extends:).")
@@ -83,8 +83,9 @@ def resolved_config(
     **sugar_values: Any,
 ):
     """File, sugar options and --set merged, validated, and the plugins resolved."""
-    from adcore.config import build_raw_config, resolve_raw
-    from adcore.plugins import get_registry
+    from adcore.config.files import build_raw_config
+    from adcore.config.resolve import resolve_raw
+    from adcore.plugins.registry import get_registry
 
     locations: dict[str, str] = {}
     raw = build_raw_config(config, sugar(**sugar_values), assignments, locations)

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from adcore.cli.options import JsonOption
 from adcore.cli.tables import print_table
-from adcore.plugins import get_registry
+from adcore.plugins.registry import get_registry
 
 
 def list_plugins(as_json: JsonOption = False) -> None:

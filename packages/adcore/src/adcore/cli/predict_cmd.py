@@ -52,7 +52,7 @@ def predict_command(
     """Score new images with a fitted method saved by a run: scores, maps and overlays."""
     import json
 
-    from adcore.predict import predict
+    from adcore.run.predict import predict
 
     result = predict(
         run, input_, out, threshold, category, device or "auto", overlays=not no_overlays

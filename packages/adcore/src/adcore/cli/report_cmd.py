@@ -37,11 +37,11 @@ def report_command(
 ) -> None:
     """Compare runs side by side: tables, charts and overlays in Markdown, CSV and HTML."""
     if layout is Layout.paper:
-        from adcore.report_paper import write_paper_report
+        from adcore.outputs.report.paper import write_paper_report
 
         written = write_paper_report(run_dirs, out)
     else:
-        from adcore.report import build_report
+        from adcore.outputs.report.compare import build_report
 
         written = build_report(run_dirs, out)
     console = Console()

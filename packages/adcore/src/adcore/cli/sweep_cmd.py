@@ -88,7 +88,7 @@ def sweep_command(
 ) -> None:
     """Run a grid of experiments (every category of each), skipping finished units, then
     summarise: each run's summary, and mean ± std over seeds per setting."""
-    from adcore.progress import Progress
+    from adcore.infra.progress import Progress
     from adcore.sweep.driver import run_sweep
     from adcore.sweep.executors import LocalExecutor, RayExecutor
 

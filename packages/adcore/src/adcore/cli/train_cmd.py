@@ -19,7 +19,7 @@ from adcore.cli.options import (
     SetOption,
     resolved_config,
 )
-from adcore.errors import DataError, PluginError
+from adcore.infra.errors import DataError, PluginError
 
 
 def train_command(
@@ -48,11 +48,11 @@ def train_command(
     Bad files are refused before any model work (as in ad eval), or left out and named with
     --skip-bad-samples.
     """
-    from adcore.method import TrainableMethod
-    from adcore.plugins import get_registry
-    from adcore.preparation import screen_samples, skipped_note
-    from adcore.runner import Evaluation, RunOptions
-    from adcore.training import train_method
+    from adcore.contracts.method import TrainableMethod
+    from adcore.plugins.registry import get_registry
+    from adcore.run.preparation import screen_samples, skipped_note
+    from adcore.run.runner import Evaluation, RunOptions
+    from adcore.run.training import train_method
 
     assignments = list(set_ or [])
     if skip_bad_samples:

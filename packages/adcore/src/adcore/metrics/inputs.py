@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from adcore.errors import DataError
+from adcore.infra.errors import DataError
 
 
 def to_numpy(array: Any) -> np.ndarray:

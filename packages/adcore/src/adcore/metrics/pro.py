@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from adcore.errors import ConfigError
+from adcore.infra.errors import ConfigError
 from adcore.metrics.inputs import (
     check_finite_sorted,
     image_pairs,

@@ -1,6 +1,6 @@
 """The built-in metrics as records, registered by ``adcore.builtin`` like any plugin's.
 
-Each factory returns a callable on :class:`adcore.evaldata.EvalData`; the metric modules
+Each factory returns a callable on :class:`adcore.metrics.evaldata.EvalData`; the metric modules
 (numpy, scipy) load only when a factory runs.
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from pydantic import Field
 
-from adcore.evaldata import EvalData
-from adcore.records import EmptyConfig, MetricSpec, PluginConfig
+from adcore.contracts.records import EmptyConfig, MetricSpec, PluginConfig
+from adcore.metrics.evaldata import EvalData
 
 MetricFn = Callable[[EvalData], float]
 

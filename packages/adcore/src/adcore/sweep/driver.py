@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adcore.errors import OutputError
-from adcore.plugins import get_registry
-from adcore.progress import Progress
-from adcore.results import CategoryResult, RunResult
+from adcore.infra.errors import OutputError
+from adcore.infra.progress import Progress
+from adcore.outputs.results import CategoryResult, RunResult
+from adcore.plugins.registry import get_registry
 from adcore.sweep.executors import LocalExecutor, RayExecutor
 from adcore.sweep.plan import Plan, plan_sweep
 from adcore.sweep.spec import load_sweep
@@ -30,7 +30,7 @@ class SweepOutcome:
     rows: list[dict[str, Any]]
     computed: list[str] = field(default_factory=list)  # labels of units run now
     failures: list[tuple[str, str]] = field(default_factory=list)  # (label, message)
-    reported: bool = False  # whether adcore.report wrote its report too
+    reported: bool = False  # whether adcore.outputs.report.compare wrote its report too
 
     @property
     def skipped(self) -> int:

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adcore.errors import AdError, UsageError
-from adcore.progress import Progress
-from adcore.results import CategoryResult
+from adcore.infra.errors import AdError, UsageError
+from adcore.infra.progress import Progress
+from adcore.outputs.results import CategoryResult
 from adcore.sweep.unit import Unit, run_unit
 
 OnDone = Callable[[Unit, CategoryResult], None]

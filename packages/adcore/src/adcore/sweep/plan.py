@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adcore.components import build_dataset, check_capability, select_categories
-from adcore.config import ResolvedConfig, resolve, validate_base, weights_fields
-from adcore.errors import AdError, ConfigError
-from adcore.plugins import Registry
-from adcore.results import RunLayout, refuse_other_config
+from adcore.config.problems import validate_base
+from adcore.config.resolve import resolve
+from adcore.config.sections import ResolvedConfig, weights_fields
+from adcore.infra.errors import AdError, ConfigError
+from adcore.outputs.results import RunLayout, refuse_other_config
+from adcore.plugins.registry import Registry
+from adcore.run.components import build_dataset, check_capability, select_categories
 from adcore.sweep.spec import Sweep, describe_point, merge_dotted
 from adcore.sweep.unit import Unit
-from adcore.weights import RANDOM
+from adcore.toolkit.weights import RANDOM
 
 
 @dataclass

@@ -40,15 +40,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adcore.config import (
-    build_raw_config,
-    deep_merge,
-    format_validation,
-    nested,
-    read_yaml_mapping,
-    validate_base,
-)
-from adcore.errors import ConfigError
+from adcore.config.files import build_raw_config, deep_merge, nested, read_yaml_mapping
+from adcore.config.problems import format_validation, validate_base
+from adcore.infra.errors import ConfigError
 
 PATH_AXES = ("model.name", "data.dataset")  # already in results/<dataset>/<method>/
 SHORT_LABELS = {"data.k_shot": "k", "experiment.seed": "seed"}

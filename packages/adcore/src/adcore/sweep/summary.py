@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adcore.plugins import Registry
-from adcore.reporting import RunContext, default_reporters
-from adcore.results import RunResult, atomic_write_text, csv_text, read_category, run_result
+from adcore.infra.files import atomic_write_text, csv_text
+from adcore.outputs.reporting import RunContext, default_reporters
+from adcore.outputs.results import RunResult, read_category, run_result
+from adcore.plugins.registry import Registry
 from adcore.sweep.plan import Experiment
 
 SEED_KEY = "experiment.seed"
@@ -114,9 +115,9 @@ def _mean_std(row: dict[str, Any], name: str) -> str:
 def build_report(run_dirs: list[Path], out_dir: Path) -> bool:
     """``ad report`` over the sweep's runs, where this adcore has it."""
     try:
-        report = importlib.import_module("adcore.report")
+        report = importlib.import_module("adcore.outputs.report.compare")
     except ModuleNotFoundError as error:
-        if error.name != "adcore.report":
+        if error.name != "adcore.outputs.report.compare":
             raise
         return False
     report.build_report(run_dirs, out_dir)
@@ -136,7 +137,7 @@ def summarise_sweep(
     write_sweep_summary(header, rows, names, out_dir, any(r.random_weights for r in runs))
     reported = build_report([r.run_dir for r in runs if r.categories], out_dir)
     if layout == "paper" and any(r.categories for r in runs):
-        from adcore.report_paper import write_paper_report
+        from adcore.outputs.report.paper import write_paper_report
 
         write_paper_report([r.run_dir for r in runs if r.categories], out_dir)
     return runs, header, rows, reported

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import yaml
 
-from adcore.errors import AdError
-from adcore.progress import Progress
-from adcore.results import atomic_write_text
+from adcore.infra.errors import AdError
+from adcore.infra.files import atomic_write_text
+from adcore.infra.progress import Progress
 from adcore.sweep.plan import Plan, absolute_paths
 from adcore.sweep.spec import Sweep, Training
 
 
 def finished(checkpoint: Path) -> bool:
     """The checkpoint exists and, when ``ad train`` wrote it, holds its last epoch."""
-    from adcore.training import checkpoint_metadata
+    from adcore.toolkit.trained import checkpoint_metadata
 
     if not checkpoint.is_file():
         return False

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from adcore.progress import Progress
-from adcore.results import CategoryResult
+from adcore.infra.progress import Progress
+from adcore.outputs.results import CategoryResult
 
 FAIL_ONCE_ENV = "AD_SWEEP_FAIL_ONCE"
 """Fault injection for tests: a path. The first unit that starts while no file is there
@@ -48,9 +48,10 @@ def fail_once(marker: str | None, label: str) -> None:
 
 def run_unit(unit: Unit, progress: Progress | None = None) -> CategoryResult:
     """Resolve the config here (plugin records do not travel) and run one category."""
-    from adcore.config import resolve, validate_base
-    from adcore.plugins import get_registry
-    from adcore.runner import Evaluation, RunOptions
+    from adcore.config.problems import validate_base
+    from adcore.config.resolve import resolve
+    from adcore.plugins.registry import get_registry
+    from adcore.run.runner import Evaluation, RunOptions
 
     fail_once(unit.fail_once, unit.label)
     registry = get_registry()

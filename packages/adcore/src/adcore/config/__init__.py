@@ -1,0 +1,1 @@
+"""Experiment configs: sections, YAML files and --set, resolution, the JSON schema."""

@@ -1,0 +1,165 @@
+"""Resolution: the config's plugins found in the registry and their own settings validated.
+
+The ``model`` and ``data`` sections carry the chosen plugin's own fields, validated by that
+plugin's config model once the plugin is known."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from adcore.config.problems import allowed_keys, config_problems, validation_lines, where
+from adcore.config.sections import (
+    DataSection,
+    ExperimentConfig,
+    ModelSection,
+    ResolvedConfig,
+    weights_fields,
+)
+from adcore.contracts.records import PluginConfig
+from adcore.infra.errors import PluginError
+from adcore.plugins.registry import Component, Registry
+from adcore.toolkit.weights import RANDOM
+
+
+def _plugin_settings(
+    registry: Registry,
+    kind: str,
+    name: str,
+    values: dict[str, Any],
+    section: str,
+    shared: type[BaseModel],
+    problems: list[str],
+    locations: dict[str, str] | None = None,
+) -> tuple[Component | None, PluginConfig | None]:
+    """The plugin and its own settings; what is wrong goes to ``problems``."""
+    try:
+        component = registry.resolve(kind, name)
+    except PluginError as error:
+        key = f"{section}.{'name' if kind == 'method' else 'dataset'}"
+        problems.append(f"  - {key}: {error}{where(key, locations)}")
+        return None, None
+    model = component.spec.config
+    try:
+        return component, model.model_validate(values)
+    except ValidationError as error:
+        lines = validation_lines(error, section, locations)
+        if any(item["type"] == "extra_forbidden" for item in error.errors()):
+            lines.append(
+                f"    allowed keys in {section} for {kind} {component.spec.name!r}: "
+                f"{allowed_keys(model, shared)}"
+            )
+        problems.extend(lines)
+        return component, None
+
+
+def resolve_dataset(base: ExperimentConfig, registry: Registry) -> tuple[Component, PluginConfig]:
+    """The data set plugin and its own settings from the ``data`` section."""
+    problems: list[str] = []
+    dataset, settings = _plugin_settings(
+        registry, "dataset", base.data.dataset, dict(base.data.model_extra or {}), "data",
+        DataSection, problems,
+    )  # fmt: skip
+    if problems or dataset is None or settings is None:
+        raise config_problems(problems)
+    return dataset, settings
+
+
+def _natural_k_shot(method: Component, problems: list[str]) -> tuple[int | str | None, str]:
+    spec = method.spec
+    natural = spec.natural_setting
+    if natural is None:
+        problems.append(
+            f"  - data.k_shot: not given, and {spec.name!r} has no natural setting (it is "
+            "few-shot only); give --k-shot K or data.k_shot"
+        )
+        return None, ""
+    setting = {0: "zero-shot", "all": "full-shot"}.get(natural, f"{natural}-shot")
+    return natural, (
+        f"k_shot not given: {spec.name} runs its natural setting, {setting} (k_shot={natural}); "
+        "--k-shot chooses another."
+    )
+
+
+def _check_metrics(
+    metrics: Any, registry: Registry, problems: list[str], locations: dict[str, str] | None
+) -> None:
+    names = metrics if isinstance(metrics, list) else [metrics]
+    unknown = [str(m) for m in names if str(m).rpartition(":")[2] not in registry.names("metric")]
+    if unknown:
+        problems.append(
+            f"  - evaluation.metrics: unknown metric(s) {', '.join(unknown)}; available: "
+            f"{', '.join(registry.names('metric'))}{where('evaluation.metrics', locations)}"
+        )
+
+
+def resolve(
+    base: ExperimentConfig,
+    registry: Registry,
+    random_weights: bool = False,
+    locations: dict[str, str] | None = None,
+) -> ResolvedConfig:
+    """Find the plugins and validate their own fields, reporting every problem at once;
+    ``random_weights`` sets every weights field of the method to ``none``; a missing
+    ``data.k_shot`` becomes the method's natural setting (said in ``notes``)."""
+    problems: list[str] = []
+    method, method_config = _plugin_settings(
+        registry, "method", base.model.name, dict(base.model.model_extra or {}), "model",
+        ModelSection, problems, locations,
+    )  # fmt: skip
+    dataset, dataset_config = _plugin_settings(
+        registry, "dataset", base.data.dataset, dict(base.data.model_extra or {}), "data",
+        DataSection, problems, locations,
+    )  # fmt: skip
+    _check_metrics(base.evaluation.metrics, registry, problems, locations)
+    notes = []
+    k_shot = base.data.k_shot
+    if k_shot is None and method is not None:
+        k_shot, note = _natural_k_shot(method, problems)
+        notes.append(note)
+    if problems or method is None or dataset is None:
+        raise config_problems(problems)
+    assert method_config is not None and dataset_config is not None
+    if random_weights:
+        updates = dict.fromkeys(weights_fields(method_config), RANDOM)
+        method_config = method_config.model_copy(update=updates)
+    if base.data.k_shot is None:
+        base = base.model_copy(deep=True)
+        base.data.k_shot = k_shot
+    return ResolvedConfig(
+        base=base,
+        method=method,
+        dataset=dataset,
+        method_config=method_config,
+        dataset_config=dataset_config,
+        notes=[n for n in notes if n],
+    )
+
+
+def resolve_raw(
+    raw: dict[str, Any],
+    registry: Registry,
+    random_weights: bool = False,
+    locations: dict[str, str] | None = None,
+) -> ResolvedConfig:
+    """:func:`resolve` from merged YAML values: the shared sections and the plugins' own
+    settings are checked together, so every problem is reported in one message."""
+    try:
+        base = ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = validation_lines(error, "", locations)
+        for section, shared, kind, key in (
+            ("model", ModelSection, "method", "name"),
+            ("data", DataSection, "dataset", "dataset"),
+        ):
+            values = raw.get(section) if isinstance(raw.get(section), dict) else {}
+            name = values.get(key, shared.model_fields[key].default)
+            own = {k: v for k, v in values.items() if k not in shared.model_fields}
+            if isinstance(name, str):
+                _plugin_settings(registry, kind, name, own, section, shared, problems, locations)
+        evaluation = raw.get("evaluation") if isinstance(raw.get("evaluation"), dict) else {}
+        if "metrics" in evaluation:
+            _check_metrics(evaluation["metrics"], registry, problems, locations)
+        raise config_problems(problems) from None
+    return resolve(base, registry, random_weights, locations)

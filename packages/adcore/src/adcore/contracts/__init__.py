@@ -1,0 +1,1 @@
+"""What plugins implement: records, hook specs, Method, Dataset, Preprocessing."""

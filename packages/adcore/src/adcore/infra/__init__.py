@@ -1,0 +1,1 @@
+"""Foundations of every layer: errors, progress, devices, precision, atomic files."""

@@ -1,0 +1,101 @@
+"""``env.json``: what produced a run (versions, device, weights, seed)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from adcore.plugins.registry import Registry
+
+LIBRARIES = ("torch", "torchvision", "numpy", "open_clip_torch", "timm", "faiss-cpu", "faiss-gpu")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def describe_device(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"device": device, "torch_threads": torch.get_num_threads()}
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        info["gpu"] = torch.cuda.get_device_name(index)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+    return info
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, else what platform knows)."""
+    try:
+        with open("/proc/cpuinfo") as stream:
+            for line in stream:
+                if line.lower().startswith(("model name", "hardware")):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine() -> dict[str, Any]:
+    """What latency figures depend on besides the method: CPU, threads, load, GPU.
+
+    The load average (1, 5, 15 minutes) is taken when the run starts; figures from runs
+    made under different loads are not comparable.
+    """
+    import torch
+
+    affinity = getattr(os, "sched_getaffinity", None)
+    machine: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(affinity(0)) if affinity else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()]
+        if hasattr(os, "getloadavg")
+        else None,
+    }
+    if torch.cuda.is_available():
+        machine["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return machine
+
+
+def machine_summary(env: dict[str, Any]) -> str:
+    """One line from a run's ``env.json``: ``CPU model, 2 of 4 CPUs, 2 threads, load 3.1``."""
+    machine = env.get("machine") or {}
+    if not machine:
+        return "not recorded"
+    parts = [str(machine.get("cpu_model", "?"))]
+    usable, count = machine.get("cpus_usable"), machine.get("cpu_count")
+    parts.append(f"{usable} of {count} CPUs" if usable != count else f"{count} CPUs")
+    parts.append(f"{machine.get('torch_threads', '?')} threads")
+    load = machine.get("load_average")
+    if load:
+        parts.append(f"load {load[0]:.1f}")
+    gpus = machine.get("gpus")
+    if gpus:
+        parts.append("GPU " + ", ".join(gpus))
+    return ", ".join(parts)
+
+
+def environment(registry: Registry, device: str) -> dict[str, Any]:
+    """Versions of Python, the libraries and every loaded plugin distribution."""
+    plugins = {p.distribution: p.version for p in registry.plugins}
+    libraries = {name: v for name in LIBRARIES if (v := _version(name))}
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {**plugins, **libraries},
+        **describe_device(device),
+        "machine": describe_machine(),
+    }

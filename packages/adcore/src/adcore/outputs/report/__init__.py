@@ -1,0 +1,1 @@
+"""``ad report``: finished runs compared (Markdown, CSV, charts, HTML, paper layout)."""

@@ -1,0 +1,57 @@
+"""The reporter contract: typed results in, files out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adcore.config.sections import ResolvedConfig
+from adcore.contracts.dataset import Sample
+from adcore.contracts.preprocessing import Preprocessing
+from adcore.data.decoding import Decoding
+from adcore.outputs.results import CategoryResult, RunLayout, RunResult
+
+
+@dataclass
+class RunContext:
+    """What every reporter may read about the run."""
+
+    layout: RunLayout
+    config: ResolvedConfig
+    env: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.layout.root
+
+
+@dataclass
+class CategoryOutputs:
+    """A freshly computed category's raw outputs (absent when a category was resumed)."""
+
+    samples: list[Sample]
+    scores: np.ndarray  # [N]
+    maps: np.ndarray  # [N,S,S] float32 at the method's input size
+    masks: np.ndarray  # [N,S,S] bool
+    geometry: Preprocessing | None = None  # how images were resized/cropped for the method
+    decoding: Decoding | None = None  # how the category's files were decoded (bit depth)
+
+
+class Reporter:
+    """Writes files from results. Both hooks are optional."""
+
+    def on_category(
+        self, result: CategoryResult, outputs: CategoryOutputs | None, context: RunContext
+    ) -> None:
+        """Called after each category, resumed ones included (``outputs`` None then)."""
+
+    def on_run(self, result: RunResult, context: RunContext) -> None:
+        """Called once after every category is done."""
+
+
+def default_reporters(registry: Any) -> list[Reporter]:
+    """Every reporter registered with ``default=True``, built with its default settings."""
+    return [c.spec.factory(c.spec.config()) for c in registry.of_kind("reporter") if c.spec.default]

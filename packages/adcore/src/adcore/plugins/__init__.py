@@ -1,0 +1,1 @@
+"""The registry over the ``adcore`` entry points; plugin failures as one paragraph."""

@@ -1,0 +1,1 @@
+"""The pipeline: components, preparation, prediction, scoring, efficiency, training, predict."""

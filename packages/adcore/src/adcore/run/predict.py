@@ -1,0 +1,264 @@
+"""``ad predict``: score new images with a method fitted and saved by ``ad eval --save-model``.
+
+The method is rebuilt from the run's ``config.yaml`` exactly as the run built it (same
+plugin, settings and seed), then its fitted state (``<category>/model.pt``) is loaded, so
+the same image gets the same score as in the run. The decision threshold is the F1-optimal
+image threshold on the run's test set (its ``scores.csv``) unless one is given.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adcore.contracts.dataset import Sample
+from adcore.contracts.method import Method
+from adcore.data.decoding import Decoding, category_decoding
+from adcore.data.loading import IMAGE_EXTENSIONS
+from adcore.infra.errors import DataError, UsageError
+from adcore.infra.files import atomic_write_bytes, atomic_write_text, csv_text
+from adcore.metrics import image_f1_threshold
+from adcore.outputs.outputkeys import unique_keys
+from adcore.outputs.reporters.overlay import (
+    THRESHOLDS_FILE,
+    OverlayImage,
+    read_at_geometry,
+    render_png,
+    safe_name,
+)
+from adcore.outputs.scorescale import ScoreScale
+
+
+@dataclass
+class PredictedImage:
+    path: Path
+    key: str  # where its outputs go, relative and unique: "good/000"
+    score: float
+    anomalous: bool
+    normalised: float = float("nan")  # 0..1, 0.5 at the threshold (adcore.outputs.scorescale)
+
+
+@dataclass
+class PredictOutput:
+    """What ``predict`` wrote and decided."""
+
+    category: str
+    threshold: float
+    threshold_source: str
+    images: list[PredictedImage]
+    scores_csv: Path
+    scale: ScoreScale | None = None
+
+
+def find_images(inputs: list[Path]) -> list[tuple[Path, str]]:
+    """Files and folders (searched recursively) -> (image path, unique output key), sorted."""
+    found: list[tuple[Path, str]] = []
+    for given in inputs:
+        if given.is_dir():
+            files = sorted(
+                p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            found += [(p, p.relative_to(given).with_suffix("").as_posix()) for p in files]
+        elif given.is_file():
+            found.append((given, given.stem))
+        else:
+            raise DataError(f"Input {given} does not exist.", "Pass image files or folders.")
+    if not found:
+        listed = ", ".join(str(p) for p in inputs)
+        raise DataError(
+            f"No images found in {listed}.",
+            f"Pass files or folders holding {', '.join(IMAGE_EXTENSIONS)} images.",
+        )
+    keys = unique_keys([key for _, key in found])
+    return [(path, key) for (path, _), key in zip(found, keys, strict=True)]
+
+
+def run_categories(run_dir: Path) -> list[str]:
+    """Categories of a run: folders holding ``scores.csv``."""
+    return sorted(p.parent.name for p in run_dir.glob("*/scores.csv"))
+
+
+def pick_category(run_dir: Path, category: str | None) -> str:
+    if not (run_dir / "config.yaml").is_file():
+        raise DataError(
+            f"{run_dir} is not a run folder (it has no config.yaml).",
+            "Pass a folder written by ad eval: results/<dataset>/<method>/<experiment>.",
+        )
+    available = run_categories(run_dir)
+    if category is None:
+        if len(available) != 1:
+            raise UsageError(
+                f"The run {run_dir} has {len(available)} categories "
+                f"({', '.join(available) or 'none'}).",
+                "Choose one with --category.",
+            )
+        category = available[0]
+    elif category not in available:
+        raise DataError(
+            f"Category {category!r} is not in the run {run_dir}.",
+            f"Available: {', '.join(available) or 'none'}.",
+        )
+    if not (run_dir / category / "model.pt").is_file():
+        raise DataError(
+            f"The run {run_dir} did not save a fitted model for {category!r} "
+            f"({run_dir / category / 'model.pt'} is missing).",
+            "Rerun ad eval with --save-model (add --set visualization.save_overlay=true for "
+            "the run's pixel threshold).",
+        )
+    return category
+
+
+def load_method(run_dir: Path, category: str, device: str = "auto") -> tuple[Any, Method, Any]:
+    """The run's resolved config, its method with ``category``'s fitted state loaded, and
+    the runtime (device, precision) it runs under."""
+    from adcore.config.files import load_yaml_file
+    from adcore.config.problems import validate_base
+    from adcore.config.resolve import resolve
+    from adcore.outputs.fitted import read_fitted_state
+    from adcore.plugins.registry import get_registry
+    from adcore.run.components import build_method, make_runtime
+    from adcore.toolkit.weights import check_fitted_state
+
+    config = resolve(validate_base(load_yaml_file(run_dir / "config.yaml")), get_registry())
+    runtime = make_runtime(config, device)
+    method = build_method(config, runtime)
+    state = read_fitted_state(run_dir / category / "model.pt")
+    check_fitted_state(state, method.weights_identity(), run_dir / category / "model.pt")
+    method.load_fitted_state(state)
+    return config, method, runtime
+
+
+def run_test_scores(run_dir: Path, category: str) -> tuple[np.ndarray, np.ndarray]:
+    """The run's test image scores [N] and labels [N], from its ``scores.csv``."""
+    with (run_dir / category / "scores.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    return np.array([float(r["score"]) for r in rows]), np.array([int(r["label"]) for r in rows])
+
+
+def run_threshold(run_dir: Path, category: str) -> float:
+    """F1-optimal image threshold on the run's test scores."""
+    scores, labels = run_test_scores(run_dir, category)
+    threshold = image_f1_threshold(scores, labels)
+    if threshold is None:
+        raise DataError(
+            f"The run's test set of {category!r} has no anomalous image, so it gives no threshold.",
+            "Pass one with --threshold.",
+        )
+    return threshold
+
+
+def run_map_settings(run_dir: Path, category: str) -> dict[str, Any]:
+    """Pixel threshold and colour scale saved with the run's overlays, if any."""
+    path = run_dir / category / "overlays" / THRESHOLDS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def predict(
+    run_dir: Path,
+    inputs: list[Path],
+    out_dir: Path,
+    threshold: float | None = None,
+    category: str | None = None,
+    device: str = "auto",
+    overlays: bool = True,
+) -> PredictOutput:
+    """Score ``inputs`` with the run's fitted method; write scores.csv, maps/ and overlays/."""
+    import torch
+
+    from adcore.data.loading import make_loader
+    from adcore.outputs.mapfiles import write_map
+    from adcore.run.preparation import screen_samples
+
+    category = pick_category(run_dir, category)
+    images = find_images(inputs)
+    source = "given" if threshold is not None else "F1-optimal on the run's test set"
+    decision = threshold if threshold is not None else run_threshold(run_dir, category)
+    config, method, runtime = load_method(run_dir, category, device)
+    samples = [Sample(image_path=p, label=0, category=category) for p, _ in images]
+    data = config.base.data
+    try:  # every unreadable input named at once, before any map is written
+        screen_samples(samples, False, False, data.max_image_pixels)
+    except DataError as error:
+        raise DataError(
+            error.problem,
+            "Fix, convert or remove those files and run ad predict again; it scores every "
+            "image it is given.",
+        ) from None
+    decoding = category_decoding(
+        [p for p, _ in images], data.intensity_range, data.max_image_pixels
+    )
+    loader = make_loader(samples, method.geometry, data.batch_size, 0, decoding=decoding)
+    scores = np.empty(len(samples), dtype=np.float64)
+    low, high = math.inf, -math.inf
+    for batch in loader:
+        index = batch["index"].numpy()
+        with torch.no_grad(), runtime.autocast():
+            prediction = method.predict(batch["image"].to(runtime.device))
+        scores[index] = prediction.scores.float().cpu().numpy()
+        maps = prediction.maps.float().cpu().numpy()  # [B,S,S]
+        low, high = min(low, float(maps.min())), max(high, float(maps.max()))
+        for i, value in zip(index, maps, strict=True):
+            write_map(out_dir / "maps" / f"{images[i][1]}.tiff", value)
+
+    scale = ScoreScale.from_scores(run_test_scores(run_dir, category)[0], decision)
+    normalised = scale.normalise(scores)  # [N] in [0, 1]
+    results = [
+        PredictedImage(path, key, float(score), bool(score >= decision), float(norm))
+        for (path, key), score, norm in zip(images, scores, normalised, strict=True)
+    ]
+    rows = [
+        [str(r.path), repr(r.score), repr(r.normalised), int(r.anomalous), repr(decision),
+         f"maps/{r.key}.tiff"]
+        for r in results
+    ]  # fmt: skip
+    scores_csv = out_dir / "scores.csv"
+    header = ["path", "score", "normalised_score", "anomalous", "threshold", "map"]
+    atomic_write_text(scores_csv, csv_text(header, rows))
+    if overlays:
+        _write_overlays(
+            run_dir, category, method, results, out_dir, decision, (low, high), decoding
+        )
+    return PredictOutput(category, decision, source, results, scores_csv, scale)
+
+
+def _write_overlays(
+    run_dir: Path,
+    category: str,
+    method: Method,
+    results: list[PredictedImage],
+    out_dir: Path,
+    decision: float,
+    own_range: tuple[float, float],
+    decoding: Decoding | None = None,
+) -> None:
+    """One overlay per image, on the run's colour scale and pixel threshold when it saved them."""
+    from PIL import Image
+
+    settings = run_map_settings(run_dir, category)
+    pixel = settings.get("pixel_threshold")
+    if "map_min" in settings:
+        value_range = (settings["map_min"], settings["map_max"])
+    else:
+        value_range = own_range if own_range[1] > own_range[0] else (own_range[0], own_range[0] + 1)
+    # flat names, made unique again after flattening ("a/b" and "a_b" must not meet)
+    names = unique_keys([safe_name(r.key.replace("/", "_")) for r in results])
+    for result, flat in zip(results, names, strict=True):
+        with Image.open(out_dir / "maps" / f"{result.key}.tiff") as stored:
+            anomaly_map = np.asarray(stored, dtype=np.float32)  # [S,S]
+        verdict = "anomalous" if result.anomalous else "normal"
+        item = OverlayImage(
+            image=read_at_geometry(result.path, method.geometry, decoding),
+            anomaly_map=anomaly_map,
+            mask=None,
+            title=f"{category} / {result.path.name}: predicted {verdict}",
+            subtitle=f"score {result.score:.4g}, image threshold {decision:.4g}",
+        )
+        name = f"{flat}_{verdict}_score{result.score:.4g}.png"
+        png = render_png(item, value_range, pixel, "run's F1-optimal")
+        atomic_write_bytes(out_dir / "overlays" / name, png)

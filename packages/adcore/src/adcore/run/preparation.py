@@ -1,0 +1,94 @@
+"""A category's samples before any model work: the seeded support set and the test set,
+with bad files refused (naming each) or left out and counted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from adcore.config.sections import DataSection
+from adcore.contracts.dataset import Dataset, Sample
+from adcore.data.decoding import DEFAULT_MAX_IMAGE_PIXELS, Decoding, category_decoding
+from adcore.data.support import choose_support
+from adcore.infra.errors import DataError
+
+if TYPE_CHECKING:
+    from adcore.data.datacheck import BadSample
+
+
+@dataclass
+class CategoryData:
+    """What one category is evaluated on, after the bad-file check."""
+
+    support: list[Sample]
+    test: list[Sample]
+    num_skipped: int
+    notes: list[str] = field(default_factory=list)  # shown with the category's result
+    decoding: Decoding = field(default_factory=Decoding)  # the category's bit-depth range
+
+
+def screen_samples(
+    samples: list[Sample],
+    skip: bool,
+    require_masks: bool,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+) -> tuple[list[Sample], list[BadSample]]:
+    """Check files before any model work: stop naming each bad file, or leave them out.
+
+    Returns the samples kept and the problems of those left out (empty when none were).
+    """
+    from adcore.data import datacheck
+
+    bad = datacheck.find_bad_samples(samples, require_masks, max_image_pixels=max_image_pixels)
+    if not bad:
+        return samples, []
+    if not skip:
+        listed = "; ".join(str(b) for b in bad[:20])
+        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(
+            f"{len(bad)} bad sample(s): {listed}{more}.",
+            "Fix or remove those files, or rerun with --skip-bad-samples to leave them out "
+            "(each file left out is named).",
+        )
+    return datacheck.drop_bad_samples(samples, bad), bad
+
+
+def skipped_note(bad: Sequence[BadSample], shown: int = 10) -> str:
+    """One line naming the files ``--skip-bad-samples`` left out and why (no semicolons:
+    notes are joined with "; " in metrics.csv)."""
+    samples = len({b.sample for b in bad})
+    listed = ", ".join(f"{b.path} ({b.detail})" for b in bad[:shown]).replace(";", ",")
+    more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+    plural = "" if samples == 1 else "s"
+    return f"skipped {samples} bad sample{plural}: {listed}{more}"
+
+
+def prepare_category(dataset: Dataset, category: str, data: DataSection, seed: int) -> CategoryData:
+    """The support set chosen by ``seed`` and the test samples, both screened."""
+    train = dataset.samples(category, "train")
+    support = choose_support(train, data.k_shot, seed, category)
+    screened = len(support)
+    support, bad_support = screen_samples(
+        support, data.skip_bad_samples, dataset.requires_masks, data.max_image_pixels
+    )
+    all_test = dataset.samples(category, "test")
+    test, bad_test = screen_samples(
+        all_test, data.skip_bad_samples, dataset.requires_masks, data.max_image_pixels
+    )
+    skipped = screened - len(support) + len(all_test) - len(test)
+    notes = [skipped_note([*bad_support, *bad_test])] if skipped else []
+    if not test:
+        found = (
+            f"all {len(all_test)} of its test images are bad samples ({skipped_note(bad_test)})"
+            if all_test
+            else "the data set lists no test images for it (its test folders are empty)"
+        )
+        raise DataError(
+            f"Category {category!r} has no usable test images: {found}.",
+            "Add readable test images to it (see the data set's layout in the README), or "
+            "leave the category out with --category.",
+        )
+    paths = [s.image_path for s in (*support, *test)]
+    decoding = category_decoding(paths, data.intensity_range, data.max_image_pixels)
+    return CategoryData(support, test, skipped, notes, decoding)

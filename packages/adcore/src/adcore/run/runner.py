@@ -1,0 +1,297 @@
+"""``ad eval``: one category of one experiment is a pure unit of work.
+
+Everything that can be refused (unknown category, a setting the method does not support,
+missing data, an unwritable or foreign results folder) is refused before any model work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from adcore.config.sections import ResolvedConfig
+from adcore.contracts.dataset import Sample
+from adcore.contracts.method import FitContext, Method
+from adcore.data.loading import make_loader
+from adcore.infra.files import atomic_write_text, ensure_writable
+from adcore.infra.progress import Progress
+from adcore.outputs.outputkeys import check_distinct, output_keys
+from adcore.outputs.reporting import CategoryOutputs, Reporter, RunContext, default_reporters
+from adcore.outputs.results import (
+    CategoryResult,
+    RunLayout,
+    RunResult,
+    read_category,
+    refuse_other_config,
+    run_result,
+    write_category,
+    write_scores,
+)
+from adcore.plugins.registry import Registry
+from adcore.run.components import (
+    build_dataset,
+    build_method,
+    check_capability,
+    make_runtime,
+    select_categories,
+)
+from adcore.run.prediction_pass import PredictionPass, run_prediction_pass
+from adcore.run.preparation import CategoryData, prepare_category
+from adcore.toolkit.weights import weights_flags
+
+if TYPE_CHECKING:
+    from adcore.run.efficiency import MethodCost
+
+
+@dataclass
+class RunOptions:
+    overwrite: bool = False
+    save_maps: bool = False
+    save_model: bool = False
+    show_progress: bool = True
+
+
+def _on_device(loader: Any, device: str, advance: Any) -> Iterator[Any]:
+    """Support images to the device, advancing the fit bar as the method consumes them."""
+    for batch in loader:
+        yield batch["image"].to(device, non_blocking=True)
+        advance(len(batch["image"]))
+
+
+class Evaluation:
+    """One experiment: its config, data set, method, metrics and reporters, built once."""
+
+    def __init__(
+        self,
+        config: ResolvedConfig,
+        registry: Registry,
+        options: RunOptions | None = None,
+        progress: Progress | None = None,
+        categories: Sequence[str] | None = None,
+    ) -> None:
+        """``categories`` runs a subset without changing the config (or its fingerprint)."""
+        self.config = config
+        self.registry = registry
+        self.options = options or RunOptions()
+        self.progress = progress or Progress(enabled=False)
+        base = config.base
+        self.layout = RunLayout(
+            base.experiment.output_root,
+            config.dataset.spec.name,
+            config.method.spec.name,
+            base.experiment.name,
+        )
+        # refusals first: nothing below does model work
+        check_capability(config)
+        self.dataset = build_dataset(config.dataset, config.dataset_config, base.data.root)
+        self.categories = select_categories(self.dataset, categories or base.data.categories)
+        self.resuming = False
+        self.metric_names = config.metric_names
+        self.metrics = {
+            name: registry.resolve("metric", qualified).spec
+            for name, qualified in zip(self.metric_names, base.evaluation.metrics, strict=True)
+        }
+        self.reporters: list[Reporter] = default_reporters(registry)
+        self.runtime = make_runtime(config)
+        self.method: Method | None = None
+        self.cost: MethodCost | None = None  # parameters and FLOPs, the same for every category
+        self.env: dict[str, Any] = {}
+
+    def finished(self, category: str) -> bool:
+        return (
+            self.resuming and not self.options.overwrite and self.layout.metrics(category).exists()
+        )
+
+    def build_method(self) -> Method:
+        if self.method is None:
+            self.method = build_method(self.config, self.runtime)
+        return self.method
+
+    def prepare(self, category: str) -> CategoryData:
+        """The seeded support set and the test samples, with bad files refused or left out."""
+        return prepare_category(self.dataset, category, self.config.base.data, self.runtime.seed)
+
+    def fit(self, category: str, prepared: CategoryData | None = None) -> Method:
+        """Build the method (once) and fit it on the category's seeded support set."""
+        import torch
+
+        data = self.config.base.data
+        prepared = prepared or self.prepare(category)
+        support = prepared.support
+        method = self.build_method()
+        loader = make_loader(
+            support, method.geometry, data.batch_size, data.num_workers, decoding=prepared.decoding
+        )
+        with (
+            self.progress.task(f"{category}: fit", total=len(support)) as advance,
+            torch.no_grad(),
+            self.runtime.autocast(),
+        ):
+            method.fit(
+                FitContext(
+                    category=category,
+                    class_name=self.dataset.class_name(category),
+                    num_images=len(support),
+                    batches=_on_device(loader, self.runtime.device, advance) if support else [],
+                    show_progress=self.options.show_progress,
+                )
+            )
+        return method
+
+    def write_run_files(self) -> None:
+        from adcore.outputs.env import environment
+        from adcore.run.efficiency import EVALUATION_SOURCES
+
+        method = self.build_method()
+        evaluation = self.config.base.evaluation
+        identity = method.weights_identity()
+        self.env = {
+            **environment(self.registry, self.runtime.device),
+            "seed": self.runtime.seed,
+            "precision": self.runtime.precision,
+            **weights_flags(identity, self.config.random_weights),
+            "evaluation_resolution": evaluation.resolution,
+            "efficiency_sources": EVALUATION_SOURCES if evaluation.latency.enabled else {},
+            "skip_bad_samples": self.config.base.data.skip_bad_samples,
+            "fingerprint": self.config.fingerprint(),
+        }
+        atomic_write_text(
+            self.layout.config, yaml.safe_dump(self.config.to_dict(), sort_keys=False)
+        )
+        atomic_write_text(self.layout.env, json.dumps(self.env, indent=2, default=str) + "\n")
+        atomic_write_text(self.layout.root / ".fingerprint", self.config.fingerprint() + "\n")
+
+    def run(self) -> RunResult:
+        ensure_writable(self.layout.root)
+        self.resuming = refuse_other_config(
+            self.layout, self.config.fingerprint(), self.options.overwrite, self.config.to_dict()
+        )
+        pending = [c for c in self.categories if not self.finished(c)]
+        # every file is checked before anything is written or any model is built
+        prepared = {category: self.prepare(category) for category in pending}
+        if self.options.overwrite:
+            self.layout.forget_results(pending)
+        if pending or not self.layout.env.exists():
+            self.write_run_files()
+        else:
+            self.env = json.loads(self.layout.env.read_text())
+        context = RunContext(self.layout, self.config, self.env)
+        results = []
+        for category in self.categories:
+            if self.finished(category):
+                result = read_category(self.layout, category, self.metric_names)
+                outputs = None
+                self.progress.note(f"{category}: finished earlier, kept (use --overwrite to redo)")
+            else:
+                result, outputs = self.run_category(category, prepared[category])
+            for reporter in self.reporters:
+                reporter.on_category(result, outputs, context)
+            results.append(result)
+        run = run_result(self.config, self.layout, results, self.env)
+        for reporter in self.reporters:
+            reporter.on_run(run, context)
+        return run
+
+    def predict(self, category: str, method: Method, prepared: CategoryData) -> PredictionPass:
+        """The prediction pass over the test images, with its per-batch timings."""
+        data = self.config.base.data
+        with self.progress.task(f"{category}: predict", total=len(prepared.test)) as advance:
+            return run_prediction_pass(
+                method,
+                self.runtime,
+                prepared.test,
+                data.batch_size,
+                data.num_workers,
+                self.config.method.spec.name,
+                advance,
+                prepared.decoding,
+            )
+
+    def efficiency(
+        self, method: Method, predicted: PredictionPass, peak: float
+    ) -> dict[str, float]:
+        """From the pass's batches and a budgeted batch-1 probe; size and FLOPs counted once."""
+        from adcore.run.efficiency import count_cost, evaluation_figures
+
+        started = time.perf_counter()
+        if self.cost is None:
+            self.cost = count_cost(method, self.runtime)
+        counting = time.perf_counter() - started
+        settings = self.config.base.evaluation.latency
+        sizes, seconds = predicted.batch_sizes, predicted.batch_seconds
+        figures = evaluation_figures(
+            method, self.runtime, settings, sizes, seconds, peak, self.cost
+        )
+        return {**figures, "efficiency_seconds": figures["efficiency_seconds"] + counting}
+
+    def run_category(
+        self, category: str, prepared: CategoryData
+    ) -> tuple[CategoryResult, CategoryOutputs]:
+        from adcore.run.efficiency import PeakMemory
+        from adcore.run.scoring import evaluation_data, score_category
+
+        started = time.perf_counter()
+        evaluation = self.config.base.evaluation
+        method = self.fit(category, prepared)
+        test = prepared.test
+        with PeakMemory(self.runtime.device) as memory:
+            predicted = self.predict(category, method, prepared)
+            peak, _ = memory.read()
+        data = evaluation_data(
+            predicted, test, method.geometry, evaluation.resolution, prepared.decoding
+        )
+        undefined = self.dataset.undefined_levels  # what the data set cannot support
+        scored = score_category(self.metrics, data, test, predicted.masks, undefined)
+        efficiency = self.efficiency(method, predicted, peak) if evaluation.latency.enabled else {}
+        result = CategoryResult(
+            category=category,
+            metrics=scored.values,
+            efficiency=efficiency,
+            num_support=len(prepared.support),
+            num_test=len(test),
+            num_anomalous=int(data.labels.sum()),
+            num_skipped=prepared.num_skipped,
+            num_vanished_masks=scored.vanished_masks,
+            seconds=time.perf_counter() - started,
+            notes=[*prepared.notes, *scored.notes],
+        )
+        self.write_category_files(category, result, method, predicted, test)
+        for note in result.notes:
+            self.progress.note(f"{category}: {note}")
+        self.progress.note(result.line(self.metric_names))
+        outputs = CategoryOutputs(
+            test,
+            predicted.scores,
+            predicted.maps,
+            predicted.masks,
+            method.geometry,
+            prepared.decoding,
+        )
+        return result, outputs
+
+    def write_category_files(
+        self,
+        category: str,
+        result: CategoryResult,
+        method: Method,
+        predicted: PredictionPass,
+        test: list[Sample],
+    ) -> None:
+        """metrics.csv and scores.csv; maps and the fitted state when asked."""
+        from adcore.outputs.fitted import save_fitted_state
+        from adcore.outputs.mapfiles import write_map
+
+        if self.options.save_maps:
+            paths = [self.layout.map_path(category, key) for key in output_keys(test)]
+            check_distinct(paths)
+            for value, path in zip(predicted.maps, paths, strict=True):
+                write_map(path, value)
+        if self.options.save_model:
+            save_fitted_state(method, self.layout.model_state(category))
+        write_scores(self.layout, category, test, predicted.scores)
+        write_category(self.layout, result, self.metric_names)
