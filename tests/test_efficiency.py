@@ -152,7 +152,8 @@ def test_evaluation_figures_from_the_pass_and_a_budgeted_probe():
     import numpy as np
 
     from adcore.config.sections import LatencySettings
-    from adcore.run.efficiency import RESULT_COLUMNS, count_cost, evaluation_figures, probe_latency
+    from adcore.outputs.results import EFFICIENCY_COLUMNS
+    from adcore.run.efficiency import count_cost, evaluation_figures, probe_latency
 
     method = PerImageMethod()
     method.calls = []
@@ -163,7 +164,7 @@ def test_evaluation_figures_from_the_pass_and_a_budgeted_probe():
     settings = LatencySettings(budget_fraction=0.05, min_iters=3, warmup_iters=0)
     method.calls.clear()
     figures = evaluation_figures(method, runtime, settings, sizes, seconds, 123.0, cost)
-    assert list(figures) == list(RESULT_COLUMNS)
+    assert list(figures) == list(EFFICIENCY_COLUMNS)
     assert figures["throughput_ips"] == pytest.approx(10 / 1.3)
     assert figures["batch_ms_per_image"] == pytest.approx(100.0)  # median of 100, 200, 50
     assert figures["peak_memory_mb"] == 123.0 and figures["gflops"] == cost.gflops
@@ -199,7 +200,7 @@ def test_eval_counts_size_and_flops_once_and_says_how(mvtec_root, tmp_path, monk
     run = Evaluation(config, get_registry(), RunOptions(show_progress=False)).run()
     assert len(run.categories) == 2 and counted == [1]
     env = json.loads((run.run_dir / "env.json").read_text())
-    assert set(env["efficiency_sources"]) == set(efficiency.RESULT_COLUMNS)
+    assert set(env["efficiency_sources"]) == set(EFFICIENCY_COLUMNS)
     with (run.run_dir / "widget/metrics.csv").open() as stream:
         row = next(csv.DictReader(stream))
     assert float(row["latency_probe_iters"]) >= 3

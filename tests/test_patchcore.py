@@ -171,13 +171,16 @@ def test_full_ratio_bank_is_every_patch_feature(fitted):
     method, train = fitted
     full = factory(small_config(coreset_ratio=1.0), Runtime(seed=0))
     full.fit(FitContext("toy", "toy", 6, [train[:4], train[4:]]))
-    with torch.no_grad():
-        features, _ = method.model(method.geometry.normalize(train))
-    features = features.reshape(-1, features.shape[-1])
-    assert torch.allclose(full.bank, features, atol=1e-6)
+    with torch.no_grad():  # in fit's batches: another batch size may round differently
+        batches = [method.model(method.geometry.normalize(b))[0] for b in (train[:4], train[4:])]
+    features = torch.cat(batches).reshape(-1, batches[0].shape[-1])
+    # the same forward pass on the same batches: equal up to float32 rounding of one value
+    tolerance = torch.finfo(torch.float32).eps * features.abs().max().item()
+    assert torch.allclose(full.bank, features, rtol=0, atol=tolerance)
     # the coreset bank is a subset of those features, of the authors' size int(N * ratio)
     assert len(method.bank) == int(len(features) * 0.25)
-    assert torch.cdist(method.bank.double(), features.double()).min(1).values.max() < 1e-6
+    nearest = torch.cdist(method.bank.double(), features.double()).min(1).values
+    assert nearest.max() <= tolerance * features.shape[-1] ** 0.5
 
 
 def test_fit_without_images_is_a_plugin_error(fitted):

@@ -19,7 +19,6 @@ from adcore.cli.options import (
     SetOption,
     resolved_config,
 )
-from adcore.infra.errors import DataError, PluginError
 
 
 def train_command(
@@ -48,11 +47,7 @@ def train_command(
     Bad files are refused before any model work (as in ad eval), or left out and named with
     --skip-bad-samples.
     """
-    from adcore.contracts.method import TrainableMethod
-    from adcore.plugins.registry import get_registry
-    from adcore.run.preparation import screen_samples, skipped_note
-    from adcore.run.runner import Evaluation, RunOptions
-    from adcore.run.training import train_method
+    from adcore.run.training import run_training
 
     assignments = list(set_ or [])
     if skip_bad_samples:
@@ -68,49 +63,12 @@ def train_command(
         data_root=data_root,
         output=output,
     )
-    evaluation = Evaluation(resolved, get_registry(), RunOptions(show_progress=False))
-    data = resolved.base.data
-    samples, bad = screen_samples(  # before any model work, as ad eval does
-        [s for name in evaluation.categories for s in evaluation.dataset.samples(name, "test")],
-        data.skip_bad_samples,
-        evaluation.dataset.requires_masks,
-        data.max_image_pixels,
-    )
-    if not samples:
-        raise DataError("No usable training images are left.", "Check the data set.")
-    unmasked = [s for s in samples if s.label == 1 and s.mask_path is None]
-    if unmasked:
-        reason = evaluation.dataset.undefined_levels.get("pixel", "no mask file was found")
-        raise DataError(
-            f"{len(unmasked)} anomalous training image(s) of data set "
-            f"{resolved.dataset.spec.name!r} have no mask (e.g. {unmasked[0].image_path}): "
-            f"{reason}. Training would take every pixel of them as normal.",
-            "Train on a data set with defect masks (e.g. MVTec-AD or VisA), or add the masks.",
-        )
-    built = evaluation.build_method()
-    if not isinstance(built, TrainableMethod):
-        raise PluginError(
-            f"Method {resolved.method.spec.name!r} has nothing to train.",
-            "ad train is for trainable methods (see `ad list-plugins`), e.g. afclip.",
-        )
     console = Console()
-    for name in evaluation.categories:  # the files --skip-bad-samples left out
-        left_out = [b for b in bad if b.sample.category == name]
-        if left_out:
-            console.print(f"[yellow]note[/] {name}: {skipped_note(left_out)}", highlight=False)
-    if resolved.random_weights:
-        console.print("[yellow]Random weights[/]: the frozen backbone is randomly initialised.")
-    result = train_method(
-        built,
-        samples,
-        built.training_settings(),
-        evaluation.layout.root,
-        evaluation.runtime,
-        config=resolved.to_dict(),
-        resume=not restart,
+    result = run_training(
+        resolved,
+        restart=restart,
         progress=not no_progress,
-        num_workers=data.num_workers,
-        class_names={name: evaluation.dataset.class_name(name) for name in evaluation.categories},
+        note=lambda text: console.print(text, highlight=False),
     )
     losses = ", ".join(f"{loss:.4f}" for loss in result.epoch_losses)
     console.print(f"Trained {result.epochs} epoch(s); mean loss per epoch: {losses}")

@@ -23,6 +23,20 @@ if TYPE_CHECKING:
 
 
 COUNT_COLUMNS = ("num_support", "num_test", "num_anomalous", "num_skipped", "num_vanished_masks")
+# the figures written to each category's metrics.csv; all but throughput are better lower
+EFFICIENCY_COLUMNS = (
+    "latency_ms_median",
+    "latency_ms_p90",
+    "batch_ms_per_image",
+    "throughput_ips",
+    "peak_memory_mb",
+    "params_total",
+    "memory_bank_mb",
+    "gflops",
+    "latency_probe_iters",
+    "efficiency_seconds",
+)
+LOWER_IS_BETTER = frozenset(EFFICIENCY_COLUMNS) - {"throughput_ips", "latency_probe_iters"}
 SUMMARY_FILES = (
     "summary_metrics.csv",
     "summary_metrics_pretty.csv",

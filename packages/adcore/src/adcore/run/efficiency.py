@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from adcore.infra.device import synchronizer
+from adcore.outputs.results import EFFICIENCY_COLUMNS
 
 if TYPE_CHECKING:
     import torch
@@ -41,20 +42,6 @@ if TYPE_CHECKING:
     from adcore.contracts.method import Method, Runtime
 
 MIB = 2**20
-# the figures written to each category's metrics.csv; all but throughput are better lower
-RESULT_COLUMNS = (
-    "latency_ms_median",
-    "latency_ms_p90",
-    "batch_ms_per_image",
-    "throughput_ips",
-    "peak_memory_mb",
-    "params_total",
-    "memory_bank_mb",
-    "gflops",
-    "latency_probe_iters",
-    "efficiency_seconds",
-)
-LOWER_IS_BETTER = frozenset(RESULT_COLUMNS) - {"throughput_ips", "latency_probe_iters"}
 # how ``ad eval`` obtains each figure (written to env.json as ``efficiency_sources``)
 EVALUATION_SOURCES = {
     "latency_ms_median": "batch-1 probe after the prediction pass: median of device-"
@@ -410,4 +397,4 @@ def evaluation_figures(
         "latency_probe_iters": float(len(latency)),
         "efficiency_seconds": time.perf_counter() - started,
     }
-    return {name: figures[name] for name in RESULT_COLUMNS}
+    return {name: figures[name] for name in EFFICIENCY_COLUMNS}

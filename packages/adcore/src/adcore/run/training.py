@@ -12,7 +12,7 @@ epoch, with every phase's optimiser state."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from adcore.contracts.method import (
     TrainingSettings,
 )
 from adcore.contracts.preprocessing import Preprocessing
-from adcore.infra.errors import DataError, OutputError
+from adcore.infra.errors import DataError, OutputError, PluginError
 from adcore.outputs.training_log import CURVE_NAME, LOG_NAME, plot_curve, read_log, write_log
 from adcore.toolkit.trained import (
     CHECKPOINT_NAME,
@@ -38,7 +38,9 @@ from adcore.toolkit.trained import (
 from adcore.toolkit.weights import require_same_weights
 
 if TYPE_CHECKING:
-    pass
+    from adcore.config.sections import ResolvedConfig
+    from adcore.data.datacheck import BadSample
+    from adcore.run.runner import Evaluation
 
 
 @dataclass
@@ -159,6 +161,70 @@ def _run_phase(
         yield {name: float(value.detach()) for name, value in losses.items()}
 
 
+@dataclass
+class _Training:
+    """One ``ad train`` run's state between epochs: the method, its phases and the log so far."""
+
+    method: TrainableMethod
+    settings: TrainingSettings
+    phases: list[TrainingPhase]
+    runtime: Runtime
+    scaler: Any
+    out_dir: Path
+    config: dict[str, Any]
+    batches: Callable[[int], Iterator[TrainingBatch]]
+    batches_per_pass: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    epoch_losses: list[float] = field(default_factory=list)
+
+    def run_epochs(self, start_epoch: int, progress: bool) -> None:
+        """Epochs ``start_epoch + 1`` to ``settings.epochs``, with a progress bar."""
+        from adcore.infra.progress import Progress
+
+        steps_per_epoch = self.batches_per_pass * len(self.phases)
+        with (
+            Progress(enabled=progress) as bars,
+            bars.task("training", total=self.settings.epochs * steps_per_epoch) as advance,
+        ):
+            if start_epoch:
+                bars.note(f"Resuming {self.out_dir} after epoch {start_epoch}.")
+                advance(start_epoch * steps_per_epoch)
+            for epoch in range(start_epoch + 1, self.settings.epochs + 1):
+                self.run_epoch(epoch, advance)
+
+    def run_epoch(self, epoch: int, advance: Callable[..., None]) -> None:
+        """Every phase of ``epoch`` in order, then the checkpoint, log and curve."""
+        phases, totals = self.phases, []
+        for index, phase in enumerate(phases):
+            # One seed per (epoch, phase): a resumed run sees the same order as a straight one.
+            seed = self.settings.seed + epoch * len(phases) + index - (len(phases) - 1)
+            first = ((epoch - 1) * len(phases) + index) * self.batches_per_pass
+            named = {"phase": phase.name} if len(phases) > 1 else {}
+            steps = _run_phase(phase, self.batches(seed), self.runtime, self.scaler)
+            for step, values in enumerate(steps, start=1):
+                totals.append(values["loss"])
+                row = {"epoch": epoch, "step": step, "global_step": first + step}
+                self.rows.append(row | named | values)
+                advance(1, status=f"epoch {epoch} {phase.name} loss {values['loss']:.4f}")
+        self.epoch_losses.append(sum(totals) / max(len(totals), 1))
+        self.save(epoch)
+
+    def save(self, epoch: int) -> None:
+        record = {
+            "format": FORMAT,
+            "epoch": epoch,
+            "settings": self.settings.model_dump(mode="json"),
+            "weights_identity": self.method.weights_identity(),
+            "config": self.config,
+            "epoch_losses": self.epoch_losses,
+        }
+        optimizers = {phase.name: phase.optimizer.state_dict() for phase in self.phases}
+        keep = epoch in self.settings.keep_epochs
+        save_checkpoint(self.out_dir, self.method.trainable_state(), record, optimizers, keep)
+        write_log(self.out_dir / LOG_NAME, self.rows)
+        plot_curve(self.out_dir / CURVE_NAME, self.rows)
+
+
 def train_method(
     method: TrainableMethod,
     samples: Sequence[Sample],
@@ -182,69 +248,107 @@ def train_method(
     """
     import torch
 
-    from adcore.infra.progress import Progress
-
     if not samples:
         raise DataError(
             "There are no samples to train on.",
             "Check the data set root and that its test split (with masks) is present.",
         )
-    geometry = geometry or method.geometry
-    out_dir = _output_folder(out_dir)
-    checkpoint = out_dir / CHECKPOINT_NAME
-    log_path, curve_path = out_dir / LOG_NAME, out_dir / CURVE_NAME
+    geometry, out_dir = geometry or method.geometry, _output_folder(out_dir)
     phases = method.training_phases(settings)
     use_scaler = runtime.precision == "fp16" and runtime.device.startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
-    start_epoch, rows, epoch_losses = 0, [], []
-    if resume and checkpoint.is_file():
-        start_epoch, rows, epoch_losses = _resume(method, settings, out_dir, phases, runtime.device)
+    def batches(seed: int) -> Iterator[TrainingBatch]:
+        names = class_names or {}
+        return _batches(samples, geometry, settings, seed, runtime, names, num_workers)
 
-    batches_per_pass = -(-len(samples) // settings.batch_size)
-    steps_per_epoch = batches_per_pass * len(phases)
-    with (
-        Progress(enabled=progress) as bars,
-        bars.task("training", total=settings.epochs * steps_per_epoch) as advance,
-    ):
-        if start_epoch:
-            bars.note(f"Resuming {out_dir} after epoch {start_epoch}.")
-            advance(start_epoch * steps_per_epoch)
-        for epoch in range(start_epoch + 1, settings.epochs + 1):
-            totals: list[float] = []
-            for index, phase in enumerate(phases):
-                # One seed per (epoch, phase): a resumed run sees the same order as a straight one.
-                seed = settings.seed + epoch * len(phases) + index - (len(phases) - 1)
-                data = _batches(
-                    samples, geometry, settings, seed, runtime, class_names or {}, num_workers
-                )
-                first = (epoch - 1) * steps_per_epoch + index * batches_per_pass
-                named = {"phase": phase.name} if len(phases) > 1 else {}
-                for step, values in enumerate(_run_phase(phase, data, runtime, scaler), start=1):
-                    totals.append(values["loss"])
-                    rows.append(
-                        {"epoch": epoch, "step": step, "global_step": first + step} | named | values
-                    )
-                    advance(1, status=f"epoch {epoch} {phase.name} loss {values['loss']:.4f}")
-            epoch_losses.append(sum(totals) / max(len(totals), 1))
-            record = {
-                "format": FORMAT,
-                "epoch": epoch,
-                "settings": settings.model_dump(mode="json"),
-                "weights_identity": method.weights_identity(),
-                "config": config or {},
-                "epoch_losses": epoch_losses,
-            }
-            optimizers = {phase.name: phase.optimizer.state_dict() for phase in phases}
-            keep = epoch in settings.keep_epochs
-            save_checkpoint(out_dir, method.trainable_state(), record, optimizers, keep)
-            write_log(log_path, rows)
-            plot_curve(curve_path, rows)
+    run = _Training(
+        method, settings, phases, runtime, torch.amp.GradScaler("cuda", enabled=use_scaler),
+        out_dir, config or {}, batches, batches_per_pass=-(-len(samples) // settings.batch_size),
+    )  # fmt: skip
+    start_epoch = 0
+    if resume and (out_dir / CHECKPOINT_NAME).is_file():
+        start_epoch, run.rows, run.epoch_losses = _resume(
+            method, settings, out_dir, phases, runtime.device
+        )
+    run.run_epochs(start_epoch, progress)
     return TrainingResult(
-        checkpoint=checkpoint,
-        log=log_path,
-        curve=curve_path,
+        checkpoint=out_dir / CHECKPOINT_NAME,
+        log=out_dir / LOG_NAME,
+        curve=out_dir / CURVE_NAME,
         epochs=settings.epochs,
         resumed_from=start_epoch,
-        epoch_losses=epoch_losses,
+        epoch_losses=run.epoch_losses,
     )
+
+
+def run_training(
+    resolved: ResolvedConfig,
+    *,
+    restart: bool = False,
+    progress: bool = True,
+    note: Callable[[str], None] = print,
+) -> TrainingResult:
+    """``ad train``'s flow: every category's test images and masks through ``train_method``.
+
+    Bad files are refused before any model work (as in ``ad eval``), or left out and named
+    with ``data.skip_bad_samples``; ``note`` receives those names and the random-weights
+    warning. Raises ``DataError`` when no usable image is left or an anomalous image has no
+    mask, ``PluginError`` when the method is not trainable.
+    """
+    from adcore.plugins.registry import get_registry
+    from adcore.run.runner import Evaluation, RunOptions
+
+    evaluation = Evaluation(resolved, get_registry(), RunOptions(show_progress=False))
+    samples, bad = _training_samples(evaluation)
+    built = evaluation.build_method()
+    if not isinstance(built, TrainableMethod):
+        raise PluginError(
+            f"Method {resolved.method.spec.name!r} has nothing to train.",
+            "ad train is for trainable methods (see `ad list-plugins`), e.g. afclip.",
+        )
+    from adcore.run.preparation import skipped_note
+
+    for name in evaluation.categories:  # the files skip_bad_samples left out
+        left_out = [b for b in bad if b.sample.category == name]
+        if left_out:
+            note(f"[yellow]note[/] {name}: {skipped_note(left_out)}")
+    if resolved.random_weights:
+        note("[yellow]Random weights[/]: the frozen backbone is randomly initialised.")
+    return train_method(
+        built,
+        samples,
+        built.training_settings(),
+        evaluation.layout.root,
+        evaluation.runtime,
+        config=resolved.to_dict(),
+        resume=not restart,
+        progress=progress,
+        num_workers=resolved.base.data.num_workers,
+        class_names={name: evaluation.dataset.class_name(name) for name in evaluation.categories},
+    )
+
+
+def _training_samples(evaluation: Evaluation) -> tuple[list[Sample], list[BadSample]]:
+    """Every category's test samples, screened; each anomalous one must have a mask."""
+    from adcore.run.preparation import screen_samples
+
+    data, dataset = evaluation.config.base.data, evaluation.dataset
+    samples, bad = screen_samples(  # before any model work, as ad eval does
+        [s for name in evaluation.categories for s in dataset.samples(name, "test")],
+        data.skip_bad_samples,
+        dataset.requires_masks,
+        data.max_image_pixels,
+    )
+    if not samples:
+        raise DataError("No usable training images are left.", "Check the data set.")
+    unmasked = [s for s in samples if s.label == 1 and s.mask_path is None]
+    if unmasked:
+        reason = dataset.undefined_levels.get("pixel", "no mask file was found")
+        raise DataError(
+            f"{len(unmasked)} anomalous training image(s) of data set "
+            f"{evaluation.config.dataset.spec.name!r} have no mask (e.g. "
+            f"{unmasked[0].image_path}): {reason}. Training would take every pixel of them "
+            "as normal.",
+            "Train on a data set with defect masks (e.g. MVTec-AD or VisA), or add the masks.",
+        )
+    return samples, bad

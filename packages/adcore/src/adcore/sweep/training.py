@@ -45,7 +45,10 @@ def needed_trainings(sweep: Sweep, plan: Plan) -> list[Training]:
 
 def train_missing(sweep: Sweep, plan: Plan, progress: Progress) -> list[Path]:
     """Run ``ad train`` for every needed checkpoint that is missing or unfinished."""
-    from adcore.cli.train_cmd import train_command
+    from adcore.config.files import build_raw_config
+    from adcore.config.resolve import resolve_raw
+    from adcore.plugins.registry import get_registry
+    from adcore.run.training import run_training
 
     trained = []
     for training in needed_trainings(sweep, plan):
@@ -58,7 +61,10 @@ def train_missing(sweep: Sweep, plan: Plan, progress: Progress) -> list[Path]:
         atomic_write_text(config_file, yaml.safe_dump(raw, sort_keys=False))
         progress.note(f"Training {training.name} first: {checkpoint} is missing or unfinished.")
         try:
-            train_command(config=config_file, no_progress=not progress.enabled)
+            where: dict[str, str] = {}
+            raw = build_raw_config(config_file, locations=where)
+            resolved = resolve_raw(raw, get_registry(), False, where)
+            run_training(resolved, progress=progress.enabled, note=progress.note)
         except AdError as error:
             raise type(error)(
                 f"Training {training.name} of sweep {sweep.name}: {error.problem}", error.hint

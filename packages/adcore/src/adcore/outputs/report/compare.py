@@ -35,7 +35,7 @@ from adcore.outputs.report.rows import (
     place_name,
     shown_best,
 )
-from adcore.run.efficiency import LOWER_IS_BETTER
+from adcore.outputs.results import LOWER_IS_BETTER
 
 RANDOM_TAG = "(random weights)"
 ACCURACY_PREFERENCE = ("image_auroc", "pixel_auroc", "pro")

@@ -20,7 +20,7 @@ from adcore.outputs.report.rows import (
     place_name,
     shown_best,
 )
-from adcore.run.efficiency import LOWER_IS_BETTER
+from adcore.outputs.results import LOWER_IS_BETTER
 
 GALLERY_PER_CATEGORY = 4
 

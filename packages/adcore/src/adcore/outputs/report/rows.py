@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adcore.run.efficiency import LOWER_IS_BETTER, RESULT_COLUMNS
+from adcore.outputs.results import EFFICIENCY_COLUMNS, LOWER_IS_BETTER
 
-EFFICIENCY_NAMES = frozenset(RESULT_COLUMNS)
+EFFICIENCY_NAMES = frozenset(EFFICIENCY_COLUMNS)
 
 
 @dataclass
