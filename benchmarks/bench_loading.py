@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from adcore.contracts.dataset import Sample
-from adcore.contracts.method import InputGeometry
+from adcore.contracts.preprocessing import Preprocessing
 from adcore.data.loading import make_loader
 
 
@@ -59,7 +59,7 @@ def images_per_second(
 ) -> tuple[float, float]:
     """(images/s over the whole pass, seconds to the first batch)."""
     samples = [Sample(image_path=p, label=0, category="bench") for p in paths]
-    loader = make_loader(samples, InputGeometry(size=output), batch_size, num_workers=workers)
+    loader = make_loader(samples, Preprocessing(size=output), batch_size, num_workers=workers)
     start = time.perf_counter()
     first = None
     seen = 0

@@ -16,7 +16,8 @@ from ad_afclip.model import FrozenVisualTower, interpolate_positional_embedding
 from ad_afclip.plugin import TINYCLIP_8M, AFCLIPConfig, MiniCLIPConfig, adcore_methods
 from adcore.config.sections import weights_fields
 from adcore.contracts.dataset import Sample
-from adcore.contracts.method import FitContext, InputGeometry, Runtime
+from adcore.contracts.method import FitContext, Runtime
+from adcore.contracts.preprocessing import Preprocessing
 from adcore.data.loading import SampleImages
 from adcore.infra.errors import ConfigError, WeightsError
 from adcore.run.training import train_method
@@ -70,7 +71,7 @@ def mvtec_samples(root: Path, category: str, split: str) -> list[Sample]:
 
 def load_images(samples: list[Sample], size: int) -> torch.Tensor:
     """uint8 [B, 3, size, size] through the host's own decoding and resizing."""
-    geometry = InputGeometry(size=size)
+    geometry = Preprocessing(size=size)
     return torch.stack([SampleImages(samples, geometry)[i]["image"] for i in range(len(samples))])
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ad_datasets.plugin import adcore_datasets
-from adcore.contracts.method import InputGeometry
+from adcore.contracts.preprocessing import Preprocessing
 from adcore.data.loading import make_loader
 from adcore.infra.errors import DataError
 
@@ -80,7 +80,7 @@ def test_normal_abnormal_split_defects_and_masks(tmp_path: Path) -> None:
     again = open_folder(root)
     assert again.samples("line_3", "train") == train
     loader = make_loader(
-        [anomalies[n] for n in ("s1.jpg", "s2.jpeg", "loose.tif")], InputGeometry(size=SIZE), 3
+        [anomalies[n] for n in ("s1.jpg", "s2.jpeg", "loose.tif")], Preprocessing(size=SIZE), 3
     )
     masks = next(iter(loader))["mask"].numpy()
     assert masks.sum(axis=(1, 2)).tolist() == [4 * SIZE, 4 * SIZE, 8 * SIZE]

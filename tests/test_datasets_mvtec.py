@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ad_datasets.plugin import adcore_datasets
-from adcore.contracts.method import InputGeometry
+from adcore.contracts.preprocessing import Preprocessing
 from adcore.data.loading import make_loader
 from adcore.infra.errors import ConfigError, DataError
 
@@ -95,7 +95,7 @@ def test_categories_counts_labels_and_defect_types(tmp_path: Path) -> None:
 def test_loader_makes_grayscale_rgb_and_binarises_masks(tmp_path: Path) -> None:
     dataset = open_mvtec(write_mvtec(tmp_path / "mvtec"))
     samples = dataset.samples("grid", "test")
-    batch = next(iter(make_loader(samples, InputGeometry(size=SIZE), batch_size=8)))
+    batch = next(iter(make_loader(samples, Preprocessing(size=SIZE), batch_size=8)))
     assert batch["image"].shape == (3, 3, SIZE, SIZE)
     image = batch["image"].numpy()
     assert (image[:, 0] == image[:, 1]).all() and (image[:, 1] == image[:, 2]).all()

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ad_datasets.plugin import adcore_datasets
-from adcore.contracts.method import InputGeometry
+from adcore.contracts.preprocessing import Preprocessing
 from adcore.data.loading import make_loader
 from adcore.infra.errors import DataError
 
@@ -87,7 +87,7 @@ def test_split_csv_counts_labels_and_paths(tmp_path: Path) -> None:
 def test_masks_with_defect_ids_are_binarised(tmp_path: Path) -> None:
     dataset = open_visa(write_visa(tmp_path / "visa"))
     samples = [s for s in dataset.samples("candle", "test") if s.label]
-    batch = next(iter(make_loader(samples, InputGeometry(size=SIZE), batch_size=4)))
+    batch = next(iter(make_loader(samples, Preprocessing(size=SIZE), batch_size=4)))
     assert batch["image"].shape == (2, 3, SIZE, SIZE)
     for row, i in enumerate((0, 1)):
         expected = np.zeros((SIZE, SIZE), np.uint8)

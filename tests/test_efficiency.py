@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from adcore.contracts.method import FitContext, InputGeometry, Method, Prediction, Runtime
+from adcore.contracts.method import FitContext, Method, Prediction, Runtime
+from adcore.contracts.preprocessing import Preprocessing
 from adcore.run.efficiency import (
     measure_backbone,
     measure_efficiency,
@@ -25,7 +26,7 @@ class TinyMethod(Method):
     """conv 3->4 (3x3, bias) as backbone, a frozen linear 4->2 head, a 1000x4 memory bank."""
 
     def __init__(self) -> None:
-        self.geometry = InputGeometry(size=SIZE)
+        self.geometry = Preprocessing(size=SIZE)
         self.conv = nn.Conv2d(3, 4, kernel_size=3, padding=1)
         self.head = nn.Linear(4, 2).requires_grad_(False)
         self.net = nn.Sequential(self.conv, self.head)  # shares conv: counted once
@@ -185,6 +186,7 @@ def test_eval_counts_size_and_flops_once_and_says_how(mvtec_root, tmp_path, monk
     from adcore.config.files import build_raw_config
     from adcore.config.problems import validate_base
     from adcore.config.resolve import resolve
+    from adcore.outputs.results import EFFICIENCY_COLUMNS
     from adcore.plugins.registry import get_registry
     from adcore.run.runner import Evaluation, RunOptions
 

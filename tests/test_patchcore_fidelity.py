@@ -35,7 +35,8 @@ from ad_patchcore.backbone import authors_batchnorm_step
 from ad_patchcore.coreset import approximate_greedy_coreset, project, random_projection
 from ad_patchcore.method import PatchCore
 from ad_patchcore.plugin import PatchCoreConfig
-from adcore.contracts.method import FitContext, InputGeometry, Runtime
+from adcore.contracts.method import FitContext, Runtime
+from adcore.contracts.preprocessing import Preprocessing
 
 LAYERS = ["layer2", "layer3"]
 
@@ -165,7 +166,7 @@ def test_default_settings_equal_released_pipeline(tmp_path, name, size, k):
     transcription of the released pipeline to 1e-4 relative, square and non-square."""
     reference = shared_backbone(name, tmp_path / "weights.pth")
     method = ours(name, tmp_path / "weights.pth", size, num_neighbors=k)
-    geometry = InputGeometry(size=max(size))
+    geometry = Preprocessing(size=max(size))
     train, test = uint8_images(3, size, seed=1), uint8_images(2, size, seed=2)
     method.fit(FitContext("toy", "toy", 3, [train[:2], train[2:]]))
     prediction = method.predict_normalized(geometry.normalize(test))
@@ -197,7 +198,7 @@ def test_paper_fidelity_is_euclidean_on_the_untouched_backbone(tmp_path):
     assert torch.allclose(bn1.running_var, 0.9 * saved["bn1.running_var"] + 0.1 * var, rtol=1e-5)
     assert not authors.model.backbone.training and not paper.model.backbone.training
     # paper: patch scores are Euclidean distances to the nearest bank feature (eq. 6)
-    geometry = InputGeometry(size=64)
+    geometry = Preprocessing(size=64)
     train, test = uint8_images(2, size, seed=3), uint8_images(2, size, seed=4)
     paper.fit(FitContext("toy", "toy", 2, [train]))
     with torch.no_grad():

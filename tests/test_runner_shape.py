@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 PACKAGES = Path(__file__).resolve().parents[1] / "packages"
-RUNNER = PACKAGES / "adcore/src/adcore/runner.py"
-PUBLIC = {"Evaluation", "RunOptions"}
+RUNNER = PACKAGES / "adcore/src/adcore/run/runner.py"
+PUBLIC = {"Evaluation", "RunOptions", "evaluate"}
 
 
 def test_runner_is_under_300_lines():

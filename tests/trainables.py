@@ -10,18 +10,18 @@ from torch import nn
 
 from adcore.contracts.method import (
     FitContext,
-    InputGeometry,
     Prediction,
     TrainableMethod,
     TrainingSettings,
 )
+from adcore.contracts.preprocessing import Preprocessing
 
 
 class PixelLogistic(TrainableMethod):
     """A per-pixel logistic model on brightness: small enough to check the loop by hand."""
 
     def __init__(self) -> None:
-        self.geometry = InputGeometry(size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+        self.geometry = Preprocessing(size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
         self.head = nn.Conv2d(3, 1, 1)
         self.frozen = nn.Linear(2, 2)
         for parameter in self.frozen.parameters():

@@ -1,6 +1,4 @@
-"""adcore: the host of the ad anomaly-detection toolkit."""
-
-from adcore.contracts.hookspecs import hookimpl
+"""adcore: the host of the ad anomaly-detection toolkit (plugins import from ``adcore.api``)."""
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "hookimpl"]
+__all__ = ["__version__"]

@@ -37,7 +37,6 @@ _EXPORTS: dict[str, str] = {
     "FitContext": "adcore.contracts.method",
     "Prediction": "adcore.contracts.method",
     "Runtime": "adcore.contracts.method",
-    "InputGeometry": "adcore.contracts.method",
     # preprocessing
     "Preprocessing": "adcore.contracts.preprocessing",
     "IMAGENET_MEAN": "adcore.contracts.preprocessing",
@@ -60,9 +59,7 @@ _EXPORTS: dict[str, str] = {
     # weights
     "parse_weights": "adcore.toolkit.weights",
     "load_checkpoint": "adcore.toolkit.weights",
-    "missing_weights": "adcore.toolkit.weights",
     "file_digest": "adcore.toolkit.weights",
-    "tensors_digest": "adcore.toolkit.weights",
     "WeightsIdentity": "adcore.toolkit.weights",
     "backbone_identity": "adcore.toolkit.weights",
     "with_trained_parts": "adcore.toolkit.weights",
@@ -102,7 +99,6 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
     from adcore.contracts.hookspecs import hookimpl  # noqa: F401
     from adcore.contracts.method import (  # noqa: F401
         FitContext,
-        InputGeometry,
         Method,
         Prediction,
         Runtime,
@@ -147,9 +143,7 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         backbone_identity,
         file_digest,
         load_checkpoint,
-        missing_weights,
         parse_weights,
         require_same_weights,
-        tensors_digest,
         with_trained_parts,
     )

@@ -133,19 +133,27 @@ def check_method(
     predictions; and, with ``efficiency``, the host's probe runs and the method does at
     least its backbone's work. ``config`` overrides ``spec.smoke_config``.
     """
-    import torch
-    from torch import nn
-
-    from adcore.contracts.method import Prediction, Runtime
-    from adcore.run.efficiency import count_parameters, measure_backbone, measure_efficiency
-    from adcore.toolkit.weights import WeightsIdentity
-
     _require(isinstance(spec, MethodSpec), f"{spec!r} is not a MethodSpec.")
     check_config(spec.config, spec.name)
     method = _build_method(spec, config, device)
     size = method.geometry.output_size
     _fit(method, spec, size)
     images = _images(3, size, seed=2)  # [3,3,S,S] uint8
+    single = _check_predictions(spec, method, images, size)
+    _check_identity_and_modules(spec, method)
+    if _overrides(method, "fitted_state"):
+        _check_fitted_state(spec, method, config, device, images[1:2], single)
+    if efficiency:
+        _check_efficiency(spec, method, device)
+    return method
+
+
+def _check_predictions(spec: MethodSpec, method: Method, images: torch.Tensor, size: int) -> Any:
+    """Shapes, finiteness and batch independence of ``predict``; returns image 1's alone."""
+    import torch
+
+    from adcore.contracts.method import Prediction
+
     with torch.no_grad():
         prediction = method.predict(images)
         single = method.predict(images[1:2])
@@ -169,6 +177,16 @@ def check_method(
         f"{float(prediction.scores[1]):.6g} in a batch; scores must not depend on the batch "
         "(put batch-norm layers in eval mode, keep no state across images).",
     )
+    return single
+
+
+def _check_identity_and_modules(spec: MethodSpec, method: Method) -> None:
+    """The weights identity format, ``modules()``, frozen parameters, the memory bank."""
+    from torch import nn
+
+    from adcore.run.efficiency import count_parameters
+    from adcore.toolkit.weights import WeightsIdentity
+
     identity = method.weights_identity()
     try:
         WeightsIdentity.model_validate(identity)
@@ -190,25 +208,28 @@ def check_method(
         "(module.requires_grad_(False)).",
     )
     _require(method.memory_bank_bytes() >= 0, f"{spec.name}: memory_bank_bytes() is negative.")
-    if _overrides(method, "fitted_state"):
-        _check_fitted_state(spec, method, config, device, images[1:2], single)
-    if efficiency:
-        runtime = Runtime(device=device, seed=0)
-        figures = measure_efficiency(
-            method, runtime, warmup_iters=0, measure_iters=1, throughput_batch=2
-        )
-        backbone = measure_backbone(method, runtime, warmup_iters=0, measure_iters=1)
-        _require(
-            figures.latency_ms_median > 0 and figures.throughput_ips > 0,
-            f"{spec.name}: the efficiency probe measured no time.",
-        )
-        _require(
-            figures.gflops >= backbone.gflops,
-            f"{spec.name}: predict counts {figures.gflops:.3g} GFLOPs, less than its "
-            f"backbone_forward ({backbone.gflops:.3g}); backbone_forward must be the bare "
-            "backbone predict runs.",
-        )
-    return method
+
+
+def _check_efficiency(spec: MethodSpec, method: Method, device: str) -> None:
+    """The host's probe runs, and the method does at least its backbone's work."""
+    from adcore.contracts.method import Runtime
+    from adcore.run.efficiency import measure_backbone, measure_efficiency
+
+    runtime = Runtime(device=device, seed=0)
+    figures = measure_efficiency(
+        method, runtime, warmup_iters=0, measure_iters=1, throughput_batch=2
+    )
+    backbone = measure_backbone(method, runtime, warmup_iters=0, measure_iters=1)
+    _require(
+        figures.latency_ms_median > 0 and figures.throughput_ips > 0,
+        f"{spec.name}: the efficiency probe measured no time.",
+    )
+    _require(
+        figures.gflops >= backbone.gflops,
+        f"{spec.name}: predict counts {figures.gflops:.3g} GFLOPs, less than its "
+        f"backbone_forward ({backbone.gflops:.3g}); backbone_forward must be the bare "
+        "backbone predict runs.",
+    )
 
 
 def _check_fitted_state(

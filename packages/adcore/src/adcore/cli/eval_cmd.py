@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,14 +18,18 @@ from adcore.cli.options import (
     JsonOption,
     KShotOption,
     MethodOption,
+    NoProgressOption,
     OutputOption,
     RandomWeightsOption,
     SetOption,
+    SkipBadSamplesOption,
     resolved_config,
 )
-from adcore.infra.errors import Interrupted
 from adcore.infra.precision import precision_note
-from adcore.outputs.results import RunLayout, RunResult
+from adcore.outputs.results import RunResult
+
+if TYPE_CHECKING:
+    from adcore.config.sections import ResolvedConfig
 
 RANDOM_BANNER = (
     "[bold yellow]Random weights:[/] every model is randomly initialised; the numbers below "
@@ -53,21 +57,6 @@ def results_table(result: RunResult) -> Table:
     return table
 
 
-def interrupted(layout: RunLayout, categories: list[str]) -> Interrupted:
-    """What Ctrl-C left behind: finished categories are kept on disk, and a rerun resumes."""
-    done = [c for c in categories if layout.metrics(c).exists()]
-    left = [c for c in categories if c not in done]
-    kept = (
-        f"Finished and kept in {layout.root}: {', '.join(done)}."
-        if done
-        else f"No category had finished; nothing was kept in {layout.root}."
-    )
-    return Interrupted(
-        f"Interrupted. {kept} Not finished: {', '.join(left) or 'none'}.",
-        "Rerun the same command to resume: finished categories are kept, the others computed.",
-    )
-
-
 def eval_command(
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -88,16 +77,12 @@ def eval_command(
     save_model: Annotated[
         bool, typer.Option("--save-model", help="Save each category's fitted method state.")
     ] = False,
-    skip_bad_samples: Annotated[
-        bool, typer.Option("--skip-bad-samples", help="Leave out unreadable or bad samples.")
-    ] = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    skip_bad_samples: SkipBadSamplesOption = False,
+    no_progress: NoProgressOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a method on a data set: metrics per category, efficiency, result files."""
-    from adcore.infra.progress import Progress
-    from adcore.plugins.registry import get_registry
-    from adcore.run.runner import Evaluation, RunOptions
+    from adcore.run.runner import RunOptions, evaluate
 
     assignments = list(set_ or [])
     if skip_bad_samples:
@@ -120,12 +105,12 @@ def eval_command(
     if resolved.random_weights:
         console.print(RANDOM_BANNER)
     options = RunOptions(overwrite, save_maps, save_model, show_progress=not no_progress)
-    with Progress(enabled=not no_progress and not as_json) as progress:
-        evaluation = Evaluation(resolved, get_registry(), options, progress)
-        try:
-            result = evaluation.run()
-        except KeyboardInterrupt:
-            raise interrupted(evaluation.layout, evaluation.categories) from None
+    result = evaluate(resolved, options, show_progress=not no_progress and not as_json)
+    print_outcome(console, resolved, result, as_json)
+
+
+def print_outcome(console: Console, resolved: ResolvedConfig, result: RunResult, as_json: bool):
+    """What a finished ``ad eval`` says: kept categories, the table, notes, banners."""
     kept = [r.category for r in result.categories if r.resumed]
     if kept:
         console.print(

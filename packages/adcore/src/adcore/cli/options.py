@@ -35,6 +35,10 @@ RandomWeightsOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+NoProgressOption = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+SkipBadSamplesOption = Annotated[
+    bool, typer.Option("--skip-bad-samples", help="Leave out unreadable or bad samples.")
+]
 
 
 def parse_k_shot(value: str | None) -> int | str | None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -11,6 +12,9 @@ from rich.table import Table
 
 from adcore.cli.options import DeviceOption, JsonOption
 from adcore.cli.tables import print_table
+
+if TYPE_CHECKING:
+    from adcore.run.predict import PredictOutput
 
 
 def predict_command(
@@ -50,26 +54,33 @@ def predict_command(
     as_json: JsonOption = False,
 ) -> None:
     """Score new images with a fitted method saved by a run: scores, maps and overlays."""
-    import json
-
     from adcore.run.predict import predict
 
     result = predict(
         run, input_, out, threshold, category, device or "auto", overlays=not no_overlays
     )
     if as_json:
-        rows = [
-            {
-                "path": str(i.path),
-                "score": i.score,
-                "normalised_score": i.normalised,
-                "anomalous": i.anomalous,
-            }
-            for i in result.images
-        ]
-        payload = {"category": result.category, "threshold": result.threshold, "images": rows}
-        print(json.dumps(payload, indent=2))
+        print(json.dumps(predictions_json(result), indent=2))
         return
+    print_predictions(result, out)
+
+
+def predictions_json(result: PredictOutput) -> dict[str, Any]:
+    """``ad predict --json``: the category, the threshold and each image's verdict."""
+    rows = [
+        {
+            "path": str(i.path),
+            "score": i.score,
+            "normalised_score": i.normalised,
+            "anomalous": i.anomalous,
+        }
+        for i in result.images
+    ]
+    return {"category": result.category, "threshold": result.threshold, "images": rows}
+
+
+def print_predictions(result: PredictOutput, out: Path) -> None:
+    """One row per image (score, normalised score, verdict) and what normalised means."""
     table = Table(
         title=f"{result.category}: threshold {result.threshold:.4g} ({result.threshold_source})"
     )

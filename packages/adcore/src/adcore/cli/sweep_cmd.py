@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adcore.cli.eval_cmd import RANDOM_BANNER
-from adcore.cli.options import RandomWeightsOption
+from adcore.cli.options import NoProgressOption, RandomWeightsOption
 from adcore.cli.tables import print_table
 
 
@@ -41,49 +41,57 @@ def sweep_table(header: list[str], rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+SweepFileArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="Sweep YAML: base (config file), set, axes, exclude, overrides, output_root, name."
+    ),
+]
+ExecutorOption = Annotated[
+    ExecutorName,
+    typer.Option("--executor", "-e", help="local: one unit after another here; ray: Ray tasks."),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        envvar="RAY_ADDRESS",
+        help="Ray cluster to join (e.g. ray://head:10001 or auto); unset: start a local one.",
+    ),
+]
+CpusPerUnitOption = Annotated[
+    float, typer.Option("--cpus-per-unit", min=0, help="CPUs each Ray task requests.")
+]
+GpusPerUnitOption = Annotated[
+    float | None,
+    typer.Option(
+        "--gpus-per-unit",
+        min=0,
+        help="GPUs each Ray task requests; default 1 on a cluster with GPUs, else 0.",
+    ),
+]
+NumCpusOption = Annotated[
+    int | None,
+    typer.Option("--num-cpus", min=1, help="CPUs of a Ray cluster started here; default all."),
+]
+MaxRetriesOption = Annotated[
+    int, typer.Option("--max-retries", min=0, help="Ray retries of a unit whose worker died.")
+]
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Recompute finished units and replace their runs.")
+]
+
+
 def sweep_command(
-    sweep_file: Annotated[
-        Path,
-        typer.Argument(
-            help="Sweep YAML: base (config file), set, axes, exclude, overrides, output_root, name."
-        ),
-    ],
-    executor: Annotated[
-        ExecutorName,
-        typer.Option(
-            "--executor", "-e", help="local: one unit after another here; ray: Ray tasks."
-        ),
-    ] = ExecutorName.local,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--ray-address",
-            envvar="RAY_ADDRESS",
-            help="Ray cluster to join (e.g. ray://head:10001 or auto); unset: start a local one.",
-        ),
-    ] = None,
-    cpus_per_unit: Annotated[
-        float, typer.Option("--cpus-per-unit", min=0, help="CPUs each Ray task requests.")
-    ] = 1.0,
-    gpus_per_unit: Annotated[
-        float | None,
-        typer.Option(
-            "--gpus-per-unit",
-            min=0,
-            help="GPUs each Ray task requests; default 1 on a cluster with GPUs, else 0.",
-        ),
-    ] = None,
-    num_cpus: Annotated[
-        int | None,
-        typer.Option("--num-cpus", min=1, help="CPUs of a Ray cluster started here; default all."),
-    ] = None,
-    max_retries: Annotated[
-        int, typer.Option("--max-retries", min=0, help="Ray retries of a unit whose worker died.")
-    ] = 3,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Recompute finished units and replace their runs.")
-    ] = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    sweep_file: SweepFileArgument,
+    executor: ExecutorOption = ExecutorName.local,
+    ray_address: RayAddressOption = None,
+    cpus_per_unit: CpusPerUnitOption = 1.0,
+    gpus_per_unit: GpusPerUnitOption = None,
+    num_cpus: NumCpusOption = None,
+    max_retries: MaxRetriesOption = 3,
+    overwrite: OverwriteOption = False,
+    no_progress: NoProgressOption = False,
     random_weights: RandomWeightsOption = False,
 ) -> None:
     """Run a grid of experiments (every category of each), skipping finished units, then

@@ -14,9 +14,11 @@ from adcore.cli.options import (
     DatasetOption,
     DeviceOption,
     MethodOption,
+    NoProgressOption,
     OutputOption,
     RandomWeightsOption,
     SetOption,
+    SkipBadSamplesOption,
     resolved_config,
 )
 
@@ -34,10 +36,8 @@ def train_command(
     restart: Annotated[
         bool, typer.Option("--restart", help="Start from epoch 0 instead of resuming.")
     ] = False,
-    skip_bad_samples: Annotated[
-        bool, typer.Option("--skip-bad-samples", help="Leave out unreadable or bad samples.")
-    ] = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    skip_bad_samples: SkipBadSamplesOption = False,
+    no_progress: NoProgressOption = False,
 ) -> None:
     """Train a method's prompts/adaptors on every category's test images and masks.
 
@@ -70,10 +70,5 @@ def train_command(
         progress=not no_progress,
         note=lambda text: console.print(text, highlight=False),
     )
-    losses = ", ".join(f"{loss:.4f}" for loss in result.epoch_losses)
-    console.print(f"Trained {result.epochs} epoch(s); mean loss per epoch: {losses}")
-    console.print(f"Checkpoint: {result.checkpoint}")
-    console.print(
-        f"Use it: ad eval --method {resolved.method.spec.name} "
-        f"--set model.checkpoint={result.checkpoint}"
-    )
+    for line in result.summary(resolved.method.spec.name):
+        console.print(line, highlight=False)

@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# the preprocessing record used to live here under this name
-InputGeometry = Preprocessing
-
 
 @dataclass(frozen=True)
 class Runtime:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,12 +171,28 @@ def _inspect(
         bad("image_unreadable", image_path, f"image does not decode ({_reason(error)})")
         return found
     found.mode, found.oriented = shown.mode, shown.oriented
+    _inspect_mask(sample, shown, found, bad, require_masks, max_image_pixels, resolution)
+    return found
+
+
+def _inspect_mask(
+    sample: Sample,
+    shown: Probe,
+    found: _Inspection,
+    bad: Callable[[Problem, Path, str], None],
+    require_masks: bool,
+    max_image_pixels: int | None,
+    resolution: int | None,
+) -> None:
+    """The sample's mask: present when needed, decodable, the image's size, and consistent
+    with the label (a defect has pixels, a normal image has none)."""
+    image_path = sample.image_path
     mask_path = sample.mask_path
     if mask_path is None:
         if sample.label == 1 and require_masks:
             found.mask_missing = True
             bad("mask_missing", image_path, "defective image has no mask")
-        return found
+        return
     if not mask_path.is_file():
         found.mask_missing = True
         bad(
@@ -184,12 +200,12 @@ def _inspect(
             mask_path,
             f"mask of {image_path.name} does not exist{dangling(mask_path)}",
         )
-        return found
+        return
     try:
         decoded = decode_mask(mask_path, max_image_pixels)
     except Exception as error:
         bad("mask_unreadable", mask_path, f"mask does not decode ({_reason(error)})")
-        return found
+        return
     found.mask_found = True
     found.oriented = found.oriented or decoded.oriented
     if decoded.thresholded:
@@ -214,7 +230,6 @@ def _inspect(
         )
     elif sample.label == 1 and resolution:
         found.vanishes = vanishes_at(decoded.mask, resolution)
-    return found
 
 
 def _reason(error: Exception) -> str:
@@ -283,6 +298,62 @@ def split_warnings(test: Sequence[Sample]) -> list[str]:
     return []
 
 
+def _intensities(
+    samples: Sequence[Sample],
+    found: Sequence[_Inspection],
+    intensity_rule: IntensityRule,
+    max_image_pixels: int | None,
+    warnings: list[str],
+) -> tuple[Counter, dict[str, list[float]]]:
+    """Images of more than 8 bits per value by mode, and the range they are mapped from."""
+    high = Counter(f.mode for f in found if is_high_depth(f.mode))
+    ranges: dict[str, list[float]] = {}
+    if high:
+        paths = [s.image_path for s, f in zip(samples, found, strict=True) if is_high_depth(f.mode)]
+        decoding = category_decoding(paths, intensity_rule, max_image_pixels)
+        for kind, span in (("integer", decoding.integer_range), ("float", decoding.float_range)):
+            if span is not None:
+                ranges[kind] = list(span)
+        warnings.append(
+            f"{sum(high.values())} images have more than 8 bits per value "
+            f"({', '.join(f'{m} {n}' for m, n in sorted(high.items()))}): mapped to 0..255 from "
+            + (", ".join(f"{k} {lo:g}..{hi:g}" for k, (lo, hi) in ranges.items()) or "their type")
+            + f" (data.intensity_range={intensity_rule!r})"
+        )
+    return high, ranges
+
+
+def _file_warnings(
+    found: Sequence[_Inspection],
+    test: Sequence[Sample],
+    resolution: int | None,
+    warnings: list[str],
+) -> tuple[int, list[Path], int]:
+    """Orientation tags, grey-level masks and masks that vanish at ``resolution``."""
+    oriented = sum(f.oriented for f in found)
+    if oriented:
+        warnings.append(
+            f"{oriented} images or masks carry an EXIF orientation tag: they are read upright, "
+            "as viewers show them"
+        )
+    grey = [f.grey_mask for f in found if f.grey_mask is not None]
+    if grey:
+        listed = ", ".join(str(p) for p in grey[:10]) + (" ..." if len(grey) > 10 else "")
+        warnings.append(
+            f"{len(grey)} masks have many grey levels (lossy compression or anti-aliasing) and "
+            f"are thresholded at half their maximum: {listed}"
+        )
+    vanished = sum(f.vanishes for f in found)
+    if vanished:
+        anomalous = sum(s.label == 1 and s.mask_path is not None for s in test)
+        warnings.append(
+            f"{vanished} of {anomalous} anomalous images lose their whole mask at {resolution}x"
+            f"{resolution} px (nearest-neighbour): their defects would count as normal pixels "
+            "(evaluation.resolution: original compares at each mask's own size)"
+        )
+    return oriented, grey, vanished
+
+
 def check_category(
     dataset: Dataset,
     category: str,
@@ -310,41 +381,8 @@ def check_category(
         warnings.append("the train split is empty: only zero-shot methods can run")
     if any(s.label for s in train):
         problems.append("the train split holds anomalous images")
-    high = Counter(f.mode for f in found if is_high_depth(f.mode))
-    ranges: dict[str, list[float]] = {}
-    if high:
-        paths = [s.image_path for s, f in zip(samples, found, strict=True) if is_high_depth(f.mode)]
-        decoding = category_decoding(paths, intensity_rule, max_image_pixels)
-        for kind, span in (("integer", decoding.integer_range), ("float", decoding.float_range)):
-            if span is not None:
-                ranges[kind] = list(span)
-        warnings.append(
-            f"{sum(high.values())} images have more than 8 bits per value "
-            f"({', '.join(f'{m} {n}' for m, n in sorted(high.items()))}): mapped to 0..255 from "
-            + (", ".join(f"{k} {lo:g}..{hi:g}" for k, (lo, hi) in ranges.items()) or "their type")
-            + f" (data.intensity_range={intensity_rule!r})"
-        )
-    oriented = sum(f.oriented for f in found)
-    if oriented:
-        warnings.append(
-            f"{oriented} images or masks carry an EXIF orientation tag: they are read upright, "
-            "as viewers show them"
-        )
-    grey = [f.grey_mask for f in found if f.grey_mask is not None]
-    if grey:
-        listed = ", ".join(str(p) for p in grey[:10]) + (" ..." if len(grey) > 10 else "")
-        warnings.append(
-            f"{len(grey)} masks have many grey levels (lossy compression or anti-aliasing) and "
-            f"are thresholded at half their maximum: {listed}"
-        )
-    vanished = sum(f.vanishes for f in found)
-    if vanished:
-        anomalous = sum(s.label == 1 and s.mask_path is not None for s in test)
-        warnings.append(
-            f"{vanished} of {anomalous} anomalous images lose their whole mask at {resolution}x"
-            f"{resolution} px (nearest-neighbour): their defects would count as normal pixels "
-            "(evaluation.resolution: original compares at each mask's own size)"
-        )
+    high, ranges = _intensities(samples, found, intensity_rule, max_image_pixels, warnings)
+    oriented, grey, vanished = _file_warnings(found, test, resolution, warnings)
     return CategoryCheck(
         category=category,
         vanishing_masks=vanished,

@@ -13,7 +13,7 @@ uses as the mask instead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -126,3 +126,11 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
     )
+
+
+def images_on_device(loader: Any, device: str, advance: Any) -> Iterator[Any]:
+    """A loader's images moved to ``device`` (uint8 ``[B,3,S,S]``), calling ``advance(B)``
+    as the consumer takes each batch, so a progress bar follows the method's pace."""
+    for batch in loader:
+        yield batch["image"].to(device, non_blocking=True)
+        advance(len(batch["image"]))

@@ -7,9 +7,14 @@ import platform
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adcore.plugins.registry import Registry
+from adcore.toolkit.weights import weights_flags
+
+if TYPE_CHECKING:
+    from adcore.config.sections import ResolvedConfig
+    from adcore.contracts.method import Runtime
 
 LIBRARIES = ("torch", "torchvision", "numpy", "open_clip_torch", "timm", "faiss-cpu", "faiss-gpu")
 
@@ -98,4 +103,25 @@ def environment(registry: Registry, device: str) -> dict[str, Any]:
         "packages": {**plugins, **libraries},
         **describe_device(device),
         "machine": describe_machine(),
+    }
+
+
+def run_environment(
+    registry: Registry,
+    runtime: Runtime,
+    config: ResolvedConfig,
+    identity: dict[str, Any],
+    efficiency_sources: dict[str, str],
+) -> dict[str, Any]:
+    """A run's ``env.json``: the environment, seed, precision, weights and settings that
+    change what the numbers mean."""
+    return {
+        **environment(registry, runtime.device),
+        "seed": runtime.seed,
+        "precision": runtime.precision,
+        **weights_flags(identity, config.random_weights),
+        "evaluation_resolution": config.base.evaluation.resolution,
+        "efficiency_sources": efficiency_sources,
+        "skip_bad_samples": config.base.data.skip_bad_samples,
+        "fingerprint": config.fingerprint(),
     }

@@ -7,15 +7,17 @@ whose ``metrics.csv`` exists under the same config is finished; resume reads it 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from pydantic import BaseModel, Field
 
 from adcore.contracts.dataset import Sample
-from adcore.infra.errors import OutputError
+from adcore.infra.errors import Interrupted, OutputError
 from adcore.infra.files import atomic_write_text, csv_text
 
 if TYPE_CHECKING:
@@ -132,6 +134,26 @@ class RunLayout:
 
     def model_state(self, category: str) -> Path:
         return self.category(category) / "model.pt"
+
+    def interrupted(self, categories: list[str]) -> Interrupted:
+        """What Ctrl-C left behind: finished categories are kept on disk, and a rerun resumes."""
+        done = [c for c in categories if self.metrics(c).exists()]
+        left = [c for c in categories if c not in done]
+        kept = (
+            f"Finished and kept in {self.root}: {', '.join(done)}."
+            if done
+            else f"No category had finished; nothing was kept in {self.root}."
+        )
+        return Interrupted(
+            f"Interrupted. {kept} Not finished: {', '.join(left) or 'none'}.",
+            "Rerun the same command to resume: finished categories are kept, the others computed.",
+        )
+
+    def write_run_files(self, config: ResolvedConfig, env: dict[str, Any]) -> None:
+        """``config.yaml`` (resolved), ``env.json`` and the config's fingerprint."""
+        atomic_write_text(self.config, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        atomic_write_text(self.env, json.dumps(env, indent=2, default=str) + "\n")
+        atomic_write_text(self.root / ".fingerprint", config.fingerprint() + "\n")
 
     def forget_results(self, categories: Iterable[str]) -> None:
         """Before ``--overwrite`` writes a new config: remove what marks results as finished

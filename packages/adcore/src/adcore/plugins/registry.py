@@ -54,7 +54,7 @@ class PluginInfo:
 class Component:
     """A record together with the plugin that registered it."""
 
-    spec: Any
+    spec: ComponentSpec
     plugin: PluginInfo
 
     @property

@@ -169,10 +169,8 @@ def predict(
     overlays: bool = True,
 ) -> PredictOutput:
     """Score ``inputs`` with the run's fitted method; write scores.csv, maps/ and overlays/."""
-    import torch
-
-    from adcore.data.loading import make_loader
     from adcore.outputs.mapfiles import write_map
+    from adcore.run.prediction_pass import predicted_batches
     from adcore.run.preparation import screen_samples
 
     category = pick_category(run_dir, category)
@@ -193,17 +191,13 @@ def predict(
     decoding = category_decoding(
         [p for p, _ in images], data.intensity_range, data.max_image_pixels
     )
-    loader = make_loader(samples, method.geometry, data.batch_size, 0, decoding=decoding)
     scores = np.empty(len(samples), dtype=np.float64)
     low, high = math.inf, -math.inf
-    for batch in loader:
-        index = batch["index"].numpy()
-        with torch.no_grad(), runtime.autocast():
-            prediction = method.predict(batch["image"].to(runtime.device))
-        scores[index] = prediction.scores.float().cpu().numpy()
-        maps = prediction.maps.float().cpu().numpy()  # [B,S,S]
-        low, high = min(low, float(maps.min())), max(high, float(maps.max()))
-        for i, value in zip(index, maps, strict=True):
+    name = config.method.spec.name
+    for batch in predicted_batches(method, runtime, samples, data.batch_size, 0, name, decoding):
+        scores[batch.index] = batch.scores
+        low, high = min(low, float(batch.maps.min())), max(high, float(batch.maps.max()))
+        for i, value in zip(batch.index, batch.maps, strict=True):
             write_map(out_dir / "maps" / f"{images[i][1]}.tiff", value)
 
     scale = ScoreScale.from_scores(run_test_scores(run_dir, category)[0], decision)

@@ -8,7 +8,7 @@ synchronisation, so its time is the method's alone. Those per-batch times are wh
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,55 @@ class PredictionPass:
         return float(self.batch_seconds.sum())
 
 
+@dataclass
+class PredictedBatch:
+    """One ``predict`` call's outputs, checked, on the CPU."""
+
+    index: np.ndarray  # [B] positions in the sample list
+    scores: np.ndarray  # [B] float64
+    maps: np.ndarray  # [B,S,S] float32 at the method's output size
+    masks: np.ndarray  # [B,S,S] bool, through the same geometry (its mask filter)
+    seconds: float  # device-synchronised time of the predict call
+
+
+def predicted_batches(
+    method: Method,
+    runtime: Runtime,
+    samples: Sequence[Sample],
+    batch_size: int,
+    num_workers: int,
+    method_name: str,
+    decoding: Decoding | None = None,
+) -> Iterator[PredictedBatch]:
+    """Every sample through ``method.predict`` in batches: the one prediction loop of
+    ``ad eval`` and ``ad predict``. Raises :class:`PluginError` when the method's outputs
+    have the wrong shapes (scores must be [B], maps [B,S,S] at ``geometry.output_size``)."""
+    import torch
+
+    size = method.geometry.output_size
+    sync = synchronizer(runtime.device)
+    for batch in make_loader(samples, method.geometry, batch_size, num_workers, decoding=decoding):
+        images = batch["image"].to(runtime.device, non_blocking=True)  # [B,3,S,S] uint8
+        with torch.no_grad(), runtime.autocast():
+            sync()
+            start = time.perf_counter()
+            prediction = method.predict(images)
+            sync()
+            seconds = time.perf_counter() - start
+        index = batch["index"].numpy()
+        maps = prediction.maps.float().cpu().numpy()  # [B,S,S]
+        expected = (len(index), size, size)
+        if maps.shape != expected or prediction.scores.shape != (len(index),):
+            raise PluginError(
+                f"Method {method_name!r} returned scores {tuple(prediction.scores.shape)} "
+                f"and maps {maps.shape}; expected ({len(index)},) and {expected}.",
+                "This is a bug in the method plugin; report it to its authors.",
+            )
+        scores = prediction.scores.float().cpu().numpy().astype(np.float64)
+        masks = batch["mask"].numpy().astype(bool)
+        yield PredictedBatch(index, scores, maps, masks, seconds)
+
+
 def run_prediction_pass(
     method: Method,
     runtime: Runtime,
@@ -46,37 +95,23 @@ def run_prediction_pass(
     advance: Callable[[int], None] | None = None,
     decoding: Decoding | None = None,
 ) -> PredictionPass:
-    """Predict every sample; raises :class:`PluginError` when the method's outputs have the
-    wrong shapes (scores must be [B], maps [B,S,S] at ``method.geometry.output_size``)."""
-    import torch
-
+    """Predict every sample and keep the scores, maps and masks (see :func:`predicted_batches`)."""
     size = method.geometry.output_size
     scores = np.empty(len(samples), dtype=np.float64)
     maps = np.empty((len(samples), size, size), dtype=np.float32)
     masks = np.empty((len(samples), size, size), dtype=bool)
     sizes, seconds = [], []
-    sync = synchronizer(runtime.device)
-    for batch in make_loader(samples, method.geometry, batch_size, num_workers, decoding=decoding):
-        images = batch["image"].to(runtime.device, non_blocking=True)  # [B,3,S,S] uint8
-        with torch.no_grad(), runtime.autocast():
-            sync()
-            start = time.perf_counter()
-            prediction = method.predict(images)
-            sync()
-            seconds.append(time.perf_counter() - start)
-        index = batch["index"].numpy()
-        sizes.append(len(index))
-        batch_maps = prediction.maps.float().cpu().numpy()  # [B,S,S]
-        expected = (len(index), size, size)
-        if batch_maps.shape != expected or prediction.scores.shape != (len(index),):
-            raise PluginError(
-                f"Method {method_name!r} returned scores {tuple(prediction.scores.shape)} "
-                f"and maps {batch_maps.shape}; expected ({len(index)},) and {expected}.",
-                "This is a bug in the method plugin; report it to its authors.",
-            )
-        scores[index] = prediction.scores.float().cpu().numpy()
-        maps[index] = batch_maps
-        masks[index] = batch["mask"].numpy().astype(bool)
+    batches = predicted_batches(
+        method, runtime, samples, batch_size, num_workers, method_name, decoding
+    )
+    for batch in batches:
+        scores[batch.index], maps[batch.index], masks[batch.index] = (
+            batch.scores,
+            batch.maps,
+            batch.masks,
+        )
+        sizes.append(len(batch.index))
+        seconds.append(batch.seconds)
         if advance is not None:
-            advance(len(index))
+            advance(len(batch.index))
     return PredictionPass(scores, maps, masks, np.asarray(sizes), np.asarray(seconds))

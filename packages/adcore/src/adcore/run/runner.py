@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import yaml
 
 from adcore.config.sections import ResolvedConfig
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import FitContext, Method
-from adcore.data.loading import make_loader
-from adcore.infra.files import atomic_write_text, ensure_writable
+from adcore.data.loading import images_on_device, make_loader
+from adcore.infra.files import ensure_writable
 from adcore.infra.progress import Progress
 from adcore.outputs.outputkeys import check_distinct, output_keys
 from adcore.outputs.reporting import CategoryOutputs, Reporter, RunContext, default_reporters
@@ -42,7 +40,6 @@ from adcore.run.components import (
 )
 from adcore.run.prediction_pass import PredictionPass, run_prediction_pass
 from adcore.run.preparation import CategoryData, prepare_category
-from adcore.toolkit.weights import weights_flags
 
 if TYPE_CHECKING:
     from adcore.run.efficiency import MethodCost
@@ -50,17 +47,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class RunOptions:
+    """What ``ad eval``'s switches ask of a run beyond its config."""
+
     overwrite: bool = False
     save_maps: bool = False
     save_model: bool = False
     show_progress: bool = True
-
-
-def _on_device(loader: Any, device: str, advance: Any) -> Iterator[Any]:
-    """Support images to the device, advancing the fit bar as the method consumes them."""
-    for batch in loader:
-        yield batch["image"].to(device, non_blocking=True)
-        advance(len(batch["image"]))
 
 
 class Evaluation:
@@ -137,34 +129,25 @@ class Evaluation:
                     category=category,
                     class_name=self.dataset.class_name(category),
                     num_images=len(support),
-                    batches=_on_device(loader, self.runtime.device, advance) if support else [],
+                    batches=images_on_device(loader, self.runtime.device, advance)
+                    if support
+                    else [],
                     show_progress=self.options.show_progress,
                 )
             )
         return method
 
     def write_run_files(self) -> None:
-        from adcore.outputs.env import environment
+        from adcore.outputs.env import run_environment
         from adcore.run.efficiency import EVALUATION_SOURCES
 
-        method = self.build_method()
-        evaluation = self.config.base.evaluation
-        identity = method.weights_identity()
-        self.env = {
-            **environment(self.registry, self.runtime.device),
-            "seed": self.runtime.seed,
-            "precision": self.runtime.precision,
-            **weights_flags(identity, self.config.random_weights),
-            "evaluation_resolution": evaluation.resolution,
-            "efficiency_sources": EVALUATION_SOURCES if evaluation.latency.enabled else {},
-            "skip_bad_samples": self.config.base.data.skip_bad_samples,
-            "fingerprint": self.config.fingerprint(),
-        }
-        atomic_write_text(
-            self.layout.config, yaml.safe_dump(self.config.to_dict(), sort_keys=False)
-        )
-        atomic_write_text(self.layout.env, json.dumps(self.env, indent=2, default=str) + "\n")
-        atomic_write_text(self.layout.root / ".fingerprint", self.config.fingerprint() + "\n")
+        latency = self.config.base.evaluation.latency.enabled
+        identity = self.build_method().weights_identity()
+        self.env = run_environment(
+            self.registry, self.runtime, self.config, identity,
+            EVALUATION_SOURCES if latency else {},
+        )  # fmt: skip
+        self.layout.write_run_files(self.config, self.env)
 
     def run(self) -> RunResult:
         ensure_writable(self.layout.root)
@@ -295,3 +278,20 @@ class Evaluation:
             save_fitted_state(method, self.layout.model_state(category))
         write_scores(self.layout, category, test, predicted.scores)
         write_category(self.layout, result, self.metric_names)
+
+
+def evaluate(
+    resolved: ResolvedConfig, options: RunOptions, show_progress: bool = True
+) -> RunResult:
+    """``ad eval``: every category of ``resolved`` through an :class:`Evaluation`.
+
+    Raises ``Interrupted`` on Ctrl-C, naming the categories kept on disk for a resume.
+    """
+    from adcore.plugins.registry import get_registry
+
+    with Progress(enabled=show_progress) as progress:
+        evaluation = Evaluation(resolved, get_registry(), options, progress)
+        try:
+            return evaluation.run()
+        except KeyboardInterrupt:
+            raise evaluation.layout.interrupted(evaluation.categories) from None

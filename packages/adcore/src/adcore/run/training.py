@@ -54,6 +54,15 @@ class TrainingResult:
     resumed_from: int = 0
     epoch_losses: list[float] = field(default_factory=list)
 
+    def summary(self, method: str) -> list[str]:
+        """The closing lines of ``ad train``: the losses, the checkpoint, how to use it."""
+        losses = ", ".join(f"{loss:.4f}" for loss in self.epoch_losses)
+        return [
+            f"Trained {self.epochs} epoch(s); mean loss per epoch: {losses}",
+            f"Checkpoint: {self.checkpoint}",
+            f"Use it: ad eval --method {method} --set model.checkpoint={self.checkpoint}",
+        ]
+
 
 def _output_folder(out_dir: Path) -> Path:
     out_dir = Path(out_dir)

@@ -63,6 +63,34 @@ def _fail(point: dict[str, Any], error: AdError) -> AdError:
     return type(error)(f"Sweep point {describe_point(point)}: {error.problem}", error.hint)
 
 
+def _resolve_point(
+    sweep: Sweep,
+    point: dict[str, Any],
+    registry: Registry,
+    random_weights: bool,
+    datasets: dict[str, Any],
+) -> tuple[dict[str, Any], ResolvedConfig, list[str]]:
+    """A point's raw config, resolved config and categories; ``datasets`` caches the data
+    sets already built (points often share one)."""
+    try:
+        raw = absolute_paths(sweep.raw_config(point))
+        config = resolve(validate_base(raw), registry, random_weights)
+        if random_weights:
+            fields = weights_fields(config.method_config)
+            raw = merge_dotted(raw, {f"model.{name}": RANDOM for name in fields})
+        check_capability(config)
+        data = config.dataset_config.model_dump(mode="json")
+        key = json.dumps([config.dataset.qualified_name, data, str(config.base.data.root)])
+        if key not in datasets:
+            datasets[key] = build_dataset(
+                config.dataset, config.dataset_config, config.base.data.root
+            )
+        categories = select_categories(datasets[key], config.base.data.categories)
+    except AdError as error:
+        raise _fail(point, error) from None
+    return raw, config, categories
+
+
 def plan_sweep(
     sweep: Sweep,
     registry: Registry,
@@ -76,22 +104,7 @@ def plan_sweep(
     datasets: dict[str, Any] = {}
     folders: dict[Path, dict[str, Any]] = {}
     for point in sweep.points():
-        try:
-            raw = absolute_paths(sweep.raw_config(point))
-            config = resolve(validate_base(raw), registry, random_weights)
-            if random_weights:
-                fields = weights_fields(config.method_config)
-                raw = merge_dotted(raw, {f"model.{name}": RANDOM for name in fields})
-            check_capability(config)
-            data = config.dataset_config.model_dump(mode="json")
-            key = json.dumps([config.dataset.qualified_name, data, str(config.base.data.root)])
-            if key not in datasets:
-                datasets[key] = build_dataset(
-                    config.dataset, config.dataset_config, config.base.data.root
-                )
-            categories = select_categories(datasets[key], config.base.data.categories)
-        except AdError as error:
-            raise _fail(point, error) from None
+        raw, config, categories = _resolve_point(sweep, point, registry, random_weights, datasets)
         base = config.base
         layout = RunLayout(
             base.experiment.output_root,

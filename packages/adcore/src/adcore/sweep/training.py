@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from rich.console import Console
 
 from adcore.infra.errors import AdError
 from adcore.infra.files import atomic_write_text
@@ -50,6 +51,11 @@ def train_missing(sweep: Sweep, plan: Plan, progress: Progress) -> list[Path]:
     from adcore.plugins.registry import get_registry
     from adcore.run.training import run_training
 
+    console = Console()  # what ad train itself prints, on stdout, also without progress
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False)
+
     trained = []
     for training in needed_trainings(sweep, plan):
         checkpoint = sweep.checkpoint(training)
@@ -64,7 +70,9 @@ def train_missing(sweep: Sweep, plan: Plan, progress: Progress) -> list[Path]:
             where: dict[str, str] = {}
             raw = build_raw_config(config_file, locations=where)
             resolved = resolve_raw(raw, get_registry(), False, where)
-            run_training(resolved, progress=progress.enabled, note=progress.note)
+            result = run_training(resolved, progress=progress.enabled, note=say)
+            for line in result.summary(resolved.method.spec.name):
+                say(line)
         except AdError as error:
             raise type(error)(
                 f"Training {training.name} of sweep {sweep.name}: {error.problem}", error.hint
