@@ -1,146 +1,100 @@
-"""Static checks of the import graph, read from the AST of every module under packages/ and
-examples/: no import cycles, and plugins reach the host only through ``adcore.api``.
-
-Imports inside ``if TYPE_CHECKING:`` never run, so they are left out; imports inside
-functions run when the function is called, so they count.
+"""The import rules, checked by import-linter from the contracts in the root ``pyproject.toml``:
+adcore's layers import only downwards, the layers never import the plugin-facing surface,
+plugins reach the host only through ``adcore.api`` and never import each other, and there are
+no import cycles anywhere (imports under ``if TYPE_CHECKING:`` included).
 """
 
 from __future__ import annotations
 
-import ast
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted([*ROOT.glob("packages/*/src"), *ROOT.glob("examples/*/src")])
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
-def _modules() -> dict[str, Path]:
-    """Dotted module name -> file, for every module of every distribution."""
-    found = {}
-    for src in SOURCES:
-        for path in src.rglob("*.py"):
-            parts = list(path.relative_to(src).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts.pop()
-            found[".".join(parts)] = path
-    return found
+def lint_imports(cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [str(LINT_IMPORTS), "--no-cache", *extra]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-MODULES = _modules()
+def test_the_import_contracts_hold():
+    result = lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "BROKEN" not in result.stdout
 
 
-def _type_checking_nodes(tree: ast.Module) -> set[int]:
-    skipped = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skipped |= {id(child) for stmt in node.body for child in ast.walk(stmt)}
-    return skipped
-
-
-def imported_names(name: str, path: Path) -> set[str]:
-    """Every dotted name the module imports at run time (relative imports made absolute)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    skipped = _type_checking_nodes(tree)
-    names = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-                package = package[: len(package) - node.level + 1]
-                base = ".".join([*package, base] if base else package)
-            names.add(base)
-            names |= {f"{base}.{alias.name}" for alias in node.names}
-    return names
-
-
-def _owner(dotted: str) -> str | None:
-    """The project module a dotted name lives in (``a.b.c`` -> ``a.b`` if that is a module)."""
-    while dotted and dotted not in MODULES:
-        dotted = dotted.rpartition(".")[0]
-    return dotted or None
-
-
-def import_graph() -> dict[str, set[str]]:
-    graph = {}
-    for name, path in MODULES.items():
-        targets = {_owner(n) for n in imported_names(name, path)}
-        graph[name] = {t for t in targets if t and t != name}
-    return graph
-
-
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan, iterative)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found = []
-    for start in graph:
-        if start in index:
-            continue
-        work = [(start, iter(sorted(graph[start])))]
-        index[start] = low[start] = len(index)
-        stack.append(start)
-        on_stack.add(start)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = len(index)
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph[child]))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                if len(component) > 1:
-                    found.append(sorted(component))
-    return found
-
-
-def test_the_cycle_finder_finds_a_known_cycle():
-    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
-    assert cycles(graph) == [["a", "b", "c"]]
-    assert cycles({"a": {"b"}, "b": set()}) == []
-
-
-def test_no_import_cycles_in_packages():
-    assert MODULES, "no modules found"
-    assert cycles(import_graph()) == []
-
-
-PLUGIN_MODULES = [name for name, path in MODULES.items() if not name.startswith("adcore")]
-
-
-@pytest.mark.parametrize("name", PLUGIN_MODULES)
-def test_plugins_import_the_host_only_through_adcore_api(name):
-    host = {
-        n for n in imported_names(name, MODULES[name]) if n == "adcore" or n.startswith("adcore.")
+def test_every_distribution_is_under_the_contracts():
+    """A new plugin distribution must be named in the contracts, or nothing checks it."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    packages = {
+        path.name
+        for src in [*ROOT.glob("packages/*/src"), *ROOT.glob("examples/*/src")]
+        for path in src.iterdir()
+        if (path / "__init__.py").is_file()
     }
-    outside = sorted(n for n in host if n != "adcore.api" and not n.startswith("adcore.api."))
-    assert outside == [], f"{MODULES[name]} imports {outside}; import from adcore.api instead"
+    assert {"adcore", "ad_patchcore", "ad_plugin_example"} <= packages
+    assert packages <= set(config["root_packages"]), packages - set(config["root_packages"])
+    plugins = packages - {"adcore"}
+    by_name = {c["name"]: c for c in config["contracts"]}
+    assert set(by_name["plugins import only adcore.api from the host"]["source_modules"]) == plugins
+    assert set(by_name["plugins never import each other"]["modules"]) == plugins
 
 
-def test_every_distribution_is_checked():
-    distributions = {path.parent.name for path in SOURCES}
-    assert {"adcore", "ad-datasets", "ad-patchcore", "ad-plugin-example"} <= distributions
-    assert any(name.startswith("ad_plugin_example") for name in PLUGIN_MODULES)
+@pytest.mark.parametrize(
+    ("import_line", "broken"),
+    [
+        ("from toy.top import thing", "layers"),  # the lower layer imports the upper one
+        ("if TYPE_CHECKING:\n    from toy.top import thing", "layers"),  # only for types
+        ("import os", None),
+    ],
+)
+def test_the_contracts_catch_an_upward_import(tmp_path, import_line, broken):
+    """The same kind of contracts on a two-layer toy package: an upward import, also one
+    under ``TYPE_CHECKING``, breaks them; a clean tree keeps them."""
+    package = tmp_path / "toy"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "top.py").write_text("from toy import bottom\nthing = 1\n")
+    (package / "bottom.py").write_text(
+        "from typing import TYPE_CHECKING\n" + textwrap.dedent(import_line) + "\n"
+    )
+    (tmp_path / "setup.cfg").write_text(
+        textwrap.dedent(
+            """\
+            [importlinter]
+            root_package = toy
+
+            [importlinter:contract:layers]
+            name = layers
+            type = layers
+            layers =
+                toy.top
+                toy.bottom
+
+            [importlinter:contract:cycles]
+            name = cycles
+            type = acyclic_siblings
+            ancestors = toy
+            """
+        )
+    )
+    env_path = str(tmp_path)
+    result = subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--config", "setup.cfg"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": env_path, "PATH": str(LINT_IMPORTS.parent)},
+    )
+    if broken is None:
+        assert result.returncode == 0, result.stdout + result.stderr
+    else:
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"{broken} BROKEN" in result.stdout
