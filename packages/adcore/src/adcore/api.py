@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     # methods
     "Method": "adcore.contracts.method",
     "TrainableMethod": "adcore.contracts.method",
+    "TransductiveMethod": "adcore.contracts.method",
     "TrainingSettings": "adcore.contracts.method",
     "TrainingPhase": "adcore.contracts.method",
     "TrainingBatch": "adcore.contracts.method",
@@ -106,6 +107,7 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         TrainingBatch,
         TrainingPhase,
         TrainingSettings,
+        TransductiveMethod,
     )
     from adcore.contracts.preprocessing import (  # noqa: F401
         CLIP_MEAN,

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import torch
 
     from adcore.contracts.dataset import Dataset
-    from adcore.contracts.method import Method
+    from adcore.contracts.method import Method, TransductiveMethod
 
 
 class ContractError(AssertionError):
@@ -133,26 +133,38 @@ def check_method(
     predictions; and, with ``efficiency``, the host's probe runs and the method does at
     least its backbone's work. ``config`` overrides ``spec.smoke_config``.
     """
+    from adcore.contracts.method import TransductiveMethod
+
     _require(isinstance(spec, MethodSpec), f"{spec!r} is not a MethodSpec.")
     check_config(spec.config, spec.name)
     method = _build_method(spec, config, device)
     size = method.geometry.output_size
     _fit(method, spec, size)
     images = _images(3, size, seed=2)  # [3,3,S,S] uint8
-    single = _check_predictions(spec, method, images, size)
+    declared = Capability.TRANSDUCTIVE in spec.capabilities
+    _require(
+        declared == isinstance(method, TransductiveMethod),
+        f"{spec.name}: declare Capability.TRANSDUCTIVE exactly when the method is an "
+        "adcore.api.TransductiveMethod (it scores the test set jointly through predict_set).",
+    )
+    probe, probed = _check_predictions(spec, method, images, size)
     _check_identity_and_modules(spec, method)
     if _overrides(method, "fitted_state"):
-        _check_fitted_state(spec, method, config, device, images[1:2], single)
+        _check_fitted_state(spec, method, config, device, probe, probed)
     if efficiency:
         _check_efficiency(spec, method, device)
     return method
 
 
-def _check_predictions(spec: MethodSpec, method: Method, images: torch.Tensor, size: int) -> Any:
-    """Shapes, finiteness and batch independence of ``predict``; returns image 1's alone."""
+def _check_predictions(
+    spec: MethodSpec, method: Method, images: torch.Tensor, size: int
+) -> tuple[torch.Tensor, Any]:
+    """Shapes, finiteness and batch independence of ``predict`` (a transductive method's
+    set independence of its batching); returns images and their prediction to compare
+    after a fitted-state round trip."""
     import torch
 
-    from adcore.contracts.method import Prediction
+    from adcore.contracts.method import Prediction, TransductiveMethod
 
     with torch.no_grad():
         prediction = method.predict(images)
@@ -171,13 +183,32 @@ def _check_predictions(spec: MethodSpec, method: Method, images: torch.Tensor, s
         bool(torch.isfinite(prediction.scores).all() and torch.isfinite(prediction.maps).all()),
         f"{spec.name}: predict gave NaN or infinite scores or maps.",
     )
+    if isinstance(method, TransductiveMethod):
+        return _check_set(spec, method, images, prediction)
     _require(
         torch.allclose(single.scores[0], prediction.scores[1], rtol=1e-4, atol=1e-5),
         f"{spec.name}: an image scores {float(single.scores[0]):.6g} alone but "
         f"{float(prediction.scores[1]):.6g} in a batch; scores must not depend on the batch "
         "(put batch-norm layers in eval mode, keep no state across images).",
     )
-    return single
+    return images[1:2], single
+
+
+def _check_set(
+    spec: MethodSpec, method: TransductiveMethod, images: torch.Tensor, prediction: Any
+) -> tuple[torch.Tensor, Any]:
+    """A set scores the same however the host batches it; returns the set and its scores."""
+    import torch
+
+    with torch.no_grad():
+        split = method.predict_set(iter([images[:1], images[1:]]), len(images))
+    _require(
+        torch.allclose(split.scores, prediction.scores, rtol=1e-4, atol=1e-5)
+        and torch.allclose(split.maps, prediction.maps, rtol=1e-4, atol=1e-5),
+        f"{spec.name}: a set of 3 images scores differently when handed over as batches of "
+        "1 and 2; predict_set must score the set, whatever its batches.",
+    )
+    return images, prediction
 
 
 def _check_identity_and_modules(spec: MethodSpec, method: Method) -> None:

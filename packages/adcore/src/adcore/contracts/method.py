@@ -118,6 +118,28 @@ class Method(abc.ABC):
         raise PluginError(f"{type(self).__name__} cannot load a fitted state.")
 
 
+class TransductiveMethod(Method):
+    """A method that scores a test set jointly, each image against the others (MuSc).
+
+    The host hands over the whole set at once: ``predict_set`` receives the set's uint8
+    ``[b,3,S,S]`` batches on the device, one after another, and returns one
+    :class:`Prediction` for all ``size`` images in the order they came. The host keeps no
+    image beyond the batch being handed over; what the method keeps (features, not images)
+    grows with the set, and its docstring says how. ``ad eval`` passes a category's test
+    split, ``ad predict`` the images it is given; ``predict(images)`` scores ``images`` as a
+    set of their own. Declare :attr:`Capability.TRANSDUCTIVE` in the record.
+    """
+
+    @abc.abstractmethod
+    def predict_set(self, batches: Iterable[torch.Tensor], size: int) -> Prediction:
+        """uint8 batches [b,3,S,S] of one set of ``size`` images -> scores [size],
+        maps [size,S,S], in the order of the batches. Called under no_grad."""
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """``images`` [B,3,S,S] scored as a set of their own."""
+        return self.predict_set([images], len(images))
+
+
 class TrainingSettings(BaseModel):
     """Optimiser and schedule of ``ad train``; each trainable method gives its paper's."""
 

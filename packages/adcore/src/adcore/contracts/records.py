@@ -64,6 +64,7 @@ class Capability(str, enum.Enum):
     FEW_SHOT = "few-shot"
     FULL_SHOT = "full-shot"
     TRAINABLE = "trainable"
+    TRANSDUCTIVE = "transductive"  # scores the test set jointly (a TransductiveMethod)
 
 
 class ComponentSpec(BaseModel):

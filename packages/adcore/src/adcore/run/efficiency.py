@@ -231,17 +231,18 @@ def measure_efficiency(
     import torch
 
     warmup, iters = _resolve_iters(runtime, warmup_iters, measure_iters)
-    size = method.geometry.output_size
-    single = synthetic_images(1, size, runtime.device)  # [1,3,S,S] uint8
+    size, per_call = method.geometry.output_size, probe_set_size(method)
+    single = synthetic_images(per_call, size, runtime.device)  # [k,3,S,S] uint8, k = 1 mostly
     batch = synthetic_images(throughput_batch, size, runtime.device, seed=1)  # [b,3,S,S]
     throughput_iters = max(1, iters // 4)
     with torch.no_grad(), runtime.autocast(), PeakMemory(runtime.device) as memory:
-        latency = time_calls(lambda: method.predict(single), runtime.device, warmup, iters)
+        call = time_calls(lambda: method.predict(single), runtime.device, warmup, iters)
+        latency = call / per_call
         batch_times = time_calls(
             lambda: method.predict(batch), runtime.device, max(1, warmup // 5), throughput_iters
         )
         peak, reserved = memory.read()
-        gflops = count_gflops(lambda: method.predict(single))
+        gflops = count_gflops(lambda: method.predict(single)) / per_call
     total, trainable = count_parameters(method)
     return EfficiencyFigures(
         device=runtime.device,
@@ -309,11 +310,23 @@ def count_cost(method: Method, runtime: Runtime) -> MethodCost:
     """Parameters and the GFLOPs of one batch-1 ``predict`` on synthetic images."""
     import torch
 
-    single = synthetic_images(1, method.geometry.output_size, runtime.device)  # [1,3,S,S]
+    per_call = probe_set_size(method)
+    images = synthetic_images(per_call, method.geometry.output_size, runtime.device)  # [k,3,S,S]
     with torch.no_grad(), runtime.autocast():
-        gflops = count_gflops(lambda: method.predict(single))
+        gflops = count_gflops(lambda: method.predict(images)) / per_call
     total, trainable = count_parameters(method)
     return MethodCost(params_total=total, params_trainable=trainable, gflops=gflops)
+
+
+TRANSDUCTIVE_PROBE_SET = 8  # images per timed call of a transductive method
+
+
+def probe_set_size(method: Method) -> int:
+    """Images per timed probe call: 1, or a set of :data:`TRANSDUCTIVE_PROBE_SET` for a
+    method that scores a set jointly (its latency is then per image within that set)."""
+    from adcore.contracts.method import TransductiveMethod
+
+    return TRANSDUCTIVE_PROBE_SET if isinstance(method, TransductiveMethod) else 1
 
 
 def probe_iters(device: str) -> tuple[int, int]:
@@ -339,7 +352,8 @@ def probe_latency(
 
     default_warmup, most = probe_iters(runtime.device)
     warmup = default_warmup if warmup_iters is None else warmup_iters
-    single = synthetic_images(1, method.geometry.output_size, runtime.device)  # [1,3,S,S]
+    per_call = probe_set_size(method)
+    single = synthetic_images(per_call, method.geometry.output_size, runtime.device)  # [k,3,S,S]
     sync = synchronizer(runtime.device)
     times: list[float] = []
     with torch.no_grad(), runtime.autocast():
@@ -358,7 +372,7 @@ def probe_latency(
             method.predict(single)
             sync()
             times.append(time.perf_counter() - start)
-    return np.asarray(times)
+    return np.asarray(times) / per_call
 
 
 def evaluation_figures(

@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from adcore.contracts.dataset import Sample
-from adcore.contracts.method import Method, Runtime
+from adcore.contracts.method import Method, Runtime, TransductiveMethod
 from adcore.data.decoding import Decoding
 from adcore.data.loading import make_loader
 from adcore.infra.device import synchronizer
@@ -57,13 +58,17 @@ def predicted_batches(
     decoding: Decoding | None = None,
 ) -> Iterator[PredictedBatch]:
     """Every sample through ``method.predict`` in batches: the one prediction loop of
-    ``ad eval`` and ``ad predict``. Raises :class:`PluginError` when the method's outputs
-    have the wrong shapes (scores must be [B], maps [B,S,S] at ``geometry.output_size``)."""
+    ``ad eval`` and ``ad predict``. A :class:`TransductiveMethod` gets the samples as one
+    set (``predict_set``), given back as one batch. Raises :class:`PluginError` when the
+    outputs have the wrong shapes (scores [B], maps [B,S,S] at ``geometry.output_size``)."""
     import torch
 
-    size = method.geometry.output_size
+    loader = make_loader(samples, method.geometry, batch_size, num_workers, decoding=decoding)
+    if isinstance(method, TransductiveMethod):
+        yield _predicted_set(method, runtime, loader, len(samples), method_name)
+        return
     sync = synchronizer(runtime.device)
-    for batch in make_loader(samples, method.geometry, batch_size, num_workers, decoding=decoding):
+    for batch in loader:
         images = batch["image"].to(runtime.device, non_blocking=True)  # [B,3,S,S] uint8
         with torch.no_grad(), runtime.autocast():
             sync()
@@ -72,17 +77,58 @@ def predicted_batches(
             sync()
             seconds = time.perf_counter() - start
         index = batch["index"].numpy()
-        maps = prediction.maps.float().cpu().numpy()  # [B,S,S]
-        expected = (len(index), size, size)
-        if maps.shape != expected or prediction.scores.shape != (len(index),):
-            raise PluginError(
-                f"Method {method_name!r} returned scores {tuple(prediction.scores.shape)} "
-                f"and maps {maps.shape}; expected ({len(index)},) and {expected}.",
-                "This is a bug in the method plugin; report it to its authors.",
-            )
-        scores = prediction.scores.float().cpu().numpy().astype(np.float64)
         masks = batch["mask"].numpy().astype(bool)
-        yield PredictedBatch(index, scores, maps, masks, seconds)
+        yield _checked(prediction, index, masks, seconds, method, method_name)
+
+
+def _predicted_set(
+    method: TransductiveMethod, runtime: Runtime, loader: Any, size: int, method_name: str
+) -> PredictedBatch:
+    """The whole set through ``predict_set`` in one call, timed as one (loading included:
+    the method consumes the batches as the loader decodes them)."""
+    import torch
+
+    indexes, masks = [], []
+
+    def batches() -> Iterator[Any]:
+        for batch in loader:
+            indexes.append(batch["index"].numpy())
+            masks.append(batch["mask"].numpy().astype(bool))
+            yield batch["image"].to(runtime.device, non_blocking=True)  # [b,3,S,S] uint8
+
+    sync = synchronizer(runtime.device)
+    with torch.no_grad(), runtime.autocast():
+        sync()
+        start = time.perf_counter()
+        prediction = method.predict_set(batches(), size)
+        sync()
+        seconds = time.perf_counter() - start
+    index = np.concatenate(indexes) if indexes else np.zeros(0, dtype=np.int64)
+    side = method.geometry.output_size
+    mask = np.concatenate(masks) if masks else np.zeros((0, side, side), dtype=bool)
+    return _checked(prediction, index, mask, seconds, method, method_name)
+
+
+def _checked(
+    prediction: Any,
+    index: np.ndarray,
+    masks: np.ndarray,
+    seconds: float,
+    method: Method,
+    method_name: str,
+) -> PredictedBatch:
+    """A predict call's outputs on the CPU, refused when their shapes are not [B], [B,S,S]."""
+    size = method.geometry.output_size
+    maps = prediction.maps.float().cpu().numpy()  # [B,S,S]
+    expected = (len(index), size, size)
+    if maps.shape != expected or tuple(prediction.scores.shape) != (len(index),):
+        raise PluginError(
+            f"Method {method_name!r} returned scores {tuple(prediction.scores.shape)} "
+            f"and maps {maps.shape}; expected ({len(index)},) and {expected}.",
+            "This is a bug in the method plugin; report it to its authors.",
+        )
+    scores = prediction.scores.float().cpu().numpy().astype(np.float64)
+    return PredictedBatch(index, scores, maps, masks, seconds)
 
 
 def run_prediction_pass(
