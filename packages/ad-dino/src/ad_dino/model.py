@@ -98,10 +98,11 @@ class DinoPatchFeatures(nn.Module):
         return vit.norm(x)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        # [B, 3, H, W] -> [B, h*w, D] (in fp32 whatever precision the blocks ran at), (h, w)
+        # [B, 3, H, W] -> [B, h*w, D] (fp32 at least, whatever the blocks ran at), (h, w)
         with self.backbone_autocast():
-            tokens = self.tokens(images)
-        return tokens[:, self.vit.num_prefix_tokens :].float(), self.grid(*images.shape[-2:])
+            tokens = self.tokens(images)[:, self.vit.num_prefix_tokens :]
+        dtype = torch.promote_types(tokens.dtype, torch.float32)
+        return tokens.to(dtype), self.grid(*images.shape[-2:])
 
 
 def inverse_rotations(angles: Sequence[float], height: int, width: int) -> torch.Tensor:
