@@ -45,12 +45,13 @@ TINY = {"img_size": 238, "patch": 14, "dim": 32, "depth": 2, "heads": 2}
 ANGLES = [0, 45, 90, 135, 180, 225, 270, 315]
 
 
-def dinov2_state(seed: int = 0, scale: float = 6.0, **shape) -> Tensors:
+def dinov2_state(seed: int = 0, scale: float = 6.0, registers: int = 0, **shape) -> Tensors:
     """Seeded random weights in DINOv2's own key names (``dinov2_vits14_pretrain.pth``'s).
 
     LayerScale gammas near 1 (DINOv2's trained ones are far from timm's 1e-5 init) so every
     block counts; the final norm's weight scaled by ``scale`` so the first PCA component of
-    the tiny model's features spans the authors' threshold of 10 as ViT-S/14's does.
+    the tiny model's features spans the authors' threshold of 10 as ViT-S/14's does;
+    ``registers``: DINOv2-with-registers tokens (``dinov2_vits14_reg4_pretrain.pth``).
     """
     cfg = {**TINY, **shape}
     dim, side, patch = cfg["dim"], cfg["img_size"] // cfg["patch"], cfg["patch"]
@@ -68,6 +69,8 @@ def dinov2_state(seed: int = 0, scale: float = 6.0, **shape) -> Tensors:
         "norm.weight": normal(dim, std=0.1, mean=1.0) * scale,
         "norm.bias": normal(dim, std=0.5),
     }
+    if registers:
+        state["register_tokens"] = normal(1, registers, dim, std=0.5)
     for i in range(cfg["depth"]):
         p = f"blocks.{i}."
         state.update({
@@ -168,6 +171,9 @@ def dinov2_features(state: Tensors, images: torch.Tensor, heads: int) -> torch.T
         grid = grid.permute(0, 2, 3, 1).reshape(1, -1, table.shape[-1])
         pos = torch.cat([table[:, :1].float(), grid], dim=1).double()
     x = x + pos
+    registers = w.get("register_tokens")
+    if registers is not None:  # after the position table, right behind the class token
+        x = torch.cat([x[:, :1], registers.expand(b, -1, -1), x[:, 1:]], dim=1)
     depth = len({k.split(".")[1] for k in w if k.startswith("blocks.")})
     for i in range(depth):
         p = f"blocks.{i}."
@@ -179,7 +185,8 @@ def dinov2_features(state: Tensors, images: torch.Tensor, heads: int) -> torch.T
         x = x + w[p + "ls1.gamma"] * _linear(y, w, p + "attn.proj")
         y = F.gelu(_linear(_layer_norm(x, w, p + "norm2"), w, p + "mlp.fc1"))
         x = x + w[p + "ls2.gamma"] * _linear(y, w, p + "mlp.fc2")
-    return _layer_norm(x, w, "norm")[:, 1:]
+    skip = 1 + (0 if registers is None else registers.shape[1])
+    return _layer_norm(x, w, "norm")[:, skip:]
 
 
 # -- rotation: augment_image / rotate_image (cv2.warpAffine, OpenCV 4.x arithmetic) -------

@@ -16,6 +16,7 @@ CASES = [
     ("afclip", "0"),
     ("miniclip", "0"),
     ("patchcore", "all"),
+    ("anomalydino", "1"),
 ]
 
 

@@ -101,6 +101,14 @@ class AnomalyDinoConfig(PluginConfig):
         4096, ge=1, description="Query patches per nearest-neighbour block (bounds memory)."
     )
 
+    @field_validator("masking", "rotation", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: object) -> object:
+        # YAML reads a bare on/off (``--set model.masking=on``) as a boolean
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
+
     @field_validator("mask_kernel")
     @classmethod
     def _odd(cls, value: int) -> int:
