@@ -110,9 +110,10 @@ class AnomalyDino(Method):
         mask_references = self.masks_test and cfg.mask_references
         kept: list[torch.Tensor] = []  # [n_i, D]
         for batch in context.batches:
-            for image in batch.split(1):  # bounds the rotated copies to one image's eight
-                views = rotate(image.to(self.device)) if rotating else image
-                features, grid = self.features(views)
+            # rotated: one reference at a time, so at most its eight views are held
+            for views in batch.split(1) if rotating else [batch]:
+                views = rotate(views.to(self.device)) if rotating else views
+                features, grid = self.features(views)  # [V, N, D]
                 if mask_references:
                     kept.append(features[self._mask(features, grid)])
                 else:
