@@ -6,6 +6,10 @@ References, run here on the same non-square images (no network, no weights):
   ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``; rebuilt here from torchvision itself.
 - WinCLIP: open_clip's own ``image_transform(size, is_train=False, ...)`` for the model's
   preprocess config (bicubic shorter side, centre crop, OpenAI statistics).
+- AnomalyDINO: dammsi/AnomalyDINO @ b3435f0, ``src/backbones.py`` ``DINOv2Wrapper``:
+  ``Resize(resolution, BICUBIC, antialias=True)`` (shorter side), ``ToTensor``, ImageNet
+  ``Normalize``; they keep the whole rectangle, the host sees its centre square
+  (``CenterCrop``), which is what is compared (the cut to whole patches is the model's).
 - AF-CLIP / miniCLIP: Faustinaqq/AF-CLIP @ bb7edec4 ``main.py`` and suniverse77/miniCLIP
   @ e8ffb70f ``af_tiny/utils/util.py``: ``Resize((s, s), BICUBIC)``, ``CenterCrop(s)``, CLIP
   statistics; rebuilt here from torchvision. Their masks: ``Resize((s, s), BICUBIC)`` and
@@ -26,6 +30,8 @@ from PIL import Image
 from torchvision import transforms
 
 from ad_afclip.plugin import adcore_methods
+from ad_dino.config import AnomalyDinoConfig
+from ad_dino.plugin import factory as anomalydino_factory
 from ad_patchcore.plugin import PatchCoreConfig
 from ad_patchcore.plugin import factory as patchcore_factory
 from ad_winclip.plugin import WinClipConfig
@@ -100,6 +106,20 @@ def test_winclip_equals_open_clips_own_preprocessing(images, tiny_vit):
         48, is_train=False, mean=cfg["mean"], std=cfg["std"],
         resize_mode=cfg["resize_mode"], interpolation=cfg["interpolation"],
     )  # fmt: skip
+    for path in images:
+        torch.testing.assert_close(ours(path, method.geometry), theirs(path, reference),
+                                   atol=1e-6, rtol=0)  # fmt: skip
+
+
+def test_anomalydino_sees_the_centre_of_the_authors_bicubic_resize(images):
+    config = AnomalyDinoConfig(backbone="test_vit", pretrained="none", resolution=48)
+    method = anomalydino_factory(config, Runtime())
+    reference = transforms.Compose([
+        transforms.Resize(48, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+        transforms.CenterCrop(48),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])  # fmt: skip
     for path in images:
         torch.testing.assert_close(ours(path, method.geometry), theirs(path, reference),
                                    atol=1e-6, rtol=0)  # fmt: skip
