@@ -27,7 +27,8 @@ def measure(count: int, args: argparse.Namespace) -> dict[str, float]:
     """One fit on ``count`` images and an inference pass, in this process."""
     import torch
 
-    from ad_patchcore.plugin import PatchCoreConfig, factory
+    from ad_patchcore.config import PatchCoreConfig
+    from ad_patchcore.plugin import factory
     from adcore.contracts.method import FitContext, Runtime
 
     config = PatchCoreConfig(

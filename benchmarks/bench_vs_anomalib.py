@@ -175,10 +175,10 @@ def timed(step: Callable[[], object]) -> float:
 
 def build_ours(args: argparse.Namespace, folder: Path) -> dict[str, Callable[[], object]]:
     """Our methods on random weights; writes the weights and inputs anomalib's side loads."""
+    from ad_patchcore.config import PatchCoreConfig
     from ad_patchcore.coreset import approximate_greedy_coreset
-    from ad_patchcore.plugin import PatchCoreConfig
     from ad_patchcore.plugin import factory as patchcore_factory
-    from ad_winclip.plugin import WinClipConfig
+    from ad_winclip.config import WinClipConfig
     from ad_winclip.plugin import factory as winclip_factory
     from adcore.contracts.method import FitContext, Runtime
 

@@ -23,8 +23,9 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ad_winclip.config import WinClipConfig
 from ad_winclip.model import WinClip
-from ad_winclip.plugin import WinClipConfig, factory
+from ad_winclip.plugin import factory
 from adcore.contracts.method import FitContext, Runtime
 
 

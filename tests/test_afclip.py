@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from open_clip.transformer import QuickGELU
 
 from ad_afclip.aggregation import aggregation_weights, spatial_aggregation
-from ad_afclip.clip_models import load_clip, register_model_config
+from ad_afclip.clip_models import TINYCLIP_CONFIGS, load_clip, register_model_config
+from ad_afclip.config import AFCLIPConfig, MiniCLIPConfig
 from ad_afclip.losses import patch_alignment_loss
 from ad_afclip.method import AFCLIPMethod
 from ad_afclip.model import FrozenVisualTower, interpolate_positional_embedding
-from ad_afclip.plugin import TINYCLIP_8M, AFCLIPConfig, MiniCLIPConfig, adcore_methods
+from ad_afclip.plugin import adcore_methods
+from ad_afclip.tinyclip import TINYCLIP_8M
 from adcore.config.sections import weights_fields
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import FitContext, Runtime
@@ -131,6 +134,21 @@ def test_tinyclip_architecture_is_registered_with_open_clip() -> None:
     assert clip.text_projection.shape == (256, 512)
     # TinyCLIP-ViT-8M: the image tower has about 8M parameters (model zoo name).
     assert 7.5e6 < sum(p.numel() for p in visual.parameters()) < 8.5e6
+
+
+def test_tinyclip_keeps_quick_gelu_when_its_name_was_registered_with_gelu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """af_tiny's CLIP runs QuickGELU in every block; an architecture of the same name that
+    another package registered first (with open_clip's default GELU) must not change it."""
+    import open_clip.factory
+
+    configs = dict(open_clip.factory._MODEL_CONFIGS)
+    configs[TINYCLIP_8M] = {**TINYCLIP_CONFIGS[TINYCLIP_8M], "quick_gelu": False}
+    monkeypatch.setattr(open_clip.factory, "_MODEL_CONFIGS", configs)
+    clip = load_clip(TINYCLIP_8M, "none")
+    for tower in (clip.visual.transformer, clip.transformer):
+        assert all(isinstance(b.mlp.gelu, QuickGELU) for b in tower.resblocks)
 
 
 def test_missing_weights_offline_name_the_weights(

@@ -32,9 +32,10 @@ from PIL import Image
 
 import authors_reference as ref
 from ad_afclip.clip_models import register_model_config
+from ad_afclip.config import AFCLIPConfig, MiniCLIPConfig
 from ad_afclip.method import AFCLIPMethod, MiniCLIPMethod
 from ad_afclip.model import grid_labels
-from ad_afclip.plugin import TINYCLIP_8M, AFCLIPConfig, MiniCLIPConfig
+from ad_afclip.tinyclip import TINYCLIP_8M
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import FitContext, Runtime, TrainingBatch
 from adcore.contracts.preprocessing import Preprocessing

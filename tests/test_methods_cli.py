@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from adcore.plugins.registry.registry import get_registry
+from adcore.plugins.registry import get_registry
 from adtest import run_ad
 
 CASES = [

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from ad_patchcore.backbone import build_backbone, resolve_out_indices
+from ad_patchcore.config import PatchCoreConfig
 from ad_patchcore.coreset import approximate_greedy_coreset, greedy_coreset
 from ad_patchcore.model import local_aggregation, reweighted_score
-from ad_patchcore.plugin import PatchCoreConfig, adcore_methods, factory
+from ad_patchcore.plugin import adcore_methods, factory
 from adcore.contracts.method import FitContext, Runtime
 from adcore.contracts.records import Capability
 from adcore.infra.errors import ConfigError, PluginError, WeightsError

@@ -32,9 +32,9 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from ad_patchcore.backbone import authors_batchnorm_step
+from ad_patchcore.config import PatchCoreConfig
 from ad_patchcore.coreset import approximate_greedy_coreset, project, random_projection
 from ad_patchcore.method import PatchCore
-from ad_patchcore.plugin import PatchCoreConfig
 from adcore.contracts.method import FitContext, Runtime
 from adcore.contracts.preprocessing import Preprocessing
 

@@ -18,11 +18,11 @@ from torch import nn
 
 import adcore.infra.precision
 from ad_afclip.clip_models import register_model_config
+from ad_afclip.config import AFCLIPConfig
 from ad_afclip.method import AFCLIPMethod
-from ad_afclip.plugin import AFCLIPConfig
-from ad_patchcore.plugin import PatchCoreConfig
+from ad_patchcore.config import PatchCoreConfig
 from ad_patchcore.plugin import factory as patchcore_factory
-from ad_winclip.plugin import WinClipConfig
+from ad_winclip.config import WinClipConfig
 from ad_winclip.plugin import factory as winclip_factory
 from adcore.contracts.method import FitContext, Method, Runtime
 from adcore.infra.errors import ConfigError
@@ -187,16 +187,16 @@ def test_fp32_runs_no_layer_in_bf16():
 
 
 def test_patchcore_searches_its_bank_in_fp32(monkeypatch):
-    import ad_patchcore.method
+    import ad_patchcore.model
 
-    search = ad_patchcore.method.nearest_neighbours
+    search = ad_patchcore.model.nearest_neighbours
     calls: list[tuple[torch.dtype, bool]] = []
 
     def spy(queries, *args, **kwargs):
         calls.append((queries.dtype, torch.is_autocast_enabled("cpu")))
         return search(queries, *args, **kwargs)
 
-    monkeypatch.setattr(ad_patchcore.method, "nearest_neighbours", spy)
+    monkeypatch.setattr(ad_patchcore.model, "nearest_neighbours", spy)
     method, _ = fitted_prediction("patchcore", "bf16")
     assert method.bank.dtype == torch.float32
     assert calls and set(calls) == {(torch.float32, False)}

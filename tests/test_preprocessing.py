@@ -4,6 +4,8 @@ References, run here on the same non-square images (no network, no weights):
 - PatchCore: amazon-science/patchcore-inspection @ fcaa92f1, ``datasets/mvtec.py``:
   ``Resize(resize)`` (shorter side, torchvision's default bilinear), ``CenterCrop``,
   ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``; rebuilt here from torchvision itself.
+  Its mean/std are the weights' own: ``Preprocessing.from_timm`` equals timm's own
+  ``create_transform(**resolve_data_config(pretrained_cfg=...))`` (timm 1.0.31).
 - WinCLIP: open_clip's own ``image_transform(size, is_train=False, ...)`` for the model's
   preprocess config (bicubic shorter side, centre crop, OpenAI statistics).
 - AnomalyDINO: dammsi/AnomalyDINO @ b3435f0, ``src/backbones.py`` ``DINOv2Wrapper``:
@@ -25,16 +27,19 @@ import json
 import numpy as np
 import open_clip
 import pytest
+import timm
+import timm.data
 import torch
 from PIL import Image
+from timm.models import get_pretrained_cfg
 from torchvision import transforms
 
 from ad_afclip.plugin import adcore_methods
 from ad_dino.config import AnomalyDinoConfig
 from ad_dino.plugin import factory as anomalydino_factory
-from ad_patchcore.plugin import PatchCoreConfig
+from ad_patchcore.config import PatchCoreConfig
 from ad_patchcore.plugin import factory as patchcore_factory
-from ad_winclip.plugin import WinClipConfig
+from ad_winclip.config import WinClipConfig
 from ad_winclip.plugin import factory as winclip_factory
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import Runtime
@@ -95,6 +100,47 @@ def test_patchcore_equals_the_released_transforms(images):
         expected = theirs(path, reference)
         assert expected.shape == (3, 224, 224)
         torch.testing.assert_close(ours(path, geometry), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("wide_resnet50_2.tv_in1k", {}),  # bilinear, crop_pct 0.875, ImageNet statistics
+        ("convnext_base.clip_laion2b", {}),  # bicubic, crop_pct 1.0, CLIP statistics
+        ("resnet18.a1_in1k", {"crop_mode": "squash", "input_size": (3, 160, 160)}),
+    ],
+)
+def test_from_timm_equals_timms_own_eval_transform(images, name, overrides):
+    config = {**get_pretrained_cfg(name).to_dict(), **overrides}
+    reference = timm.data.create_transform(**timm.data.resolve_data_config(pretrained_cfg=config))
+    geometry = Preprocessing.from_timm(config)
+    for path in images:
+        expected = theirs(path, reference)
+        assert expected.shape == (3, *config["input_size"][1:])
+        torch.testing.assert_close(ours(path, geometry), expected, atol=1e-6, rtol=0)
+
+
+def test_from_timm_refuses_the_padding_crop_mode():
+    with pytest.raises(ValueError, match="border"):
+        Preprocessing.from_timm({"crop_mode": "border", "input_size": (3, 224, 224)})
+
+
+def test_patchcore_normalises_with_its_weights_own_statistics(images):
+    """A CLIP-trained ConvNeXt gets CLIP's mean/std (timm's pretrained config), with the
+    released code's resize and crop; the default weights keep ImageNet's."""
+    config = PatchCoreConfig(
+        backbone="convnext_base.clip_laion2b", pretrained="none", layers=["stages.1", "stages.2"]
+    )
+    geometry = patchcore_factory(config, Runtime()).geometry
+    assert (geometry.mean, geometry.std) == (CLIP_MEAN, CLIP_STD)
+    reference = transforms.Compose([
+        transforms.Resize(config.resolution),
+        transforms.CenterCrop(config.crop),
+        transforms.ToTensor(),
+        transforms.Normalize(CLIP_MEAN, CLIP_STD),
+    ])  # fmt: skip
+    for path in images:
+        torch.testing.assert_close(ours(path, geometry), theirs(path, reference), atol=1e-6, rtol=0)
 
 
 def test_winclip_equals_open_clips_own_preprocessing(images, tiny_vit):

@@ -23,7 +23,8 @@ from safetensors.torch import save_file
 
 from ad_afclip.clip_models import TINYCLIP_RELEASES, _tinyclip_release
 from ad_patchcore.backbone import build_backbone
-from ad_patchcore.plugin import PatchCoreConfig, factory
+from ad_patchcore.config import PatchCoreConfig
+from ad_patchcore.plugin import factory
 from adcore.contracts.method import FitContext, Runtime
 from adcore.infra.captured import captured_output
 from adcore.infra.errors import WeightsError

@@ -15,8 +15,9 @@ import torch
 from pydantic import ValidationError
 
 from ad_winclip import prompts
+from ad_winclip.config import WinClipConfig
 from ad_winclip.model import visual_association
-from ad_winclip.plugin import WinClipConfig, adcore_methods, factory
+from ad_winclip.plugin import adcore_methods, factory
 from ad_winclip.windows import covering_windows, harmonic_aggregation, window_indices
 from adcore.contracts.method import FitContext, Runtime
 from adcore.contracts.records import Capability

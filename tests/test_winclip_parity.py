@@ -69,9 +69,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ad_winclip.config import WinClipConfig
 from ad_winclip.method import WinClipMethod
 from ad_winclip.model import WinClipOutput
-from ad_winclip.plugin import WinClipConfig, factory
+from ad_winclip.plugin import factory
 from ad_winclip.prompts import prompt_ensemble
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import FitContext, Prediction, Runtime

@@ -95,6 +95,10 @@ def load_clip_with_identity(
     """-> (open_clip CLIP in eval mode with every parameter frozen, weights identity);
     TinyCLIP included, its release tag resolved to the verified release file."""
     _register_known()
+    if backbone in TINYCLIP_CONFIGS and str(quick_gelu).strip().lower() == "auto":
+        # explicit every time: an architecture of this name registered first (with GELU)
+        # must not change the activation of the authors' code
+        quick_gelu = TINYCLIP_CONFIGS[backbone]["quick_gelu"]
     source = parse_weights(pretrained)
     if source.kind == "tag" and (backbone, source.value.lower()) in TINYCLIP_RELEASES:
         pretrained = str(_tinyclip_release(backbone, source.value.lower()))

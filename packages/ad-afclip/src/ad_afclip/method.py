@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ad_afclip import released
+from ad_afclip.checkpoint import released_parts, trained_parts
 from ad_afclip.clip_models import load_clip_with_identity
 from ad_afclip.losses import (
     dice_loss,
@@ -40,16 +40,13 @@ from adcore.api import (
     TrainingSettings,
     WeightsError,
     anomaly_map,
-    checkpoint_metadata,
     file_digest,
-    load_checkpoint,
     parse_weights,
-    require_same_weights,
     with_trained_parts,
 )
 
-if TYPE_CHECKING:  # the record module builds this class; it must not be imported back
-    from ad_afclip.plugin import AFCLIPConfig, MiniCLIPConfig, SharedConfig
+if TYPE_CHECKING:
+    from ad_afclip.config import AFCLIPConfig, MiniCLIPConfig, SharedConfig
 
 
 class AFCLIPMethod(TrainableMethod):
@@ -105,51 +102,18 @@ class AFCLIPMethod(TrainableMethod):
     released_format = "afclip"
 
     def load_checkpoint_file(self, path: Path) -> None:
-        """Load trained parts from ``path`` (see the module docstring), refusing ours when
-        they were trained against another backbone and any whose shapes do not fit."""
-        kind = released.released_format(path) if path.exists() else None
-        if kind is not None:
-            if kind != self.released_format:
-                other = "miniclip" if kind == "af_tiny" else "afclip"
-                raise WeightsError(
-                    f"{path} holds the released files of {other}, not of this method.",
-                    f"Evaluate them with --method {other}.",
-                )
-            state, files = self._read_released(path)
+        """Load trained parts from ``path`` (:mod:`ad_afclip.checkpoint`): the authors'
+        released files, or an ``ad train`` checkpoint trained against this backbone."""
+        epoch = self.config.checkpoint_epoch
+        found = released_parts(path, self.released_format, epoch)
+        if found is not None:
+            state, files = found
             self.load_trainable_state(state, source=", ".join(str(f) for f in files))
             self._checkpoint, self._released = files[-1], files
             return
-        path = self._our_checkpoint(path)
-        record = checkpoint_metadata(path)
-        state = load_checkpoint(path)
-        require_same_weights(
-            record.get("weights_identity"),
-            self._backbone,
-            f"Checkpoint {path} was trained",
-            "Set model.backbone and model.pretrained to the ones it was trained with, or "
-            "train a checkpoint for this backbone with `ad train`.",
-        )
+        state, path = trained_parts(path, epoch, self._backbone)
         self.load_trainable_state(state, source=str(path))
         self._checkpoint = path
-
-    def _read_released(self, path: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
-        prompt, adaptor = released.afclip_pair(path)
-        return released.load_afclip(prompt, adaptor), [prompt, adaptor]
-
-    def _our_checkpoint(self, path: Path) -> Path:
-        """An ``ad train`` run folder -> its checkpoint (of ``checkpoint_epoch`` if given)."""
-        if not path.is_dir():
-            return path
-        epoch = self.config.checkpoint_epoch
-        name = f"checkpoint_epoch{epoch}.safetensors" if epoch else "checkpoint.safetensors"
-        if not (path / name).is_file():
-            kept = sorted(p.name for p in path.glob("checkpoint*.safetensors"))
-            raise WeightsError(
-                f"{path} has no {name} (it has {kept or 'no checkpoint'}).",
-                "Point model.checkpoint to a checkpoint file or `ad train` run folder, and "
-                "model.checkpoint_epoch to an epoch that was kept.",
-            )
-        return path / name
 
     def weights_identity(self) -> dict[str, Any]:
         trained = self.trainable_state() if self._trained else None
@@ -317,10 +281,6 @@ class MiniCLIPMethod(AFCLIPMethod):
             adapter_heads=config.adaptor_heads,
             backbone_autocast=self.runtime.backbone_autocast,
         )
-
-    def _read_released(self, path: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
-        textual, visual, _ = released.af_tiny_pair(path, self.config.checkpoint_epoch)
-        return released.load_af_tiny(textual, visual), [textual, visual]
 
     # -- training ------------------------------------------------------------------------
 

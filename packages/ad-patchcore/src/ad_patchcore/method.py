@@ -10,18 +10,15 @@ from torch import nn
 
 from ad_patchcore.backbone import authors_batchnorm_step, build_backbone
 from ad_patchcore.coreset import approximate_greedy_coreset, project, random_projection
-from ad_patchcore.model import LocallyAwarePatchFeatures, reweighted_score
+from ad_patchcore.model import LocallyAwarePatchFeatures, MemoryBank, gather_rows
 from adcore.api import (
-    ConfigError,
     FitContext,
-    FlatL2Index,
     Method,
     PluginError,
     Prediction,
     Preprocessing,
     Runtime,
     anomaly_map,
-    nearest_neighbours,
 )
 
 # Settings that change the bank; a saved bank only loads into a model that agrees on them.
@@ -37,8 +34,8 @@ _BANK_KEYS = (
     "patch_size",
 )
 
-if TYPE_CHECKING:  # the record module builds this class; it must not be imported back
-    from ad_patchcore.plugin import PatchCoreConfig
+if TYPE_CHECKING:
+    from ad_patchcore.config import PatchCoreConfig
 
 
 class PatchCore(Method):
@@ -55,12 +52,19 @@ class PatchCore(Method):
         self.config = config
         self.runtime = runtime
         self.device = torch.device(runtime.device)
-        # the released code's transforms: Resize(256) (shorter side, PIL bilinear), CenterCrop
-        self.geometry = Preprocessing(
-            size=config.resolution, resize="shorter_side", filter="bilinear", crop=config.crop
-        )
         backbone, self._identity = build_backbone(
             config.backbone, config.pretrained, config.layers, runtime.seed
+        )
+        # the released code's transforms: Resize(256) (shorter side, PIL bilinear), CenterCrop;
+        # mean/std are the weights' own (timm's pretrained config: ImageNet for tv_in1k)
+        weights = Preprocessing.from_timm(backbone.pretrained_cfg)
+        self.geometry = Preprocessing(
+            size=config.resolution,
+            resize="shorter_side",
+            filter="bilinear",
+            crop=config.crop,
+            mean=weights.mean,
+            std=weights.std,
         )
         backbone = backbone.to(self.device)
         if config.fidelity == "authors_code":
@@ -73,8 +77,7 @@ class PatchCore(Method):
             config.target_embed_dimension,
             runtime.backbone_autocast,
         ).to(self.device)
-        self.bank: torch.Tensor | None = None  # [M, D] on the CPU, the canonical copy
-        self._index: FlatL2Index | None = None
+        self.memory: MemoryBank | None = None
         self.fit_seconds: dict[str, float] = {}  # feature extraction and coreset, last fit
 
     def _features(
@@ -124,7 +127,7 @@ class PatchCore(Method):
                 "It needs normal images to build its memory bank: use k_shot >= 1 or 'all', "
                 "and check that the category's train split holds images.",
             )
-        features = _gather_rows(kept)  # [N, D]
+        features = gather_rows(kept)  # [N, D]
         extracted = time.perf_counter()
         if cfg.coreset_ratio < 1.0:
             chosen = approximate_greedy_coreset(
@@ -153,34 +156,22 @@ class PatchCore(Method):
 
     def _score(self, images: torch.Tensor, normalized: bool) -> Prediction:
         # [B, 3, H, W] -> scores [B], maps [B, H, W]
-        if self._index is None or self.bank is None:
+        if self.memory is None:
             raise PluginError(
                 "PatchCore predicts before it was fitted.",
                 "Call fit with the category's normal images, or load a fitted state first.",
             )
         cfg = self.config
-        metric = "squared_l2" if cfg.fidelity == "authors_code" else "l2"
-        features, (h, w) = self._features(images, normalized)
-        b, n, dim = features.shape
-        flat = features.reshape(-1, dim)
-        distances, indices = nearest_neighbours(
-            flat, self._index, cfg.num_neighbors, metric, cfg.search_chunk
+        features, grid = self._features(images, normalized)
+        scores, patch_scores = self.memory.score(
+            features,
+            metric="squared_l2" if cfg.fidelity == "authors_code" else "l2",
+            num_neighbors=cfg.num_neighbors,
+            reweight_neighbors=cfg.reweight_neighbors if cfg.scoring == "reweighted" else None,
+            search_chunk=cfg.search_chunk,
         )
-        patch_scores = distances.mean(1).reshape(b, n)  # [B, h*w]
-        scores, worst = patch_scores.max(1)
-        if cfg.scoring == "reweighted":
-            rows = torch.arange(b, device=flat.device) * n + worst
-            test_feature = flat[rows]  # [B, D]: m_test,*
-            nearest = self.bank[indices[rows, 0].cpu()].to(flat.device)  # [B, D]: m*
-            _, support = nearest_neighbours(
-                nearest, self._index, cfg.reweight_neighbors, "squared_l2"
-            )
-            members = self.bank[support.cpu()].to(flat.device)  # [B, b, D]: N_b(m*)
-            neighbourhood = torch.linalg.vector_norm(members - test_feature[:, None], dim=2)
-            nearest_distance = torch.linalg.vector_norm(test_feature - nearest, dim=1)
-            scores = reweighted_score(scores, nearest_distance, neighbourhood)
         size = (images.shape[-2], images.shape[-1])
-        maps = anomaly_map(patch_scores.reshape(b, h, w), size, cfg.smoothing_sigma)
+        maps = anomaly_map(patch_scores.reshape(-1, *grid), size, cfg.smoothing_sigma)
         return Prediction(scores=scores, maps=maps)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -196,9 +187,7 @@ class PatchCore(Method):
         return dict(self._identity)
 
     def memory_bank_bytes(self) -> int:
-        if self.bank is None:
-            return 0
-        return self.bank.numel() * self.bank.element_size()
+        return 0 if self.memory is None else self.memory.nbytes
 
     def fitted_state(self) -> dict[str, Any]:
         if self.bank is None:
@@ -228,27 +217,10 @@ class PatchCore(Method):
         self._use_bank(state["bank"].detach().float().cpu().contiguous(), "the saved bank")
 
     def _use_bank(self, bank: torch.Tensor, what: str) -> None:
-        """Search ``bank`` [M, D] from now on; refuses fewer rows than ``num_neighbors``
-        (faiss would pad the missing neighbours with index -1 and infinite distances)."""
-        if self.config.num_neighbors > len(bank):
-            raise ConfigError(
-                f"model.num_neighbors is {self.config.num_neighbors}, but {what} holds "
-                f"{len(bank)} patch features.",
-                f"Set model.num_neighbors to at most {len(bank)} (the paper uses 1), or give "
-                "PatchCore more training images or a larger model.coreset_ratio.",
-            )
-        self.bank = bank
-        self._index = FlatL2Index(bank, self.runtime.device)
+        """Search ``bank`` [M, D] from now on (refused when it has too few rows)."""
+        self.memory = MemoryBank(bank, self.runtime.device, self.config.num_neighbors, what)
 
-
-def _gather_rows(chunks: list[torch.Tensor]) -> torch.Tensor:
-    """The chunks as one tensor, freeing each as it is copied (peak: the result + 1 chunk)."""
-    # list of [n_i, D] -> [N, D]
-    total = sum(len(chunk) for chunk in chunks)
-    out = torch.empty(total, chunks[0].shape[1], dtype=chunks[0].dtype)
-    offset = 0
-    while chunks:
-        chunk = chunks.pop(0)
-        out[offset : offset + len(chunk)] = chunk
-        offset += len(chunk)
-    return out
+    @property
+    def bank(self) -> torch.Tensor | None:
+        """The memory bank's features [M, D] on the CPU, once fitted."""
+        return None if self.memory is None else self.memory.features

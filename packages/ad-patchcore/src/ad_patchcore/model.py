@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adcore.api import ConfigError, FlatL2Index, nearest_neighbours
+
 # the grouped convolution runs while each output reads at most this many channels
 MAX_CHANNELS_PER_GROUP = 8
 
@@ -147,3 +149,77 @@ def reweighted_score(
     # [B], [B], [B, b] -> [B]
     ratio = torch.exp(nearest_distance - torch.logsumexp(neighbourhood, dim=1))
     return (1.0 - ratio) * max_score
+
+
+class MemoryBank:
+    """The memory bank M (Sec. 3.2) and its nearest-neighbour search (Sec. 3.3, eq. 6-7).
+
+    ``features`` [M, D] stay on the CPU (the canonical copy, saved by ``fitted_state``); the
+    flat L2 index lives on ``device``.
+    """
+
+    def __init__(self, features: torch.Tensor, device: str, num_neighbors: int, what: str):
+        """Refuses fewer rows than ``num_neighbors``: faiss would pad the missing neighbours
+        with index -1 and infinite distances."""
+        if num_neighbors > len(features):
+            raise ConfigError(
+                f"model.num_neighbors is {num_neighbors}, but {what} holds "
+                f"{len(features)} patch features.",
+                f"Set model.num_neighbors to at most {len(features)} (the paper uses 1), or "
+                "give PatchCore more training images or a larger model.coreset_ratio.",
+            )
+        self.features = features  # [M, D]
+        self.index = FlatL2Index(features, device)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.numel() * self.features.element_size()
+
+    def score(
+        self,
+        features: torch.Tensor,
+        metric: str,
+        num_neighbors: int,
+        reweight_neighbors: int | None,
+        search_chunk: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch score = mean distance to the ``num_neighbors`` nearest bank rows (eq. 6);
+        image score = the max patch score, or eq. 7's re-weighting of it with
+        ``reweight_neighbors`` (b).
+
+        ``metric``: ``squared_l2`` (the released code's faiss distances) or ``l2``.
+        """
+        # [B, n, D] -> scores [B], patch scores [B, n]
+        b, n, dim = features.shape
+        flat = features.reshape(-1, dim)
+        distances, indices = nearest_neighbours(
+            flat, self.index, num_neighbors, metric, search_chunk
+        )
+        patch_scores = distances.mean(1).reshape(b, n)  # [B, n]
+        scores, worst = patch_scores.max(1)
+        if reweight_neighbors is not None:
+            rows = torch.arange(b, device=flat.device) * n + worst
+            test_feature = flat[rows]  # [B, D]: m_test,*
+            nearest = self.features[indices[rows, 0].cpu()].to(flat.device)  # [B, D]: m*
+            _, support = nearest_neighbours(nearest, self.index, reweight_neighbors, "squared_l2")
+            members = self.features[support.cpu()].to(flat.device)  # [B, b, D]: N_b(m*)
+            neighbourhood = torch.linalg.vector_norm(members - test_feature[:, None], dim=2)
+            nearest_distance = torch.linalg.vector_norm(test_feature - nearest, dim=1)
+            scores = reweighted_score(scores, nearest_distance, neighbourhood)
+        return scores, patch_scores
+
+
+def gather_rows(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """The chunks as one tensor, freeing each as it is copied (peak: the result + 1 chunk)."""
+    # list of [n_i, D] -> [N, D]
+    total = sum(len(chunk) for chunk in chunks)
+    out = torch.empty(total, chunks[0].shape[1], dtype=chunks[0].dtype)
+    offset = 0
+    while chunks:
+        chunk = chunks.pop(0)
+        out[offset : offset + len(chunk)] = chunk
+        offset += len(chunk)
+    return out

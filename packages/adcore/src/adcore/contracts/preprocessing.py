@@ -26,6 +26,7 @@ declaration equals the authors' transform pixel for pixel:
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -91,6 +92,35 @@ class Preprocessing(BaseModel):
             filter="bilinear" if interpolation == "bilinear" else "bicubic",
             mean=tuple(config.get("mean") or CLIP_MEAN),
             std=tuple(config.get("std") or CLIP_STD),
+        )
+
+    @classmethod
+    def from_timm(cls, config: dict[str, Any], size: int | None = None) -> Preprocessing:
+        """timm's own eval preprocessing for a model's ``pretrained_cfg``, output side ``size``.
+
+        ``config`` is ``model.pretrained_cfg`` (timm sets it for every tag, also for random
+        weights); ``size`` defaults to its ``input_size``. As
+        ``timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))``
+        does it in eval mode: resize to ``floor(size / crop_pct)`` (``center``: the shorter
+        side; ``squash``: both sides) with the configured interpolation, then centre-crop
+        ``size``; mean/std are the weights' own (ImageNet, CLIP, ...). Raises ``ValueError``
+        for timm's ``border`` crop mode (padding), which has no equivalent here.
+        """
+        side = int(size if size is not None else config.get("input_size", (3, 224, 224))[-1])
+        modes = {"center": "shorter_side", "squash": "stretch"}
+        mode = config.get("crop_mode") or "center"
+        if mode not in modes:
+            raise ValueError(f"timm crop_mode {mode!r} (padding) is not supported")
+        interpolation = config.get("interpolation") or "bicubic"
+        if interpolation not in ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"):
+            raise ValueError(f"timm interpolation {interpolation!r} is not supported")
+        return cls(
+            size=math.floor(side / float(config.get("crop_pct") or 0.875)),
+            resize=modes[mode],
+            filter=interpolation,
+            crop=side,
+            mean=tuple(config.get("mean") or IMAGENET_MEAN),
+            std=tuple(config.get("std") or IMAGENET_STD),
         )
 
     @model_validator(mode="before")
