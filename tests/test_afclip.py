@@ -103,8 +103,9 @@ def trained(data: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_records_declare_both_variants_with_paper_defaults() -> None:
     specs = {spec.name: spec for spec in adcore_methods()}
     assert set(specs) == {"afclip", "miniclip"}
-    capabilities = {"afclip": {"zero-shot", "few-shot", "trainable"}}
-    capabilities["miniclip"] = {"zero-shot", "trainable"}  # af_tiny has no few-shot path
+    capabilities = {"afclip": {"zero-shot", "few-shot", "trainable", "exportable"}}
+    # af_tiny has no few-shot path
+    capabilities["miniclip"] = {"zero-shot", "trainable", "exportable"}
     for name, spec in specs.items():
         assert {c.value for c in spec.capabilities} == capabilities[name]
         schema = spec.config.model_json_schema()["properties"]

@@ -24,12 +24,13 @@ from ad_afclip.losses import (
     patch_alignment_loss,
     released_focal_gradient,
 )
-from ad_afclip.miniclip import MiniCLIP, MiniOutputs
-from ad_afclip.model import AFCLIP, grid_labels, memory_scores
+from ad_afclip.miniclip import MiniCLIP, MiniCLIPGraph, MiniOutputs
+from ad_afclip.model import AFCLIP, AFCLIPGraph, grid_labels
 from ad_afclip.prompts import af_tiny_alias
 from adcore.api import (
     CLIP_MEAN,
     CLIP_STD,
+    ExportableMethod,
     FitContext,
     Prediction,
     Preprocessing,
@@ -39,7 +40,6 @@ from adcore.api import (
     TrainingPhase,
     TrainingSettings,
     WeightsError,
-    anomaly_map,
     file_digest,
     parse_weights,
     with_trained_parts,
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from ad_afclip.config import AFCLIPConfig, MiniCLIPConfig, SharedConfig
 
 
-class AFCLIPMethod(TrainableMethod):
+class AFCLIPMethod(TrainableMethod, ExportableMethod):
     """Zero-shot from the trained prompts and adaptor; few-shot adds a memory bank."""
 
     def __init__(self, config: AFCLIPConfig, runtime: Runtime) -> None:
@@ -219,17 +219,25 @@ class AFCLIPMethod(TrainableMethod):
 
     def predict(self, images: torch.Tensor) -> Prediction:
         """uint8 [B,3,S,S] -> scores [B], maps [B,S,S] (few-shot: memory + w x zero-shot)."""
-        aggregated = self.model.aggregated_tokens(self.geometry.normalize(images))
-        out = self.model.score(aggregated, self._text())
-        scores = torch.sigmoid(out.image_logit.float())
-        maps = torch.sigmoid(out.map_logit.float())  # [B, h, w]
-        if self.bank is not None:
-            memory = memory_scores(aggregated[:, :, 1:], self.bank).reshape(maps.shape)
-            weight = self.config.fewshot_weight
-            scores = memory.flatten(1).amax(dim=1) + weight * scores
-            maps = memory + weight * maps
-        maps = anomaly_map(maps, self.geometry.output_size, self.config.map_sigma)
+        scores, maps = self._graph(chunked=True)(self.geometry.normalize(images))
         return Prediction(scores=scores, maps=maps)
+
+    def export_module(self) -> nn.Module:
+        """The prediction as one module, its bank searched in one product per set."""
+        return self._graph(chunked=False).eval()
+
+    def _graph(self, chunked: bool) -> nn.Module:
+        model: AFCLIP = self.model  # type: ignore[assignment]
+        config = self.config
+        return AFCLIPGraph(
+            model,
+            self._text(),
+            self.bank,
+            config.fewshot_weight,
+            config.map_sigma,
+            self.geometry.output_size,
+            chunked,
+        )
 
     def fitted_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"text": self._text().cpu()}
@@ -364,12 +372,14 @@ class MiniCLIPMethod(AFCLIPMethod):
 
     def predict(self, images: torch.Tensor) -> Prediction:
         """uint8 [B,3,S,S] -> class-token scores [B], patch maps [B,S,S] (bilinear, sigma 4)."""
-        model: MiniCLIP = self.model  # type: ignore[assignment]
-        out = model.score(model.frozen_tokens(self.geometry.normalize(images)), self._text())
-        scores = torch.sigmoid(out.image_logit.float())
-        maps = torch.sigmoid(out.map_logit.float())  # [B, h, w]
-        maps = anomaly_map(maps, self.geometry.output_size, self.config.map_sigma)
+        scores, maps = self.export_module()(self.geometry.normalize(images))
         return Prediction(scores=scores, maps=maps)
+
+    def export_module(self) -> nn.Module:
+        model: MiniCLIP = self.model  # type: ignore[assignment]
+        return MiniCLIPGraph(
+            model, self._text(), self.config.map_sigma, self.geometry.output_size
+        ).eval()
 
     def fitted_state(self) -> dict[str, Any]:
         return {"text": self._text().cpu(), "alias": self.alias}

@@ -29,6 +29,7 @@ from torch import nn
 from ad_afclip.adaptor import Adaptor
 from ad_afclip.aggregation import aggregation_weights, spatial_aggregation
 from ad_afclip.model import TEMPERATURE, FrozenVisualTower
+from adcore.api import anomaly_map
 
 TEXT_ADAPTER_BLOCKS = 4  # af_tiny encode_text_batch: adapter_layer=4
 TEXT_ADAPTER_MIX = 0.1  # af_tiny encode_text_batch: _lambda=0.1
@@ -218,3 +219,21 @@ class MiniCLIP(nn.Module):
     def forward(self, images: torch.Tensor, aliases: Sequence[str]) -> MiniOutputs:
         """[B, 3, S, S] normalised images and each image's alias -> MiniOutputs."""
         return self.score(self.frozen_tokens(images), self.encode_text(aliases))
+
+
+class MiniCLIPGraph(nn.Module):
+    """miniCLIP's prediction as one module: normalised images [B,3,S,S] -> (class-token
+    scores [B], patch maps [B,S,S], bilinear then Gaussian ``sigma``); the category's
+    prompt features ``text`` [2, E] are a constant."""
+
+    def __init__(self, model: MiniCLIP, text: torch.Tensor, sigma: float, size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("text", text)
+        self.sigma, self.size = sigma, size
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.score(self.model.frozen_tokens(images), self.text)
+        scores = torch.sigmoid(out.image_logit.float())
+        maps = torch.sigmoid(out.map_logit.float())  # [B, h, w]
+        return scores, anomaly_map(maps, self.size, self.sigma)

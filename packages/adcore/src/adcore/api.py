@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     # methods
     "Method": "adcore.contracts.method",
     "TrainableMethod": "adcore.contracts.method",
+    "ExportableMethod": "adcore.contracts.method",
     "TransductiveMethod": "adcore.contracts.method",
     "TrainingSettings": "adcore.contracts.method",
     "TrainingPhase": "adcore.contracts.method",
@@ -99,6 +100,7 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
     from adcore.contracts.dataset import GOOD, Dataset, Sample, Split  # noqa: F401
     from adcore.contracts.hookspecs import hookimpl  # noqa: F401
     from adcore.contracts.method import (  # noqa: F401
+        ExportableMethod,
         FitContext,
         Method,
         Prediction,

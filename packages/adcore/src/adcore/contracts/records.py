@@ -65,6 +65,7 @@ class Capability(str, enum.Enum):
     FULL_SHOT = "full-shot"
     TRAINABLE = "trainable"
     TRANSDUCTIVE = "transductive"  # scores the test set jointly (a TransductiveMethod)
+    EXPORTABLE = "exportable"  # its fitted prediction is one torch module (an ExportableMethod)
 
 
 class ComponentSpec(BaseModel):
