@@ -17,7 +17,8 @@ def resize_positions(position: torch.Tensor, grid: int) -> torch.Tensor:
     old = round((position.shape[0] - 1) ** 0.5)
     if old == grid:
         return position
-    patches = position[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    wide = torch.promote_types(position.dtype, torch.float32)  # fp16 tables resize in fp32
+    patches = position[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).to(wide)
     resized = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
     resized = resized.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(position.dtype)
     return torch.cat([position[:1], resized], dim=0)
