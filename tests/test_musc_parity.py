@@ -193,9 +193,8 @@ def images() -> torch.Tensor:
 
 
 def make_method(clip: nn.Module, **settings) -> Musc:
-    config = MuscConfig(
-        backbone=TINY, pretrained="none", resolution=SIZE, layers=LAYERS, **settings
-    )
+    values = {"backbone": TINY, "pretrained": "none", "resolution": SIZE, "layers": LAYERS}
+    config = MuscConfig(**{**values, **settings})
     return Musc(config, Runtime(), clip=clip)
 
 

@@ -28,7 +28,7 @@ class MuscConfig(PluginConfig):
     )
     quick_gelu: QuickGelu = Field("auto", description=QUICK_GELU_HELP)
     resolution: int = Field(
-        518, ge=16, description="input side; the patch grid is resolution // patch (518: 37)"
+        518, ge=1, description="input side; the patch grid is resolution // patch (518: 37)"
     )
     layers: list[int] = Field(
         [6, 12, 18, 24],
@@ -77,6 +77,12 @@ class MuscConfig(PluginConfig):
         if not value or any(r < 1 or r % 2 == 0 for r in value):
             raise ValueError("aggregation_degrees must be odd sizes such as 1, 3, 5")
         return value
+
+    @field_validator("rscin_k", mode="before")
+    @classmethod
+    def _auto(cls, value: object) -> object:
+        # the host reads one value for a list field as a one-item list: ['auto'] is 'auto'
+        return "auto" if value == ["auto"] else value
 
     @field_validator("rscin_k")
     @classmethod
