@@ -23,9 +23,10 @@ from ad_afclip.losses import (
     l1_loss,
     patch_alignment_loss,
     released_focal_gradient,
+    released_focal_loss,
 )
 from ad_afclip.miniclip import MiniCLIP, MiniCLIPGraph, MiniOutputs
-from ad_afclip.model import AFCLIP, AFCLIPGraph, grid_labels
+from ad_afclip.model import AFCLIP, AFCLIPGraph, Outputs, grid_labels
 from ad_afclip.prompts import af_tiny_alias
 from adcore.api import (
     CLIP_MEAN,
@@ -149,8 +150,8 @@ class AFCLIPMethod(TrainableMethod, ExportableMethod):
         self._trained = True
         out = self.model(self.geometry.normalize(images))
         target = grid_labels(masks, self.model.tower.grid)  # [B, h, w]
-        image = focal_loss(out.image_logit, labels, config.focal_gamma)
-        map_focal = self._map_focal(out.map_logit, target)
+        image = self._image_focal(out, labels)
+        map_focal = self._map_focal(out, target)
         second = dice_loss if config.map_loss == "dice" else l1_loss
         map_second = second(out.map_logit, target)
         alignment = patch_alignment_loss(out.patch_tokens, target.flatten(1))
@@ -163,14 +164,23 @@ class AFCLIPMethod(TrainableMethod, ExportableMethod):
             "alignment": alignment,
         }
 
-    def _map_focal(self, logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The map's focal loss; with ``fidelity: authors_code`` its gradient is the released
-        training's (``released_focal_gradient``), its value the same either way."""
+    def _image_focal(self, out: Outputs | MiniOutputs, labels: torch.Tensor) -> torch.Tensor:
+        """The image focal loss: the released form on both logits (``fidelity:
+        authors_code``, the log clamped at -100 by binary cross-entropy) or the paper's."""
         gamma = self.config.focal_gamma
-        loss = focal_loss(logit, target, gamma)
-        if self.config.fidelity == "authors_code":
-            loss = loss + released_focal_gradient(logit, target, gamma)
-        return loss
+        if self.config.fidelity == "authors_code" and out.image_logits is not None:
+            return released_focal_loss(out.image_logits, labels, gamma)
+        return focal_loss(out.image_logit, labels, gamma)
+
+    def _map_focal(self, out: Outputs | MiniOutputs, target: torch.Tensor) -> torch.Tensor:
+        """The map's focal loss; with ``fidelity: authors_code`` the released form on both
+        logits and its gradient after the targets' rewrite (``released_focal_gradient``);
+        with ``paper`` the focal loss of the logit difference."""
+        gamma = self.config.focal_gamma
+        if self.config.fidelity == "authors_code" and out.map_logits is not None:
+            loss = released_focal_loss(out.map_logits, target, gamma)
+            return loss + released_focal_gradient(out.map_logits, target, gamma)
+        return focal_loss(out.map_logit, target, gamma)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().cpu().clone() for name, p in self.model.trainable().items()}
@@ -335,8 +345,8 @@ class MiniCLIPMethod(AFCLIPMethod):
         """focal(image) + lambda1 (focal + L1)(map) + lambda2 alignment(fused patches)."""
         config = self.config
         target = grid_labels(masks, self.model.tower.grid)  # [B, h, w]
-        image = focal_loss(out.image_logit, labels, config.focal_gamma)
-        map_focal = self._map_focal(out.map_logit, target)
+        image = self._image_focal(out, labels)
+        map_focal = self._map_focal(out, target)
         map_l1 = l1_loss(out.map_logit, target)
         alignment = patch_alignment_loss(out.patch_features[None], target.flatten(1))
         loss = image + config.lambda1 * (map_focal + map_l1) + config.lambda2 * alignment

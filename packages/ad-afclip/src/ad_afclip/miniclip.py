@@ -122,11 +122,15 @@ def state_prompts(alias: str) -> tuple[str, str]:
 @dataclass
 class MiniOutputs:
     """``image_logit`` [B] and ``map_logit`` [B, h, w] are logit(abnormal) - logit(normal);
-    ``patch_features`` [B, N, E] are the fused unit patch features the alignment loss uses."""
+    ``patch_features`` [B, N, E] are the fused unit patch features the alignment loss uses;
+    ``image_logits`` [B, 2] and ``map_logits`` [B, h, w, 2] the (normal, abnormal) logits the
+    released training's softmax takes."""
 
     image_logit: torch.Tensor
     map_logit: torch.Tensor
     patch_features: torch.Tensor
+    image_logits: torch.Tensor | None = None
+    map_logits: torch.Tensor | None = None
 
 
 class MiniCLIP(nn.Module):
@@ -214,7 +218,15 @@ class MiniCLIP(nn.Module):
         image_logit = (cls * difference).sum(dim=-1)
         map_logit = torch.einsum("bne,be->bn", patches, difference)
         side = self.tower.grid
-        return MiniOutputs(image_logit, map_logit.reshape(-1, side, side), patches)
+        image_logits = torch.einsum("be,bke->bk", cls, text) / TEMPERATURE  # [B, 2]
+        map_logits = torch.einsum("bne,bke->bnk", patches, text) / TEMPERATURE  # [B, N, 2]
+        return MiniOutputs(
+            image_logit,
+            map_logit.reshape(-1, side, side),
+            patches,
+            image_logits,
+            map_logits.reshape(-1, side, side, 2),
+        )
 
     def forward(self, images: torch.Tensor, aliases: Sequence[str]) -> MiniOutputs:
         """[B, 3, S, S] normalised images and each image's alias -> MiniOutputs."""

@@ -99,11 +99,15 @@ class FrozenVisualTower(nn.Module):
 @dataclass
 class Outputs:
     """``image_logit`` [B] and ``map_logit`` [B, h, w] are logit(abnormal) - logit(normal);
-    ``patch_tokens`` [S, B, N, E] are the adapted, projected patch tokens of every set."""
+    ``patch_tokens`` [S, B, N, E] are the adapted, projected patch tokens of every set;
+    ``image_logits`` [B, 2] and ``map_logits`` [B, h, w, 2] the (normal, abnormal) logits the
+    released training's softmax takes."""
 
     image_logit: torch.Tensor
     map_logit: torch.Tensor
     patch_tokens: torch.Tensor
+    image_logits: torch.Tensor | None = None
+    map_logits: torch.Tensor | None = None
 
 
 class AFCLIP(nn.Module):
@@ -167,6 +171,8 @@ class AFCLIP(nn.Module):
             image_logit=difference[:, 0],
             map_logit=difference[:, 1:].reshape(-1, side, side),
             patch_tokens=tokens[:, :, 1:],
+            image_logits=logits[:, 0],
+            map_logits=logits[:, 1:].reshape(-1, side, side, 2),
         )
 
 

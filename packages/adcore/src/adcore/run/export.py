@@ -71,12 +71,7 @@ def export_run(
     category = pick_category(run_dir, category)
     config, method, _ = load_method(run_dir, category, "cpu", precision="fp32")
     name = config.method.spec.name
-    if not isinstance(method, ExportableMethod):
-        raise UsageError(
-            f"The method {name!r} does not export: it does not provide export_module "
-            "(its record does not declare the 'exportable' capability).",
-            "Export a method that ad list-plugins lists as exportable.",
-        )
+    _check_exportable(method, name, config.method.spec.not_exportable)
     output.mkdir(parents=True, exist_ok=True)
     graph = output / GRAPH_FILE
     progress.note(f"export: {name} / {category} -> {graph}")
@@ -108,6 +103,21 @@ def export_run(
             "check_method compares them).",
         )
     return ExportReport(output, bundle)
+
+
+def _check_exportable(method: Method, name: str, reason: str) -> None:
+    """Raise ``UsageError`` (with the record's ``not_exportable`` reason) unless it exports."""
+    if isinstance(method, ExportableMethod):
+        return
+    reason = reason or (
+        "it does not provide export_module (its record does not declare the "
+        "'exportable' capability)"
+    )
+    raise UsageError(
+        f"The method {name!r} does not export: {reason}.",
+        "Export a method that ad list-plugins lists as exportable, or use ad predict "
+        "--run with this run.",
+    )
 
 
 def _write_graph(method: ExportableMethod, name: str, graph: Path) -> None:
