@@ -17,10 +17,10 @@ from ad_afclip.method import AFCLIPMethod
 from ad_afclip.model import FrozenVisualTower, Outputs, interpolate_positional_embedding
 from ad_afclip.plugin import adcore_methods
 from ad_afclip.tinyclip import TINYCLIP_8M
+from ad_runtime.preprocessing import Preprocessing
 from adcore.config.sections import weights_fields
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import FitContext, Runtime
-from adcore.contracts.preprocessing import Preprocessing
 from adcore.data.loading import SampleImages
 from adcore.infra.errors import ConfigError, WeightsError
 from adcore.run.training import train_method

@@ -36,9 +36,9 @@ from ad_afclip.config import AFCLIPConfig, MiniCLIPConfig
 from ad_afclip.method import AFCLIPMethod, MiniCLIPMethod
 from ad_afclip.model import grid_labels
 from ad_afclip.tinyclip import TINYCLIP_8M
+from ad_runtime.preprocessing import Preprocessing
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import FitContext, Runtime, TrainingBatch
-from adcore.contracts.preprocessing import Preprocessing
 from adcore.data.loading import SampleImages, collate
 from adcore.infra.errors import WeightsError
 

@@ -20,11 +20,9 @@ import onnxruntime
 import pytest
 import torch
 
-from adcore.contracts.dataset import Sample
-from adcore.contracts.preprocessing import Preprocessing
-from adcore.data.loading import make_loader
+from ad_runtime.bundle import BUNDLE_FORMAT_VERSION, read_bundle
+from ad_runtime.model import Model
 from adcore.infra.errors import DataError
-from adcore.outputs.bundle import BUNDLE_FORMAT_VERSION, read_bundle
 from adcore.plugins.registry import get_registry
 from adtest import run_ad, write_mvtec_tree
 
@@ -76,16 +74,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _graph_scores(bundle_dir: Path, rows: list[dict[str, str]]) -> np.ndarray:
-    """The bundle as a deployment reads it: its preprocessing record, then ONNX Runtime."""
-    bundle = read_bundle(bundle_dir)
-    geometry = Preprocessing(**bundle.preprocessing)
-    samples = [Sample(image_path=Path(r["path"]), label=0, category="plate") for r in rows]
-    session = onnxruntime.InferenceSession(str(bundle_dir / bundle.graph))
-    scores = []
-    for batch in make_loader(samples, geometry, batch_size=4):
-        fed = geometry.normalize(batch["image"]).numpy()
-        scores.append(session.run(["scores"], {"images": fed})[0])
-    return np.concatenate(scores)
+    """The bundle as a deployment reads it: the torch-free runtime's decoding,
+    preprocessing and ONNX Runtime."""
+    scored = Model(bundle_dir).predict([Path(r["path"]) for r in rows], batch_size=4)
+    return np.array([s.score for s in scored])
 
 
 @pytest.mark.slow

@@ -53,9 +53,9 @@ from ad_musc.backbone import ClipPatchTokens
 from ad_musc.config import MuscConfig
 from ad_musc.method import Musc
 from ad_musc.model import lnamd, mutual_scores, rscin, upsampled_maps
+from ad_runtime.preprocessing import CLIP_MEAN, CLIP_STD
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import FitContext, Runtime
-from adcore.contracts.preprocessing import CLIP_MEAN, CLIP_STD
 from adcore.data.loading import SampleImages
 from test_preprocessing import write_image
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adcore.contracts.preprocessing import Preprocessing
+from ad_runtime.preprocessing import Preprocessing
 from adcore.infra.errors import PluginError
 from adcore.infra.precision import Precision, backbone_autocast, check_precision, fp32_region
 

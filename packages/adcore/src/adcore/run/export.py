@@ -5,7 +5,7 @@ The method is rebuilt from the run exactly as ``ad predict`` rebuilds it (in fp3
 ``torch.onnx.export`` (the ``torch.export`` path, batch axis free), and the graph is run
 with ONNX Runtime on the run's test images beside the PyTorch method on the same
 preprocessed batches. The figures go into ``bundle.json``
-(:class:`adcore.outputs.bundle.Bundle`); an fp32 graph that differs by more than
+(:class:`ad_runtime.bundle.Bundle`); an fp32 graph that differs by more than
 ``FP32_PARITY`` (relative to the largest output) is refused, with the figures.
 """
 
@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from ad_runtime.bundle import BUNDLE_FILE, Bundle, BundleParity, BundleTensor, Threshold
+from ad_runtime.decoding import Decoding, category_decoding
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import ExportableMethod, Method
-from adcore.data.decoding import Decoding, category_decoding
 from adcore.infra.errors import OutputError, PluginError, UsageError
 from adcore.infra.files import atomic_write_text
 from adcore.infra.progress import Progress
-from adcore.outputs.bundle import BUNDLE_FILE, Bundle, BundleParity, BundleTensor, Threshold
 
 FP32_PARITY = 1e-4  # largest |onnx - torch| / largest |torch|, scores and maps
 GRAPH_FILE = "model.onnx"
@@ -258,7 +258,7 @@ def _describe(
 ) -> Bundle:
     """``bundle.json``'s record: inputs, outputs, preprocessing, decoding, scale, weights."""
     import adcore
-    from adcore.outputs.scorescale import ScoreScale
+    from ad_runtime.scorescale import ScoreScale
     from adcore.run.predict import run_map_settings, run_test_scores, run_threshold
 
     side = method.geometry.output_size

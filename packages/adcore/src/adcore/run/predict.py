@@ -18,12 +18,18 @@ from typing import Any
 
 import numpy as np
 
+from ad_runtime.decoding import Decoding, category_decoding
+from ad_runtime.predictions import (
+    PredictedImage,
+    Verdicts,
+    find_images,
+    write_scores,
+)
+from ad_runtime.scorescale import ScoreScale
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import Method
-from adcore.data.decoding import Decoding, category_decoding
-from adcore.data.loading import IMAGE_EXTENSIONS
 from adcore.infra.errors import DataError, UsageError
-from adcore.infra.files import atomic_write_bytes, atomic_write_text, csv_text
+from adcore.infra.files import atomic_write_bytes
 from adcore.metrics import image_f1_threshold
 from adcore.outputs.outputkeys import unique_keys
 from adcore.outputs.reporters.overlay import (
@@ -33,16 +39,6 @@ from adcore.outputs.reporters.overlay import (
     render_png,
     safe_name,
 )
-from adcore.outputs.scorescale import ScoreScale
-
-
-@dataclass
-class PredictedImage:
-    path: Path
-    key: str  # where its outputs go, relative and unique: "good/000"
-    score: float
-    anomalous: bool
-    normalised: float = float("nan")  # 0..1, 0.5 at the threshold (adcore.outputs.scorescale)
 
 
 @dataclass
@@ -55,29 +51,6 @@ class PredictOutput:
     images: list[PredictedImage]
     scores_csv: Path
     scale: ScoreScale | None = None
-
-
-def find_images(inputs: list[Path]) -> list[tuple[Path, str]]:
-    """Files and folders (searched recursively) -> (image path, unique output key), sorted."""
-    found: list[tuple[Path, str]] = []
-    for given in inputs:
-        if given.is_dir():
-            files = sorted(
-                p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
-            found += [(p, p.relative_to(given).with_suffix("").as_posix()) for p in files]
-        elif given.is_file():
-            found.append((given, given.stem))
-        else:
-            raise DataError(f"Input {given} does not exist.", "Pass image files or folders.")
-    if not found:
-        listed = ", ".join(str(p) for p in inputs)
-        raise DataError(
-            f"No images found in {listed}.",
-            f"Pass files or folders holding {', '.join(IMAGE_EXTENSIONS)} images.",
-        )
-    keys = unique_keys([key for _, key in found])
-    return [(path, key) for (path, _), key in zip(found, keys, strict=True)]
 
 
 def run_categories(run_dir: Path) -> list[str]:
@@ -174,7 +147,7 @@ def predict(
     overlays: bool = True,
 ) -> PredictOutput:
     """Score ``inputs`` with the run's fitted method; write scores.csv, maps/ and overlays/."""
-    from adcore.outputs.mapfiles import write_map
+    from ad_runtime.mapfiles import write_map
     from adcore.run.prediction_pass import predicted_batches
 
     category = pick_category(run_dir, category)
@@ -204,16 +177,6 @@ def predict(
     return PredictOutput(category, decision, source, results, out_dir / "scores.csv", scale)
 
 
-@dataclass
-class Verdicts:
-    """How scores become decisions: the threshold, where it came from, the score scale."""
-
-    category: str
-    threshold: float
-    source: str
-    scale: ScoreScale
-
-
 def screened_samples(
     images: list[tuple[Path, str]], category: str, max_image_pixels: int | None
 ) -> list[Sample]:
@@ -230,27 +193,6 @@ def screened_samples(
             "image it is given.",
         ) from None
     return samples
-
-
-def write_scores(
-    images: list[tuple[Path, str]], scores: np.ndarray, verdicts: Verdicts, out_dir: Path
-) -> list[PredictedImage]:
-    """``scores.csv`` (path, score, normalised_score, anomalous, threshold, map) of the
-    images [N] and their scores [N]; returns each image's verdict."""
-    decision = verdicts.threshold
-    normalised = verdicts.scale.normalise(scores)  # [N] in [0, 1]
-    results = [
-        PredictedImage(path, key, float(score), bool(score >= decision), float(norm))
-        for (path, key), score, norm in zip(images, scores, normalised, strict=True)
-    ]
-    rows = [
-        [str(r.path), repr(r.score), repr(r.normalised), int(r.anomalous), repr(decision),
-         f"maps/{r.key}.tiff"]
-        for r in results
-    ]  # fmt: skip
-    header = ["path", "score", "normalised_score", "anomalous", "threshold", "map"]
-    atomic_write_text(out_dir / "scores.csv", csv_text(header, rows))
-    return results
 
 
 def write_overlays(

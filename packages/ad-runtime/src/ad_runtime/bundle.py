@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adcore.infra.errors import DataError
+from ad_runtime.errors import DataError
 
 BUNDLE_FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
@@ -76,7 +76,7 @@ class Bundle(BaseModel):
     preprocessing: dict[str, Any]  # adcore.api.Preprocessing fields
     channel_order: str = "RGB"
     decoding: dict[str, Any]  # the category's decoding rule (bit-depth range, size limit)
-    score_scale: dict[str, float]  # low, threshold, high: adcore.outputs.scorescale
+    score_scale: dict[str, float]  # low, threshold, high: ad_runtime.scorescale
     thresholds: dict[str, Threshold] = Field(default_factory=dict)  # image, pixel
     weights: dict[str, Any]  # the weights identity of the run
     parity: BundleParity
