@@ -88,3 +88,30 @@ def fast_flags(resolution: int = 32) -> list[str]:
         "--no-progress", "--set", f"model.resolution={resolution}",
         "--set", "evaluation.latency.enabled=false", "--set", "data.num_workers=0",
     ]  # fmt: skip
+
+
+def install_runtime(venv: Path) -> Path:
+    """pip-install packages/ad-runtime into a fresh venv at ``venv`` with its own
+    dependencies only, at the versions requirements.txt pins; returns its ``ad-runtime``."""
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    lines = (repo / "requirements.txt").read_text().splitlines()
+    pins = [line.strip() for line in lines if re.match(r"^[A-Za-z0-9_.-]+==", line.strip())]
+    (venv / "pins.txt").write_text("\n".join(pins) + "\n")
+    install = subprocess.run(
+        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-c", str(venv / "pins.txt"),
+         str(repo / "packages/ad-runtime")],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr
+    return venv / "bin/ad-runtime"
+
+
+def run_runtime(executable: Path, *args: str):
+    """Run an installed ``ad-runtime`` outside this environment (no PYTHONPATH)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [str(executable), *args], capture_output=True, text=True, env=env, timeout=600
+    )

@@ -24,7 +24,7 @@ from ad_runtime.bundle import BUNDLE_FORMAT_VERSION, read_bundle
 from ad_runtime.model import Model
 from adcore.infra.errors import DataError
 from adcore.plugins.registry import get_registry
-from adtest import run_ad, write_mvtec_tree
+from adtest import run_ad, run_runtime, write_mvtec_tree
 
 SMOKE = {c.spec.name: c.spec.smoke_config for c in get_registry().of_kind("method")}
 CASES = [
@@ -82,7 +82,11 @@ def _graph_scores(bundle_dir: Path, rows: list[dict[str, str]]) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "k_shot", "extra"), CASES, ids=lambda v: str(v))
-def test_exported_graph_gives_the_run_scores(data, tmp_path, method, k_shot, extra):
+def test_exported_graph_gives_the_run_scores(
+    data, tmp_path, runtime_command, method, k_shot, extra
+):
+    """eval --save-model, export, and the bundle through ``ad_runtime.Model`` here and
+    through ``ad-runtime predict`` in a venv without torch: the run's scores to 1e-4."""
     run = _saved_run(data, tmp_path / "out", method, k_shot, extra)
     bundle_dir = tmp_path / "bundle"
     result = _export(run, bundle_dir)
@@ -93,6 +97,12 @@ def test_exported_graph_gives_the_run_scores(data, tmp_path, method, k_shot, ext
     expected = np.array([float(r["score"]) for r in rows])
     got = _graph_scores(bundle_dir, rows)
     assert np.max(np.abs(got - expected)) <= 1e-4 * np.max(np.abs(expected))
+    images = [r["path"] for r in rows]
+    out = tmp_path / "runtime"
+    result = run_runtime(runtime_command, "predict", str(bundle_dir), *images, "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    torch_free = np.array([float(r["score"]) for r in _rows(out / "scores.csv")])
+    assert np.max(np.abs(torch_free - expected)) <= 1e-4 * np.max(np.abs(expected))
 
     bundle = read_bundle(bundle_dir)
     assert bundle.method == method and bundle.category == "plate"

@@ -5,11 +5,7 @@ errors; its normalisation against the toolkit's."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +15,8 @@ from ad_runtime.bundle import BUNDLE_FILE
 from ad_runtime.cli import main
 from ad_runtime.predictions import SCORES_HEADER
 from ad_runtime.preprocessing import CLIP_MEAN, CLIP_STD, Preprocessing
+from adtest import run_runtime
 from test_export import _export, _rows, data, gaussian_run  # noqa: F401
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_normalize_array_equals_the_loaders_normalize():
@@ -37,40 +32,23 @@ def test_normalize_array_equals_the_loaders_normalize():
     assert np.max(np.abs(ours - theirs)) <= bound
 
 
-def _pins() -> list[str]:
-    """The versions requirements.txt pins (``name==version`` lines), as pip constraints."""
-    lines = (REPO / "requirements.txt").read_text().splitlines()
-    return [line.strip() for line in lines if re.match(r"^[A-Za-z0-9_.\[\]-]+==", line.strip())]
-
-
 @pytest.mark.slow
-def test_runtime_without_torch_gives_the_run_scores(gaussian_run, tmp_path):  # noqa: F811
-    """pip-installs packages/ad-runtime into a fresh venv (its own dependencies only, at the
-    versions requirements.txt pins), proves torch is not there, and checks that
-    ``ad-runtime predict`` writes ad predict's columns with the run's scores (1e-4)."""
+def test_runtime_without_torch_gives_the_run_scores(gaussian_run, tmp_path, runtime_command):  # noqa: F811
+    """``ad-runtime`` pip-installed into a fresh venv (:func:`adtest.install_runtime`): torch,
+    timm, open_clip and adcore are absent there, and ``ad-runtime predict`` writes ad
+    predict's columns with the run's scores (1e-4 relative) and the bundle's threshold."""
     bundle_dir = tmp_path / "bundle"
     assert _export(gaussian_run, bundle_dir).returncode == 0
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    python = venv / "bin" / "python"
-    (tmp_path / "pins.txt").write_text("\n".join(_pins()) + "\n")
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "-c", str(tmp_path / "pins.txt"),
-         str(REPO / "packages/ad-runtime")],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stderr
+    python = runtime_command.parent / "python"
     probe = "import importlib.util as u; print([m for m in ('torch', 'timm', 'open_clip', "
     probe += "'torchvision', 'adcore') if u.find_spec(m)])"
     found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
     assert found.stdout.strip() == "[]", found.stdout + found.stderr
     rows = _rows(gaussian_run / "plate/scores.csv")
     images = [r["path"] for r in rows]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [str(venv / "bin" / "ad-runtime"), "predict", str(bundle_dir), *images,
-         "--output", str(tmp_path / "out"), "--json", "--quiet"],
-        capture_output=True, text=True, env=env, timeout=300,
+    result = run_runtime(
+        runtime_command, "predict", str(bundle_dir), *images, "--output", str(tmp_path / "out"),
+        "--json", "--quiet",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     written = _rows(tmp_path / "out/scores.csv")
