@@ -86,7 +86,8 @@ def test_exported_graph_gives_the_run_scores(
     data, tmp_path, runtime_command, method, k_shot, extra
 ):
     """eval --save-model, export, and the bundle through ``ad_runtime.Model`` here and
-    through ``ad-runtime predict`` in a venv without torch: the run's scores to 1e-4."""
+    through ``ad-runtime predict`` in a venv without torch, and OpenVINO (fp32) on the
+    same graph: the run's scores to 1e-4 relative."""
     run = _saved_run(data, tmp_path / "out", method, k_shot, extra)
     bundle_dir = tmp_path / "bundle"
     result = _export(run, bundle_dir)
@@ -103,6 +104,9 @@ def test_exported_graph_gives_the_run_scores(
     assert result.returncode == 0, result.stderr
     torch_free = np.array([float(r["score"]) for r in _rows(out / "scores.csv")])
     assert np.max(np.abs(torch_free - expected)) <= 1e-4 * np.max(np.abs(expected))
+    scored = Model(bundle_dir, engine="openvino").predict([Path(p) for p in images])
+    openvino = np.array([s.score for s in scored])
+    assert np.max(np.abs(openvino - expected)) <= 1e-4 * np.max(np.abs(expected))
 
     bundle = read_bundle(bundle_dir)
     assert bundle.method == method and bundle.category == "plate"

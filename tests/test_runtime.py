@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 from ad_runtime.bundle import BUNDLE_FILE
 from ad_runtime.cli import main
+from ad_runtime.model import Model
 from ad_runtime.predictions import SCORES_HEADER
 from ad_runtime.preprocessing import CLIP_MEAN, CLIP_STD, Preprocessing
 from adtest import run_runtime
@@ -91,3 +93,17 @@ def test_runtime_errors_are_one_paragraph(gaussian_run, tmp_path, capsys):  # no
     assert not (tmp_path / "out/scores.csv").exists()
     for message in (err,):
         assert "Traceback" not in message and len(message.strip().splitlines()) == 1
+
+
+def test_openvino_engine_gives_the_onnx_runtime_scores(gaussian_run, tmp_path, capsys):  # noqa: F811
+    """OpenVINO compiles the same ONNX graph (fp32 hint): the scores of ONNX Runtime to 1e-4
+    relative; a precision an engine cannot run is a usage error naming the one that can."""
+    bundle_dir = tmp_path / "b"
+    assert _export(gaussian_run, bundle_dir).returncode == 0
+    paths = [Path(r["path"]) for r in _rows(gaussian_run / "plate/scores.csv")]
+    reference = np.array([s.score for s in Model(bundle_dir).predict(paths)])
+    openvino = np.array([s.score for s in Model(bundle_dir, engine="openvino").predict(paths)])
+    assert np.max(np.abs(openvino - reference)) <= 1e-4 * np.max(np.abs(reference))
+    code = main(["predict", str(bundle_dir), str(paths[0]), "--precision", "bf16", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--engine openvino" in err and "Traceback" not in err

@@ -41,6 +41,14 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--batch-size", type=int, default=8, help="Images per graph call (default: 8)."
     )
+    predict.add_argument(
+        "--engine", choices=["onnxruntime", "openvino"], default="onnxruntime",
+        help="Inference engine (openvino: pip install 'ad-runtime[openvino]').",
+    )  # fmt: skip
+    predict.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+        help="Inference precision: fp32, or bf16/fp16 with --engine openvino on CPUs with it.",
+    )  # fmt: skip
     predict.add_argument("--no-maps", action="store_true", help="Write scores.csv only.")
     predict.add_argument("--json", action="store_true", help="Print machine-readable JSON.")
     predict.add_argument("--quiet", action="store_true", help="No progress lines on stderr.")
@@ -51,7 +59,7 @@ def predict(args: argparse.Namespace) -> None:
     """Score the images and write the outputs; prints a summary (or JSON) on stdout."""
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} is below 1.", "Pass 1 or more.")
-    model = Model(args.bundle, args.threshold)
+    model = Model(args.bundle, args.threshold, engine=args.engine, precision=args.precision)
     images = find_images([p.expanduser() for p in args.images])
     output = args.output.expanduser()
     scores = np.empty(len(images), dtype=np.float64)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ad_runtime.bundle import Bundle, read_bundle
 from ad_runtime.decoding import Decoding, read_image
-from ad_runtime.errors import DataError
+from ad_runtime.errors import DataError, UsageError
 from ad_runtime.predictions import Verdicts
 from ad_runtime.preprocessing import Preprocessing
 from ad_runtime.scorescale import ScoreScale
@@ -58,14 +58,16 @@ def bundle_verdicts(bundle: Bundle, threshold: float | None = None) -> Verdicts:
     return Verdicts(bundle.category, decision, source, scale)
 
 
-def open_session(folder: Path, bundle: Bundle, providers: Sequence[str] | None = None) -> Any:
-    """An ONNX Runtime session of the bundle's graph.
+ENGINES = ("onnxruntime", "openvino")
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
-    Raises ``DataError`` when the graph is missing, differs from the SHA-256 that
-    ``bundle.json`` records (damaged or replaced), or failed its parity check at export.
+
+def check_graph(folder: Path, bundle: Bundle) -> Path:
+    """The bundle's graph file.
+
+    Raises ``DataError`` when it is missing, differs from the SHA-256 that ``bundle.json``
+    records (damaged or replaced), or failed its parity check at export.
     """
-    import onnxruntime
-
     graph = folder / bundle.graph
     if not graph.is_file():
         raise DataError(f"The bundle {folder} has no {bundle.graph}.", "Export the model again.")
@@ -81,6 +83,62 @@ def open_session(folder: Path, bundle: Bundle, providers: Sequence[str] | None =
             f"{bundle.parity.score_max_rel:.3g} off the PyTorch method).",
             "Do not use it: fix the method's export_module and export again.",
         )
+    return graph
+
+
+class OpenVinoSession:
+    """The graph compiled by OpenVINO for the CPU, called as an ONNX Runtime session is
+    (``run(output_names, {input_name: array})``); ``precision`` is its inference precision
+    hint (matrix products and convolutions in bf16 or fp16 where the CPU has them)."""
+
+    def __init__(self, graph: Path, precision: str) -> None:
+        try:
+            import openvino
+        except ImportError:
+            raise UsageError(
+                "The openvino engine needs OpenVINO, which is not installed.",
+                "Install it with: python -m pip install 'ad-runtime[openvino]'.",
+            ) from None
+        core = openvino.Core()
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if precision != "fp32" and precision.upper() not in capabilities:
+            raise UsageError(
+                f"This CPU has no {precision} support in OpenVINO (it offers "
+                f"{', '.join(capabilities)}).",
+                "Use --precision fp32, or a CPU with it (bf16: AVX-512 BF16 or AMX).",
+            )
+        hint = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
+        self.compiled = core.compile_model(str(graph), "CPU", hint)
+
+    def run(self, names: list[str], fed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs ``names`` for the inputs ``fed``."""
+        result = self.compiled(fed)
+        return [result[self.compiled.output(name)] for name in names]
+
+
+def open_session(
+    folder: Path,
+    bundle: Bundle,
+    providers: Sequence[str] | None = None,
+    engine: str = "onnxruntime",
+    precision: str = "fp32",
+) -> Any:
+    """A session of the bundle's checked graph (:func:`check_graph`): ONNX Runtime (fp32,
+    ``providers`` default the CPU) or OpenVINO (:class:`OpenVinoSession`, fp32/bf16/fp16).
+
+    Raises ``UsageError`` for an unknown engine or a precision it cannot run."""
+    if engine not in ENGINES:
+        raise UsageError(f"Unknown engine {engine!r}.", f"Use one of {', '.join(ENGINES)}.")
+    if precision not in OPENVINO_PRECISIONS or (engine == "onnxruntime" and precision != "fp32"):
+        raise UsageError(
+            f"The {engine} engine does not run precision {precision!r}.",
+            "ONNX Runtime runs fp32; OpenVINO runs fp32, bf16 or fp16 (--engine openvino).",
+        )
+    graph = check_graph(folder, bundle)
+    if engine == "openvino":
+        return OpenVinoSession(graph, precision)
+    import onnxruntime
+
     return onnxruntime.InferenceSession(
         str(graph), providers=list(providers or ["CPUExecutionProvider"])
     )
@@ -90,8 +148,10 @@ class Model:
     """A bundle folder written by ``ad export``, ready to score image files.
 
     ``threshold``: the image threshold on the raw scale (default: the bundle's, with its
-    source); ``providers``: ONNX Runtime execution providers (default: the CPU). Raises
-    ``DataError`` for a missing, damaged, newer or failed bundle.
+    source); ``providers``: ONNX Runtime execution providers (default: the CPU);
+    ``engine``: ``onnxruntime`` or ``openvino`` (the ``openvino`` extra), ``precision``:
+    ``fp32``, or ``bf16``/``fp16`` with OpenVINO. Raises ``DataError`` for a missing,
+    damaged, newer or failed bundle, ``UsageError`` for an engine or precision it cannot run.
     """
 
     def __init__(
@@ -99,10 +159,12 @@ class Model:
         folder: Path | str,
         threshold: float | None = None,
         providers: Sequence[str] | None = None,
+        engine: str = "onnxruntime",
+        precision: str = "fp32",
     ) -> None:
         self.folder = Path(folder).expanduser()
         self.bundle = read_bundle(self.folder)
-        self.session = open_session(self.folder, self.bundle, providers)
+        self.session = open_session(self.folder, self.bundle, providers, engine, precision)
         self.preprocessing = Preprocessing(**self.bundle.preprocessing)
         self.decoding = bundle_decoding(self.bundle)
         self.verdicts = bundle_verdicts(self.bundle, threshold)
