@@ -4,7 +4,7 @@ Ray is an extra (``pip install -e 'packages/adcore[ray]'``), not part of require
 Tests marked ``ray`` start a real Ray cluster; without Ray they cannot run, so they are
 deselected and the end of the run says which ones and how to run them: never silently.
 The Ray executor's own logic and its message when Ray is missing are tested without Ray
-(``tests/test_sweep_executors.py``).
+(``tests/test_sweep.py``, against ``tests/fakeray.py``).
 """
 
 from __future__ import annotations

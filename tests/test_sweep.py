@@ -399,3 +399,15 @@ def test_the_shipped_synthetic_sweep_plans_offline_with_random_weights(tmp_path,
             assert experiment.config.random_weights
     readme = (path.parents[2] / "README.md").read_text()
     assert "ad sweep configs/sweeps/synthetic_demo.yaml --random-weights" in readme
+
+
+def test_requirements_leave_ray_out_and_the_extra_declares_it():
+    """The one-command set-up installs no Ray; ``adcore[ray]`` is where it comes from."""
+    root = Path(__file__).resolve().parents[1]
+    lines = [
+        line.split("#")[0].strip() for line in (root / "requirements.txt").read_text().splitlines()
+    ]
+    assert "-e packages/adcore" in lines
+    assert not [line for line in lines if "ray" in line.lower()]
+    pyproject = (root / "packages/adcore/pyproject.toml").read_text()
+    assert re.search(r'^ray = \["ray\[default\]', pyproject, re.MULTILINE)
