@@ -27,4 +27,4 @@ def test_bench_reports_figures_and_ratios(mvtec_root):
 
 def test_bench_refuses_an_unknown_method():
     result = run_ad("bench", "--method", "nosuch")
-    assert result.returncode == 1 and "Unknown method 'nosuch'" in result.stderr
+    assert result.returncode == 2 and "Unknown method 'nosuch'" in result.stderr

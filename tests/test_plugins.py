@@ -149,7 +149,7 @@ def test_allow_list_and_disable_list(tmp_path, monkeypatch):
 
 def test_unknown_method_lists_what_exists(tmp_path):
     result = run_ad("eval", "--method", "nosuchmethod", "--dataset", "synthetic")
-    assert result.returncode == 1
+    assert result.returncode == 2  # an unknown name given to an option: usage
     assert "Unknown method 'nosuchmethod'" in result.stderr
     assert "pixel-gaussian" in result.stderr
     assert "Traceback" not in result.stderr

@@ -76,7 +76,12 @@ def test_config_errors_come_all_at_once_with_file_and_line(tmp_path):
     result = run_ad("config", "show", "--config", str(config), "--set", "evaluation.metrics=[nope]")
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert any(re.search(r"model\.resolutoin: unknown key \(.*bad\.yaml:3\)", li) for li in lines)
+    assert any(
+        re.search(
+            r"model\.resolutoin: unknown key; did you mean 'resolution'\? \(.*bad\.yaml:3\)", li
+        )
+        for li in lines
+    )
     assert any(re.search(r"model\.precision: .*'fp8'.*bad\.yaml:4\)", li) for li in lines)
     assert any(re.search(r"data\.batch_size: .*\(got 0\).*bad\.yaml:6\)", li) for li in lines)
     assert any("evaluation.metrics: unknown metric(s) nope" in li and "--set" in li for li in lines)

@@ -19,6 +19,7 @@ from adcore.config.sections import (
 )
 from adcore.contracts.records import PluginConfig
 from adcore.infra.errors import PluginError
+from adcore.infra.suggest import did_you_mean
 from adcore.plugins.registry import Component, Registry
 from adcore.toolkit.weights import RANDOM
 
@@ -44,7 +45,7 @@ def _plugin_settings(
     try:
         return component, model.model_validate(values)
     except ValidationError as error:
-        lines = validation_lines(error, section, locations)
+        lines = validation_lines(error, section, locations, model, shared.model_fields)
         if any(item["type"] == "extra_forbidden" for item in error.errors()):
             lines.append(
                 f"    allowed keys in {section} for {kind} {component.spec.name!r}: "
@@ -54,12 +55,14 @@ def _plugin_settings(
         return component, None
 
 
-def resolve_dataset(base: ExperimentConfig, registry: Registry) -> tuple[Component, PluginConfig]:
+def resolve_dataset(
+    base: ExperimentConfig, registry: Registry, locations: dict[str, str] | None = None
+) -> tuple[Component, PluginConfig]:
     """The data set plugin and its own settings from the ``data`` section."""
     problems: list[str] = []
     dataset, settings = _plugin_settings(
         registry, "dataset", base.data.dataset, dict(base.data.model_extra or {}), "data",
-        DataSection, problems,
+        DataSection, problems, locations,
     )  # fmt: skip
     if problems or dataset is None or settings is None:
         raise config_problems(problems)
@@ -88,9 +91,12 @@ def _check_metrics(
     names = metrics if isinstance(metrics, list) else [metrics]
     unknown = [str(m) for m in names if str(m).rpartition(":")[2] not in registry.names("metric")]
     if unknown:
+        known = registry.names("metric")
+        told = [m + did_you_mean(m.rpartition(":")[2], known, " (did you mean") for m in unknown]
+        told = [t + ")" if t.endswith("?") else t for t in told]
         problems.append(
-            f"  - evaluation.metrics: unknown metric(s) {', '.join(unknown)}; available: "
-            f"{', '.join(registry.names('metric'))}{where('evaluation.metrics', locations)}"
+            f"  - evaluation.metrics: unknown metric(s) {', '.join(told)}; available: "
+            f"{', '.join(known)}{where('evaluation.metrics', locations)}"
         )
 
 

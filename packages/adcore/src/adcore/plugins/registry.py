@@ -28,6 +28,7 @@ from adcore.contracts.records import (
     ReporterSpec,
 )
 from adcore.infra.errors import PluginError
+from adcore.infra.suggest import did_you_mean
 
 HOST_DISTRIBUTION = "adcore"
 HOOKS: dict[str, tuple[str, type[ComponentSpec]]] = {
@@ -99,7 +100,8 @@ class Registry:
                 else ""
             )
             raise PluginError(
-                f"Unknown {kind} {name!r}. Available: {available}.{note}",
+                f"Unknown {kind} {name!r}.{did_you_mean(short, self.names(kind))} "
+                f"Available: {available}.{note}",
                 f"Pick one of those, or install the distribution that provides {short!r}.",
             )
         owners = " and ".join(c.plugin.distribution for c in matches)

@@ -23,6 +23,7 @@ from adcore.data.decoding import Decoding, category_decoding
 from adcore.data.loading import IMAGE_EXTENSIONS
 from adcore.infra.errors import DataError, UsageError
 from adcore.infra.files import atomic_write_bytes, atomic_write_text, csv_text
+from adcore.infra.suggest import did_you_mean
 from adcore.metrics import image_f1_threshold
 from adcore.outputs.outputkeys import unique_keys
 from adcore.outputs.reporters.overlay import (
@@ -101,7 +102,8 @@ def pick_category(run_dir: Path, category: str | None) -> str:
         category = available[0]
     elif category not in available:
         raise DataError(
-            f"Category {category!r} is not in the run {run_dir}.",
+            f"Category {category!r} is not in the run {run_dir}."
+            + did_you_mean(category, available),
             f"Available: {', '.join(available) or 'none'}.",
         )
     if not (run_dir / category / "model.pt").is_file():
