@@ -47,7 +47,7 @@ def train_command(
     Bad files are refused before any model work (as in ad eval), or left out and named with
     --skip-bad-samples.
     """
-    from adcore.run.training import run_training
+    from adcore.run.training import model_options, run_training
 
     assignments = list(set_ or [])
     if skip_bad_samples:
@@ -70,5 +70,5 @@ def train_command(
         progress=not no_progress,
         note=lambda text: console.print(text, highlight=False),
     )
-    for line in result.summary(resolved.method.spec.name):
-        console.print(line, highlight=False)
+    for line in result.summary(resolved.method.spec.name, model_options(resolved)):
+        console.print(line, highlight=False, soft_wrap=True)  # one line to copy, any width

@@ -5,6 +5,7 @@ plugin's config model once the plugin is known."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -21,6 +22,7 @@ from adcore.contracts.records import PluginConfig
 from adcore.infra.errors import PluginError
 from adcore.infra.suggest import did_you_mean
 from adcore.plugins.registry import Component, Registry
+from adcore.toolkit.trained import trained_resolution
 from adcore.toolkit.weights import RANDOM
 
 
@@ -100,6 +102,23 @@ def _check_metrics(
         )
 
 
+def resolution_note(method_config: PluginConfig) -> str:
+    """A warning when ``model.checkpoint`` was trained at another ``model.resolution``."""
+    checkpoint = getattr(method_config, "checkpoint", None)
+    resolution = getattr(method_config, "resolution", None)
+    if not checkpoint or not isinstance(resolution, int):
+        return ""
+    trained = trained_resolution(Path(str(checkpoint)).expanduser())
+    if trained is None or trained == resolution:
+        return ""
+    return (
+        f"Warning: model.checkpoint {checkpoint} was trained at model.resolution={trained} "
+        f"px, and this run uses {resolution} px: its trained parts meet features of another "
+        f"scale, so results may not be what it was trained for. Add --set "
+        f"model.resolution={trained} to use it as trained (or train one at {resolution})."
+    )
+
+
 def resolve(
     base: ExperimentConfig,
     registry: Registry,
@@ -130,6 +149,7 @@ def resolve(
     if random_weights:
         updates = dict.fromkeys(weights_fields(method_config), RANDOM)
         method_config = method_config.model_copy(update=updates)
+    notes.append(resolution_note(method_config))
     if base.data.k_shot is None:
         base = base.model_copy(deep=True)
         base.data.k_shot = k_shot
