@@ -100,12 +100,15 @@ def eval_command(
         output=output,
     )
     console = Console(stderr=as_json)
-    for note in resolved.notes:
-        console.print(note, highlight=False)
-    if resolved.random_weights:
-        console.print(RANDOM_BANNER)
+
+    def started() -> None:  # once the run is accepted: never before a refusal
+        for note in resolved.notes:
+            console.print(note, highlight=False)
+        if resolved.random_weights:
+            console.print(RANDOM_BANNER)
+
     options = RunOptions(overwrite, save_maps, save_model, show_progress=not no_progress)
-    result = evaluate(resolved, options, show_progress=not no_progress and not as_json)
+    result = evaluate(resolved, options, not no_progress and not as_json, started)
     print_outcome(console, resolved, result, as_json)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -289,16 +289,23 @@ class Evaluation:
 
 
 def evaluate(
-    resolved: ResolvedConfig, options: RunOptions, show_progress: bool = True
+    resolved: ResolvedConfig,
+    options: RunOptions,
+    show_progress: bool = True,
+    on_start: Callable[[], None] | None = None,
 ) -> RunResult:
     """``ad eval``: every category of ``resolved`` through an :class:`Evaluation`.
 
+    ``on_start`` is called once the run is accepted (categories found, results folder its
+    own) and before any model work: what it prints never precedes a refusal.
     Raises ``Interrupted`` on Ctrl-C, naming the categories kept on disk for a resume.
     """
     from adcore.plugins.registry import get_registry
 
     with Progress(enabled=show_progress) as progress:
         evaluation = Evaluation(resolved, get_registry(), options, progress)
+        if on_start is not None:
+            on_start()
         try:
             return evaluation.run()
         except KeyboardInterrupt:
