@@ -215,3 +215,27 @@ def test_skip_bad_samples_names_each_skipped_file_on_the_console(tmp_path, mvtec
     assert not any("skipped" in line for line in result.stdout.splitlines() if "plate" in line)
     metrics = (tmp_path / "out/mvtec/pixel-gaussian/default/widget/metrics.csv").read_text()
     assert "skipped 1 bad sample" in metrics and str(wrong) in metrics
+
+
+def test_help_shows_no_type_beside_a_switch():
+    """A switch such as --random-weights takes no value, so no ``<bool>`` stands beside it in
+    any command's --help (only typer's own --help line keeps its type)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from adcore.cli import app
+
+    def commands(command, path):
+        yield path
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from commands(sub, [*path, name])
+
+    paths = list(commands(typer.main.get_command(app), []))
+    assert ["eval"] in paths and ["data", "download"] in paths
+    switches = 0
+    for path in paths:
+        shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+        switches += len(re.findall(r"--(random-weights|json|no-progress|overwrite)\b", shown))
+        typed = [line for line in shown.splitlines() if "<bool>" in line]
+        assert all(line.split()[1] == "--help" for line in typed), (path, typed)
+    assert switches >= 10

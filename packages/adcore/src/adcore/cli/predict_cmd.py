@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adcore.cli.options import DeviceOption, JsonOption
+from adcore.cli.options import DeviceOption, JsonOption, flag
 from adcore.cli.tables import print_table
 
 if TYPE_CHECKING:
@@ -48,9 +48,7 @@ def predict_command(
         ),
     ] = None,
     device: DeviceOption = None,
-    no_overlays: Annotated[
-        bool, typer.Option("--no-overlays", help="Write scores and maps only.")
-    ] = False,
+    no_overlays: Annotated[bool, flag("--no-overlays", help="Write scores and maps only.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Score new images with a fitted method saved by a run: scores, maps and overlays."""

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adcore.cli.eval_cmd import RANDOM_BANNER
-from adcore.cli.options import DataRootOption, NoProgressOption, RandomWeightsOption
+from adcore.cli.options import DataRootOption, NoProgressOption, RandomWeightsOption, flag
 from adcore.cli.tables import print_table
 
 
@@ -78,7 +78,7 @@ MaxRetriesOption = Annotated[
     int, typer.Option("--max-retries", min=0, help="Ray retries of a unit whose worker died.")
 ]
 OverwriteOption = Annotated[
-    bool, typer.Option("--overwrite", help="Recompute finished units and replace their runs.")
+    bool, flag("--overwrite", help="Recompute finished units and replace their runs.")
 ]
 
 

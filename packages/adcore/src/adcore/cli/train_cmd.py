@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import typer
 from rich.console import Console
 
 from adcore.cli.options import (
@@ -19,6 +18,7 @@ from adcore.cli.options import (
     RandomWeightsOption,
     SetOption,
     SkipBadSamplesOption,
+    flag,
     resolved_config,
 )
 
@@ -34,7 +34,7 @@ def train_command(
     output: OutputOption = None,
     random_weights: RandomWeightsOption = False,
     restart: Annotated[
-        bool, typer.Option("--restart", help="Start from epoch 0 instead of resuming.")
+        bool, flag("--restart", help="Start from epoch 0 instead of resuming.")
     ] = False,
     skip_bad_samples: SkipBadSamplesOption = False,
     no_progress: NoProgressOption = False,
