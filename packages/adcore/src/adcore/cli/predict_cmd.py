@@ -63,6 +63,13 @@ def predict_command(
     print_predictions(result, out)
 
 
+RANDOM_WEIGHTS_NOTE = (
+    "[bold yellow]Random weights:[/] the run's models were randomly initialised "
+    "(--random-weights); these scores and verdicts show the pipeline working, not the "
+    "method's accuracy."
+)
+
+
 def predictions_json(result: PredictOutput) -> dict[str, Any]:
     """``ad predict --json``: the category, the threshold and each image's verdict."""
     rows = [
@@ -74,7 +81,12 @@ def predictions_json(result: PredictOutput) -> dict[str, Any]:
         }
         for i in result.images
     ]
-    return {"category": result.category, "threshold": result.threshold, "images": rows}
+    return {
+        "category": result.category,
+        "threshold": result.threshold,
+        "random_weights": result.random_weights,
+        "images": rows,
+    }
 
 
 def print_predictions(result: PredictOutput, out: Path) -> None:
@@ -99,4 +111,6 @@ def print_predictions(result: PredictOutput, out: Path) -> None:
             "in between; >= 0.5 means anomalous.",
             highlight=False,
         )
+    if result.random_weights:
+        console.print(RANDOM_WEIGHTS_NOTE)
     console.print(f"Results: {out}")

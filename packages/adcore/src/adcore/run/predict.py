@@ -55,6 +55,7 @@ class PredictOutput:
     images: list[PredictedImage]
     scores_csv: Path
     scale: ScoreScale | None = None
+    random_weights: bool = False  # the run's models were randomly initialised
 
 
 def find_images(inputs: list[Path]) -> list[tuple[Path, str]]:
@@ -208,19 +209,26 @@ def predict(
         PredictedImage(path, key, float(score), bool(score >= decision), float(norm))
         for (path, key), score, norm in zip(images, scores, normalised, strict=True)
     ]
+    scores_csv = _write_scores(out_dir / "scores.csv", results, decision)
+    if overlays:
+        _write_overlays(
+            run_dir, category, method, results, out_dir, decision, (low, high), decoding
+        )
+    return PredictOutput(
+        category, decision, source, results, scores_csv, scale, config.random_weights
+    )
+
+
+def _write_scores(path: Path, results: list[PredictedImage], decision: float) -> Path:
+    """``scores.csv``: one row per image, its score, verdict, threshold and map file."""
     rows = [
         [str(r.path), repr(r.score), repr(r.normalised), int(r.anomalous), repr(decision),
          f"maps/{r.key}.tiff"]
         for r in results
     ]  # fmt: skip
-    scores_csv = out_dir / "scores.csv"
     header = ["path", "score", "normalised_score", "anomalous", "threshold", "map"]
-    atomic_write_text(scores_csv, csv_text(header, rows))
-    if overlays:
-        _write_overlays(
-            run_dir, category, method, results, out_dir, decision, (low, high), decoding
-        )
-    return PredictOutput(category, decision, source, results, scores_csv, scale)
+    atomic_write_text(path, csv_text(header, rows))
+    return path
 
 
 def _write_overlays(
