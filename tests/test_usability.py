@@ -239,3 +239,20 @@ def test_help_shows_no_type_beside_a_switch():
         typed = [line for line in shown.splitlines() if "<bool>" in line]
         assert all(line.split()[1] == "--help" for line in typed), (path, typed)
     assert switches >= 10
+
+
+def test_list_plugins_in_a_pipe_is_as_wide_as_each_row_needs():
+    """Outside a terminal a row is not padded to the widest one: it ends with its summary."""
+    listed = run_ad("list-plugins")
+    rows = json.loads(run_ad("list-plugins", "--json").stdout)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    header = next(li for li in lines if li.split()[:2] == ["component", "kind"])
+    start = header.index("summary")
+    for row in (r for r in rows if r["status"] == "ok"):
+        summary = row["summary"] + (
+            f" ({', '.join(row['capabilities'])})" * bool(row["capabilities"])
+        )
+        line = next(li for li in lines if li.split()[:1] == [row["component"]])
+        assert line[start:] == summary, line
+    assert not re.search("[│┃━─]", listed.stdout)
