@@ -256,3 +256,28 @@ def test_list_plugins_in_a_pipe_is_as_wide_as_each_row_needs():
         line = next(li for li in lines if li.split()[:1] == [row["component"]])
         assert line[start:] == summary, line
     assert not re.search("[│┃━─]", listed.stdout)
+
+
+STRICT = """
+from adcore.api import Capability, MethodSpec, PluginConfig, WeightsError, hookimpl
+
+def build(config, runtime):
+    raise WeightsError("No weights file strict.pt in the cache.", "Put it there and rerun.")
+
+@hookimpl
+def adcore_methods():
+    return [MethodSpec(name="strict", summary="refuses to build", config=PluginConfig,
+                       factory=build, capabilities={Capability.FEW_SHOT})]
+"""
+
+
+def test_a_user_error_from_a_plugin_names_the_plugin_and_its_distribution(tmp_path, mvtec_root):
+    site = write_distribution(tmp_path / "site", "strict-ad-plugin", STRICT, "strict")
+    args = ["eval", "--method", "strict", "--dataset", "mvtec", "--data-root", str(mvtec_root)]
+    result = run_ad(*args, "--k-shot", "1", "--no-progress", env={"PYTHONPATH": str(site)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "No weights file strict.pt in the cache. Put it there and rerun." in message
+    assert "(Raised by the method 'strict' from distribution strict-ad-plugin 0.1.)" in message
+    host = run_ad(*args, "--k-shot", "1", "--category", "nosuch", env={"PYTHONPATH": str(site)})
+    assert "Category nosuch not found" in host.stderr and "Raised by" not in host.stderr
