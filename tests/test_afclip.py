@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from adcore.contracts.method import FitContext, Runtime
 from adcore.data.loading import SampleImages
 from adcore.infra.errors import ConfigError, WeightsError
 from adcore.run.training import train_method
+from adcore.toolkit.trained import CHECKPOINT_NAME
 from adtest import write_mvtec_tree
 
 TINY = "ad-test-tiny-vit"
@@ -325,7 +327,7 @@ def test_ad_train_runs_miniclip_alternating_phases_then_eval_loads_the_run(tmp_p
     ]  # fmt: skip
     trained = run_ad(
         "train", *common, "--set", "model.epochs=2", "--set", "model.keep_epochs=[1]",
-        "--set", "model.batch_size=16", env=env,
+        "--set", "model.batch_size=16", env={**env, "COLUMNS": "80"},
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     run = tmp_path / "out/synthetic/miniclip/default"
@@ -337,6 +339,29 @@ def test_ad_train_runs_miniclip_alternating_phases_then_eval_loads_the_run(tmp_p
     ]
     assert passes == [("1", "textual"), ("1", "visual"), ("2", "textual"), ("2", "visual")]
     assert (run / "checkpoint_epoch1.safetensors").is_file()
+    printed = next(li for li in trained.stdout.splitlines() if li.startswith("Use it: "))
+    hint = shlex.split(printed.removeprefix("Use it: "))
+    assert hint[:4] == ["ad", "eval", "--method", "miniclip"] and "--random-weights" in hint
+    assert "model.resolution=64" in hint and hint[-1] == f"model.checkpoint={run / CHECKPOINT_NAME}"
+    # the hint as printed, on one category, without the probe
+    as_printed = run_ad(
+        *hint[1:], "--category", "pill", "--set", "evaluation.latency.enabled=false",
+        "--no-progress", "--set", "data.num_workers=0", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert as_printed.returncode == 0, as_printed.stderr
+    assert "Warning: model.checkpoint" not in as_printed.stdout
+    assert "Untrained method parameters" not in as_printed.stdout  # the checkpoint loaded
+    from adcore.cli.options import resolved_config
+
+    def warnings(resolution: int) -> list[str]:  # what ad eval prints before the run
+        sets = [f"model.checkpoint={run}", f"model.resolution={resolution}"]
+        notes = resolved_config(None, sets, True, method="miniclip").notes
+        return [n for n in notes if n.startswith("Warning: model.checkpoint")]
+
+    assert warnings(64) == []
+    (told,) = warnings(96)
+    assert "was trained at model.resolution=64 px, and this run uses 96 px" in told
+    assert "--set model.resolution=64" in told
     evaluated = run_ad(
         "eval", *common, "--k-shot", "0", "--set", f"model.checkpoint={run}",
         "--set", "model.checkpoint_epoch=1", "--set", "evaluation.latency.enabled=false",

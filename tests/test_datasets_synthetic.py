@@ -131,3 +131,19 @@ def test_default_set(tmp_path: Path) -> None:
         assert len(dataset.samples(category, "test")) == 8 + 3 * len(defects)
     first = dataset.samples("fabric", "train")[0].image_path
     assert Image.open(first).size == (256, 256)
+
+
+def test_the_readme_names_the_folder_the_set_is_written_to(tmp_path: Path, monkeypatch) -> None:
+    """The README's synthetic row gives the generated folder's pattern; the set is there."""
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `synthetic` |"))
+    told = re.search(r"`\$AD_CACHE_DIR/(synthetic/[^`]*)`", row).group(1)
+    pattern = re.escape(told).replace(re.escape("<seed>"), "5")
+    pattern = pattern.replace(re.escape("<size>"), "96").replace(re.escape("<key>"), "[0-9a-f]+")
+    monkeypatch.setenv("AD_CACHE_DIR", str(tmp_path / "cache"))
+    root = build(None, seed=5).root
+    assert (root / "synthetic.json").is_file()
+    relative = root.relative_to(tmp_path / "cache").as_posix() + "/"
+    assert re.fullmatch(pattern, relative), (told, relative)

@@ -216,3 +216,23 @@ def test_plugin_records_offer_download_and_help() -> None:
     assert specs["mvtec"].download is None
     assert "mvtec.com" in specs["mvtec"].download_help
     assert "ground_truth/<defect>/<image stem>_mask.png" in specs["mvtec"].download_help
+
+
+def test_offline_error_names_where_to_put_the_file_and_then_uses_it(tmp_path: Path) -> None:
+    """No server at the URL (a loopback port nobody listens on): the error names the file
+    to download by hand; put there, the same call checks and unpacks it."""
+    import socket
+
+    with socket.socket() as probe:  # a free port, closed again: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/VisA_20220922.tar"
+    root = tmp_path / "visa"
+    with pytest.raises(DataError) as refused:
+        download_visa(root, url=url, md5=None)
+    dest = root / "VisA_20220922.tar"
+    assert refused.value.problem.startswith(f"Cannot reach {url}")
+    assert f"download the file by hand to {dest} and run the same command" in refused.value.hint
+    data = visa_archive(dest)
+    assert download_visa(root, url=url, md5=md5(data)) == root
+    assert (root / "candle").is_dir() and not dest.exists()

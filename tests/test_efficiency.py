@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pydantic
@@ -207,3 +208,79 @@ def test_eval_counts_size_and_flops_once_and_says_how(mvtec_root, tmp_path, monk
         row = next(csv.DictReader(stream))
     assert float(row["latency_probe_iters"]) >= 3
     assert float(row["throughput_ips"]) > 0 and float(row["efficiency_seconds"]) > 0
+
+
+def test_eval_shows_the_efficiency_step_in_a_log(mvtec_root, tmp_path):
+    from adtest import eval_args, run_ad
+
+    flags = ["--no-progress", "--set", "model.resolution=32", "--set", "data.num_workers=0"]
+    result = run_ad(*eval_args(mvtec_root, tmp_path / "out"), *flags[1:])
+    assert result.returncode == 0, result.stderr
+    for category in ("plate", "widget"):
+        assert f"{category}: efficiency: started" in result.stderr
+        assert re.search(rf"{category}: efficiency: finished, \d+ done", result.stderr)
+        assert re.search(rf"{category}: efficiency: \d+ batch-1 call\(s\), median", result.stderr)
+
+
+def test_median_interval_is_the_order_statistics_of_the_binomial():
+    """Against a hand computation with math.comb: the widest-inner pair of order statistics
+    whose coverage 1 - 2 P(Bin(n, 1/2) <= j - 1) reaches 75 %."""
+    import math
+
+    import numpy as np
+
+    from adcore.run.efficiency import MEDIAN_CONFIDENCE, median_interval, median_spread
+
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 4, 7, 20, 51):
+        times = rng.uniform(1.0, 2.0, n)
+        ordered = sorted(times)
+        cdf = [sum(math.comb(n, i) for i in range(k + 1)) / 2**n for k in range(n)]
+        ranks = [j for j in range(1, n // 2 + 1) if 1 - 2 * cdf[j - 1] >= MEDIAN_CONFIDENCE]
+        expected = (ordered[ranks[-1] - 1], ordered[n - ranks[-1]]) if ranks else None
+        if expected is None:
+            assert median_interval(times) == (-math.inf, math.inf) and n < 3
+        else:
+            assert median_interval(times) == expected
+    assert median_interval(np.array([3.0, 1.0, 2.0])) == (1.0, 3.0)  # 3 calls: min..max
+    assert median_spread(np.array([1.0, 1.02, 0.98])) == pytest.approx(0.02)
+
+
+def test_the_probe_stops_when_the_median_is_stable_or_the_budget_is_spent():
+    from adcore.run.efficiency import _probe_done
+
+    stable = [1.0, 1.01, 0.99]
+    assert _probe_done(stable, budget=100.0, min_iters=3, most=50)  # ±1 %: enough
+    assert not _probe_done(stable[:2], budget=100.0, min_iters=3, most=50)
+    noisy = [1.0, 1.5, 0.6, 1.2]
+    assert not _probe_done(noisy, budget=100.0, min_iters=3, most=50)
+    assert _probe_done(noisy, budget=4.0, min_iters=3, most=50)  # 4.3 s + median > 4 s
+    assert _probe_done(noisy, budget=100.0, min_iters=3, most=4)
+
+
+def test_plain_progress_says_when_every_step_finished():
+    """Outside a terminal: a step without a total (the efficiency probe) or with nothing to
+    do (a zero-shot fit) still gets its finished line; a completed one is not repeated."""
+    import io
+
+    from rich.console import Console
+
+    from adcore.infra.progress import Progress
+
+    stream = io.StringIO()
+    progress = Progress(console=Console(file=stream, force_terminal=False), interval=1e9)
+    with progress:
+        with progress.task("pill: fit", total=0):
+            pass
+        with progress.task("pill: efficiency", total=None) as advance:
+            advance(1, status="median 5 ms ± ?")
+            advance(1, status="median 5 ms ± 2 %")
+        with progress.task("pill: predict", total=2) as advance:
+            advance(2)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "pill: fit: started"
+    assert lines[1].startswith("pill: fit: finished, 0 done, ")
+    assert lines[2] == "pill: efficiency: started"
+    assert lines[3].startswith("pill: efficiency: finished, 2 done, ")
+    assert lines[3].endswith(", median 5 ms ± 2 %")
+    assert lines[5].startswith("pill: predict: 2/2 (100%), ") and len(lines) == 6

@@ -39,3 +39,14 @@ def test_method_runs_on_synthetic(tmp_path, method, k_shot):
     assert int(row["num_support"]) == expected_support
     assert 0.0 <= float(row["image_auroc"]) <= 1.0
     assert 0.0 <= float(row["pro"]) <= 1.0
+
+
+def test_a_refused_run_prints_no_banner_before_its_error(tmp_path):
+    """The random-weights banner and the k-shot note come once the run is accepted: a
+    category the data set lacks is the only thing said."""
+    env = {"AD_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    args = ["eval", "--method", "patchcore", "--random-weights", "--no-progress",
+            "--output", str(tmp_path / "out")]  # fmt: skip
+    refused = run_ad(*args, "--category", "nosuch", env=env)
+    assert refused.returncode == 1 and "Category nosuch not found" in refused.stderr
+    assert refused.stdout == ""  # neither "Random weights" nor "k_shot not given"

@@ -149,7 +149,7 @@ def test_allow_list_and_disable_list(tmp_path, monkeypatch):
 
 def test_unknown_method_lists_what_exists(tmp_path):
     result = run_ad("eval", "--method", "nosuchmethod", "--dataset", "synthetic")
-    assert result.returncode == 1
+    assert result.returncode == 2  # an unknown name given to an option: usage
     assert "Unknown method 'nosuchmethod'" in result.stderr
     assert "pixel-gaussian" in result.stderr
     assert "Traceback" not in result.stderr
@@ -176,3 +176,24 @@ def test_specname_hook_loads_and_unmarked_hook_is_reported(tmp_path, monkeypatch
     assert registry.resolve("method", "renamed").plugin.distribution == "specname-ad-plugin"
     assert status["unmarked-ad-plugin"].status == "error"
     assert "not marked with @hookimpl" in status["unmarked-ad-plugin"].error
+
+
+DICT_HOOK = """
+from adcore.api import Capability, MethodSpec, PluginConfig, hookimpl
+
+@hookimpl
+def adcore_methods():
+    return {"dicty": MethodSpec(name="dicty", summary="a dict instead of a list",
+                                config=PluginConfig, factory=print,
+                                capabilities={Capability.FEW_SHOT})}
+"""
+
+
+def test_a_hook_returning_a_dict_is_told_as_a_dict(tmp_path, monkeypatch):
+    """Iterating the dict would give its keys: the error names the dict, not "str"."""
+    site = write_distribution(tmp_path / "site", "dict-ad-plugin", DICT_HOOK, "dicty")
+    registry = load_registry(_site_entry_points(site, monkeypatch))
+    status = {p.distribution: p for p in registry.plugins}["dict-ad-plugin"]
+    assert status.status == "error"
+    assert "adcore_methods() returned a dict, expected a list of MethodSpec" in status.error
+    assert "yielded str" not in status.error and "dicty" not in registry.names("method")

@@ -54,6 +54,7 @@ def test_predict_reproduces_the_run_scores_through_the_cli(saved_run, tmp_path):
         str(data / "plate/test"), "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "Random weights" not in result.stdout  # a weight-free method
     expected = {Path(r["path"]).resolve(): r for r in _rows(run / "plate/scores.csv")}
     got = _rows(out / "scores.csv")
     assert len(got) == len(expected) == 7
@@ -182,3 +183,29 @@ def test_unreadable_inputs_are_named_at_once_before_any_map(saved_run, tmp_path)
     assert "2 bad sample(s)" in text and "cut.png" in text and "text.png" in text
     assert "--skip-bad-samples" not in text and "run ad predict again" in text
     assert not (tmp_path / "p" / "maps").exists()
+
+
+def test_predict_says_when_the_run_used_random_weights(tmp_path):
+    """A PatchCore run made with --random-weights: ad predict says its verdicts are not the
+    method's, in the table's notes and in --json."""
+    import json
+
+    from adcore.plugins.registry import get_registry
+
+    smoke = get_registry().resolve("method", "patchcore").spec.smoke_config
+    overrides = [arg for key, value in smoke.items() for arg in ("--set", f"model.{key}={value}")]
+    env = {"AD_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    data = write_mvtec_tree(tmp_path / "mvtec", num_good=3, num_bad=2)
+    evaluated = run_ad(
+        *eval_args(str(data), str(tmp_path / "out"), "2"), *fast_flags(), "--method",
+        "patchcore", "--category", "plate", "--random-weights", "--save-model", *overrides,
+        env=env,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    run = tmp_path / "out/mvtec/patchcore/default"
+    args = ["predict", "--run", str(run), "--input", str(data / "plate/test/good")]
+    shown = run_ad(*args, "--out", str(tmp_path / "p1"), env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "Random weights: the run's models were randomly initialised" in shown.stdout
+    as_json = run_ad(*args, "--out", str(tmp_path / "p2"), "--json", env=env)
+    assert json.loads(as_json.stdout)["random_weights"] is True

@@ -103,7 +103,7 @@ def test_tables_mark_the_best_value_per_row_and_label_random_weights(tmp_path):
     with (out / "report.csv").open() as stream:
         rows = list(csv.DictReader(stream))
     labels = ["patchcore k=1", "winclip k=0 (random weights)"]
-    assert list(rows[0]) == ["metric", "dataset", "category", *labels, "best"]
+    assert list(rows[0]) == ["metric", "dataset", "category", *labels, "best", "note"]
     best = {(r["metric"], r["category"]): r["best"] for r in rows}
     assert best[("image_auroc", "plate")] == labels[0]
     assert best[("image_auroc", "widget")] == "; ".join(labels)  # a tie marks both
@@ -125,6 +125,61 @@ def test_tables_mark_the_best_value_per_row_and_label_random_weights(tmp_path):
     for chart in ("image_auroc", "pixel_auroc", "efficiency"):
         with Image.open(out / "charts" / f"{chart}.png") as image:
             assert image.format == "PNG" and image.size[0] >= 600
+
+
+def test_means_are_compared_over_shared_categories_and_bookkeeping_is_not_ranked(tmp_path):
+    """One run over 3 categories, one over 1: the mean row compares both over the one they
+    share (by hand: 0.6 against 0.5), says so, and a run on categories the others lack is
+    not ranked. latency_probe_iters and efficiency_seconds are shown, never bolded."""
+    bookkeeping = {"latency_probe_iters": 3.0, "efficiency_seconds": 2.0}
+    a = write_run(
+        tmp_path / "a",
+        "patchcore",
+        1,
+        {
+            "plate": {"image_auroc": 0.6, "pixel_auroc": 0.7, **bookkeeping},
+            "widget": {"image_auroc": 1.0, "pixel_auroc": 1.0, **bookkeeping},
+            "screw": {"image_auroc": 1.0, "pixel_auroc": 1.0, **bookkeeping},
+            "mean": {"image_auroc": 2.6 / 3, "pixel_auroc": 0.9, **bookkeeping},
+        },
+    )
+    b = write_run(
+        tmp_path / "b",
+        "winclip",
+        0,
+        {
+            "plate": {"image_auroc": 0.5, "pixel_auroc": 0.8, "latency_probe_iters": 9.0,
+                      "efficiency_seconds": 1.0},
+            "mean": {"image_auroc": 0.5, "pixel_auroc": 0.8, "latency_probe_iters": 9.0,
+                     "efficiency_seconds": 1.0},
+        },
+    )  # fmt: skip
+    out = tmp_path / "report"
+    build_report([a, b], out)
+    with (out / "report.csv").open() as stream:
+        rows = {(r["metric"], r["category"]): r for r in csv.DictReader(stream)}
+    labels = ["patchcore k=1", "winclip k=0"]
+    mean = rows[("image_auroc", "mean")]
+    assert float(mean[labels[0]]) == 0.6 and float(mean[labels[1]]) == 0.5  # plate only
+    assert mean["best"] == labels[0] and "1 categories all runs have: plate" in mean["note"]
+    assert rows[("pixel_auroc", "mean")]["best"] == labels[1]  # 0.8 > 0.7 on plate
+    for name in ("latency_probe_iters", "efficiency_seconds"):
+        assert rows[(name, "mean")]["best"] == ""
+    markdown = (out / "report.md").read_text()
+    assert "cover different categories (patchcore k=1: 3, winclip k=0: 1)" in markdown
+    assert "| latency_probe_iters (how it was measured, not ranked)" in markdown
+    assert "**3**" not in markdown and "**9**" not in markdown
+    assert "cover different categories" in (out / "report.html").read_text()
+
+    c = write_run(
+        tmp_path / "c", "winclip", 1, {"cable": {"image_auroc": 0.9, "pixel_auroc": 0.9},
+                                       "mean": {"image_auroc": 0.9, "pixel_auroc": 0.9}},
+    )  # fmt: skip
+    build_report([a, c], tmp_path / "apart")
+    with (tmp_path / "apart" / "report.csv").open() as stream:
+        rows = {(r["metric"], r["category"]): r for r in csv.DictReader(stream)}
+    assert rows[("image_auroc", "mean")]["best"] == ""  # no shared category: not compared
+    assert "not compared" in rows[("image_auroc", "mean")]["note"]
 
 
 def test_ad_report_over_two_real_runs(tmp_path):

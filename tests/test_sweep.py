@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import re
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
+    """A real local Ray cluster: the tests using it are marked ``ray`` (see conftest.py)."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -165,22 +167,28 @@ def test_a_bad_point_is_refused_before_any_work_and_named(tmp_path, data_root):
     assert not (tmp_path / "out").exists()
 
 
-def test_local_and_ray_executors_give_the_same_metrics(tmp_path, data_root, ray_cluster):
-    local_out, ray_out = tmp_path / "local", tmp_path / "ray"
-    local = run_sweep(write_sweep(tmp_path / "a", local_out, data_root), LocalExecutor())
-    remote = run_sweep(
-        write_sweep(tmp_path / "b", ray_out, data_root), RayExecutor(cpus_per_unit=1)
-    )
-    assert len(local.computed) == len(remote.computed) == 8
-    assert not local.failures and not remote.failures
-    local_files, ray_files = metric_files(local_out), metric_files(ray_out)
-    assert list(local_files) == list(ray_files)
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory, data_root):
+    """The eight-unit sweep run once with the local executor, to compare others against."""
+    folder = tmp_path_factory.mktemp("local")
+    outcome = run_sweep(write_sweep(folder / "sweep", folder / "out", data_root), LocalExecutor())
+    return outcome, folder / "out"
+
+
+def assert_same_results(local_out: Path, other_out: Path) -> None:
+    local_files, other_files = metric_files(local_out), metric_files(other_out)
+    assert list(local_files) == list(other_files)
     assert {Path(k).parts[1] for k in local_files} == {"pixel-gaussian", "patchcore"}
     for key in local_files:
-        assert metric_row(local_files[key]) == metric_row(ray_files[key])
+        assert metric_row(local_files[key]) == metric_row(other_files[key])
         scores = key.replace("metrics.csv", "scores.csv")
-        assert (local_out / scores).read_text() == (ray_out / scores).read_text()
+        assert (local_out / scores).read_text() == (other_out / scores).read_text()
 
+
+def test_sweep_summary_is_the_mean_and_std_over_seeds_of_the_category_mean(local_sweep):
+    local, local_out = local_sweep
+    assert len(local.computed) == 8 and not local.failures
+    local_files = metric_files(local_out)
     # every run's summary covers all its categories, though each unit ran one
     for run in local.runs:
         with (run.run_dir / "summary_metrics.csv").open(newline="") as stream:
@@ -210,6 +218,72 @@ def test_local_and_ray_executors_give_the_same_metrics(tmp_path, data_root, ray_
             assert float(row[f"{name}_std"]) == pytest.approx(np.std(per_seed, ddof=1), abs=1e-12)
 
 
+def test_ray_executor_submits_each_unit_as_a_task_and_reports_failures(
+    tmp_path, data_root, local_sweep, monkeypatch
+):
+    """Against a stand-in for ray (tests/fakeray.py): the resources each task asks for, the
+    local cluster started and shut down, results equal to the local executor's, and a unit
+    whose worker died past its retries reported as failed while the others are saved."""
+    from fakeray import FakeRay
+
+    _, local_out = local_sweep
+    fake = FakeRay(resources={"CPU": 2.0})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    executor = RayExecutor(num_cpus=2, cpus_per_unit=0.5, max_retries=2)
+    remote = run_sweep(write_sweep(tmp_path, tmp_path / "out", data_root), executor)
+    assert fake.inits == [{"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}]
+    assert fake.shutdowns == 1 and not fake.initialized
+    assert fake.options == [
+        {"num_cpus": 0.5, "num_gpus": 0.0, "max_retries": 2, "retry_exceptions": [OSError]}
+    ]
+    assert len(remote.computed) == 8 and not remote.failures
+    assert_same_results(local_out, tmp_path / "out")
+
+    label = "synthetic/pixel-gaussian/grid__seed1/pill"
+    dying = FakeRay(resources={"CPU": 2.0, "GPU": 1.0}, die_for=[label])
+    monkeypatch.setitem(sys.modules, "ray", dying)
+    again = run_sweep(
+        write_sweep(tmp_path / "again", tmp_path / "again_out", data_root), RayExecutor()
+    )
+    assert dying.options[0]["num_gpus"] == 1.0  # a cluster with GPUs: one per unit
+    assert again.failures == [(label, "WorkerCrashedError: The worker died unexpectedly.")]
+    assert len(again.computed) == 7
+
+
+def test_ray_executor_without_ray_says_what_to_install_before_any_work(tmp_path, data_root):
+    """No Ray in the environment (a ``ray`` that cannot be imported goes first on the path):
+    one paragraph naming the extra, exit non-zero, no traceback, nothing planned or run."""
+    stub = tmp_path / "site" / "ray"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'ray\'", name="ray")\n'
+    )
+    output = tmp_path / "out"
+    path = write_sweep(tmp_path, output, data_root, two_methods=False)
+    result = run_ad(
+        "sweep", str(path), "--executor", "ray", "--no-progress",
+        env={"PYTHONPATH": str(tmp_path / "site")},
+    )  # fmt: skip
+    assert result.returncode != 0
+    message = " ".join(result.stderr.split())
+    assert "--executor ray needs Ray, which is not installed" in message
+    assert "pip install -e 'packages/adcore[ray]'" in message and "--executor local" in message
+    assert "Traceback" not in result.stderr and not output.exists()
+    assert "unit(s)" not in result.stdout
+
+
+@pytest.mark.ray
+def test_local_and_ray_executors_give_the_same_metrics(
+    tmp_path, data_root, local_sweep, ray_cluster
+):
+    _, local_out = local_sweep
+    remote = run_sweep(
+        write_sweep(tmp_path / "b", tmp_path / "ray", data_root), RayExecutor(cpus_per_unit=1)
+    )
+    assert len(remote.computed) == 8 and not remote.failures
+    assert_same_results(local_out, tmp_path / "ray")
+
+
 def test_a_killed_sweep_reruns_only_the_missing_units(tmp_path, data_root):
     output = tmp_path / "out"
     path = write_sweep(tmp_path, output, data_root, two_methods=False)
@@ -226,6 +300,7 @@ def test_a_killed_sweep_reruns_only_the_missing_units(tmp_path, data_root):
     assert all(after[k] == mtime for k, mtime in before.items())  # not recomputed
 
 
+@pytest.mark.ray
 def test_ray_retries_a_unit_whose_worker_died(tmp_path, data_root, ray_cluster, monkeypatch):
     marker = tmp_path / "failed-once"
     monkeypatch.setenv(FAIL_ONCE_ENV, str(marker))
@@ -277,3 +352,62 @@ def test_sweep_random_weights_flag_reaches_every_run_and_the_table_reads_in_a_lo
     assert "Random weights" in result.stdout
     row = next(line for line in result.stdout.splitlines() if "patchcore" in line)
     assert "synthetic" in row and re.search(r"\d+\.\d", row)  # the whole row on one line
+
+
+def test_data_root_option_replaces_the_root_of_every_point(tmp_path, mvtec_root):
+    keys = {
+        "data.dataset": "mvtec", "data.root": str(tmp_path / "not-here"), "data.k_shot": 2,
+        "data.num_workers": 0, "model.name": "pixel-gaussian", "model.resolution": 32,
+        "model.device": "cpu", "evaluation.latency.enabled": False,
+    }  # fmt: skip
+    sweep = {"name": "dr", "set": keys, "axes": {"experiment.seed": [0, 1]}}
+    sweep["output_root"] = str(tmp_path / "out")
+    path = tmp_path / "dr.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    as_written = run_ad("sweep", str(path), "--no-progress")
+    assert as_written.returncode == 1 and "not-here" in as_written.stderr
+
+    moved = run_ad("sweep", str(path), "--no-progress", "--data-root", str(mvtec_root))
+    assert moved.returncode == 0, moved.stderr
+    assert "4 unit(s) run" in moved.stdout
+    runs = sorted((tmp_path / "out/mvtec/pixel-gaussian").glob("dr__seed*"))
+    assert len(runs) == 2
+    for run in runs:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["data"]["root"] == str(mvtec_root.resolve())
+
+
+def test_the_shipped_synthetic_sweep_plans_offline_with_random_weights(tmp_path, monkeypatch):
+    """configs/sweeps/synthetic_demo.yaml needs no data set on disk and no weights: every
+    point resolves, its data set is generated here, and --random-weights reaches each one."""
+    from adcore.plugins.registry import get_registry
+    from adcore.sweep.plan import plan_sweep
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = tmp_path / "synthetic"
+    root.mkdir()
+    path = Path(__file__).resolve().parents[1] / "configs/sweeps/synthetic_demo.yaml"
+    plan = plan_sweep(load_sweep(path, data_root=root), get_registry(), random_weights=True)
+    assert len(plan.experiments) == 2 * (2 * 2 + 1)  # two methods x (1, 4 shots x 2 seeds + all)
+    assert plan.total_units == len(plan.units) == 3 * len(plan.experiments)
+    assert {e.config.method.spec.name for e in plan.experiments} == {"patchcore", "pixel-gaussian"}
+    for experiment in plan.experiments:
+        assert experiment.config.dataset.spec.name == "synthetic"
+        assert experiment.categories == ["fabric", "pill", "washer"]
+        assert experiment.raw["data"]["root"] == str(root.resolve())
+        if experiment.config.method.spec.name == "patchcore":
+            assert experiment.config.random_weights
+    readme = (path.parents[2] / "README.md").read_text()
+    assert "ad sweep configs/sweeps/synthetic_demo.yaml --random-weights" in readme
+
+
+def test_requirements_leave_ray_out_and_the_extra_declares_it():
+    """The one-command set-up installs no Ray; ``adcore[ray]`` is where it comes from."""
+    root = Path(__file__).resolve().parents[1]
+    lines = [
+        line.split("#")[0].strip() for line in (root / "requirements.txt").read_text().splitlines()
+    ]
+    assert "-e packages/adcore" in lines
+    assert not [line for line in lines if "ray" in line.lower()]
+    pyproject = (root / "packages/adcore/pyproject.toml").read_text()
+    assert re.search(r'^ray = \["ray\[default\]', pyproject, re.MULTILINE)

@@ -76,7 +76,12 @@ def test_config_errors_come_all_at_once_with_file_and_line(tmp_path):
     result = run_ad("config", "show", "--config", str(config), "--set", "evaluation.metrics=[nope]")
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert any(re.search(r"model\.resolutoin: unknown key \(.*bad\.yaml:3\)", li) for li in lines)
+    assert any(
+        re.search(
+            r"model\.resolutoin: unknown key; did you mean 'resolution'\? \(.*bad\.yaml:3\)", li
+        )
+        for li in lines
+    )
     assert any(re.search(r"model\.precision: .*'fp8'.*bad\.yaml:4\)", li) for li in lines)
     assert any(re.search(r"data\.batch_size: .*\(got 0\).*bad\.yaml:6\)", li) for li in lines)
     assert any("evaluation.metrics: unknown metric(s) nope" in li and "--set" in li for li in lines)
@@ -210,3 +215,69 @@ def test_skip_bad_samples_names_each_skipped_file_on_the_console(tmp_path, mvtec
     assert not any("skipped" in line for line in result.stdout.splitlines() if "plate" in line)
     metrics = (tmp_path / "out/mvtec/pixel-gaussian/default/widget/metrics.csv").read_text()
     assert "skipped 1 bad sample" in metrics and str(wrong) in metrics
+
+
+def test_help_shows_no_type_beside_a_switch():
+    """A switch such as --random-weights takes no value, so no ``<bool>`` stands beside it in
+    any command's --help (only typer's own --help line keeps its type)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from adcore.cli import app
+
+    def commands(command, path):
+        yield path
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from commands(sub, [*path, name])
+
+    paths = list(commands(typer.main.get_command(app), []))
+    assert ["eval"] in paths and ["data", "download"] in paths
+    switches = 0
+    for path in paths:
+        shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+        switches += len(re.findall(r"--(random-weights|json|no-progress|overwrite)\b", shown))
+        typed = [line for line in shown.splitlines() if "<bool>" in line]
+        assert all(line.split()[1] == "--help" for line in typed), (path, typed)
+    assert switches >= 10
+
+
+def test_list_plugins_in_a_pipe_is_as_wide_as_each_row_needs():
+    """Outside a terminal a row is not padded to the widest one: it ends with its summary."""
+    listed = run_ad("list-plugins")
+    rows = json.loads(run_ad("list-plugins", "--json").stdout)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    header = next(li for li in lines if li.split()[:2] == ["component", "kind"])
+    start = header.index("summary")
+    for row in (r for r in rows if r["status"] == "ok"):
+        summary = row["summary"] + (
+            f" ({', '.join(row['capabilities'])})" * bool(row["capabilities"])
+        )
+        line = next(li for li in lines if li.split()[:1] == [row["component"]])
+        assert line[start:] == summary, line
+    assert not re.search("[│┃━─]", listed.stdout)
+
+
+STRICT = """
+from adcore.api import Capability, MethodSpec, PluginConfig, WeightsError, hookimpl
+
+def build(config, runtime):
+    raise WeightsError("No weights file strict.pt in the cache.", "Put it there and rerun.")
+
+@hookimpl
+def adcore_methods():
+    return [MethodSpec(name="strict", summary="refuses to build", config=PluginConfig,
+                       factory=build, capabilities={Capability.FEW_SHOT})]
+"""
+
+
+def test_a_user_error_from_a_plugin_names_the_plugin_and_its_distribution(tmp_path, mvtec_root):
+    site = write_distribution(tmp_path / "site", "strict-ad-plugin", STRICT, "strict")
+    args = ["eval", "--method", "strict", "--dataset", "mvtec", "--data-root", str(mvtec_root)]
+    result = run_ad(*args, "--k-shot", "1", "--no-progress", env={"PYTHONPATH": str(site)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "No weights file strict.pt in the cache. Put it there and rerun." in message
+    assert "(Raised by the method 'strict' from distribution strict-ad-plugin 0.1.)" in message
+    host = run_ad(*args, "--k-shot", "1", "--category", "nosuch", env={"PYTHONPATH": str(site)})
+    assert "Category nosuch not found" in host.stderr and "Raised by" not in host.stderr

@@ -34,8 +34,19 @@ VISA_MD5 = "ef908989b6dc701fc218f643c127a4de"  # as published with anomalib's Vi
 CHUNK = 1 << 20
 
 
-def _open_remote(url: str, offset: int, timeout: float) -> tuple[IO[bytes], int, int | None]:
-    """A byte stream of ``url`` from ``offset`` -> (stream, offset served, total size)."""
+def _by_hand(dest: Path) -> str:
+    """How to go on without the network: the file ``fetch`` would write, put there by hand."""
+    return (
+        f"or download the file by hand to {dest} and run the same command again (it checks "
+        "and unpacks that file)."
+    )
+
+
+def _open_remote(
+    url: str, offset: int, timeout: float, dest: Path
+) -> tuple[IO[bytes], int, int | None]:
+    """A byte stream of ``url`` from ``offset`` -> (stream, offset served, total size);
+    errors name ``dest``, where a file downloaded by hand is used instead."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         source = Path(url2pathname(parsed.path))
@@ -53,12 +64,12 @@ def _open_remote(url: str, offset: int, timeout: float) -> tuple[IO[bytes], int,
             return _EmptyStream(), offset, offset
         raise DataError(
             f"Downloading {url} failed: HTTP {error.code} {error.reason}.",
-            "Check the URL, or download the file by hand.",
+            f"Check the URL, {_by_hand(dest)}",
         ) from None
     except (URLError, OSError) as error:
         raise DataError(
             f"Cannot reach {url} ({getattr(error, 'reason', error)}).",
-            "Check the network connection, or download the file by hand.",
+            f"Check the network connection, {_by_hand(dest)}",
         ) from None
     length = response.headers.get("Content-Length")
     if response.status == 206:
@@ -109,7 +120,7 @@ def fetch(url: str, dest: Path, progress: Progress | None = None, timeout: float
         return dest
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.is_file() else 0
-    stream, done, total = _open_remote(url, offset, timeout)
+    stream, done, total = _open_remote(url, offset, timeout, dest)
     try:
         with (
             part.open("r+b" if part.is_file() else "wb") as out,

@@ -52,7 +52,8 @@ def main() -> None:
     except AdError as error:
         if debug:
             raise
-        _fail(str(error), error.exit_code)
+        source = _plugin_source(error)
+        _fail(f"{error} (Raised by {source}.)" if source else str(error), error.exit_code)
     except OSError as error:  # e.g. a full disk or a permission problem while writing
         if debug:
             raise
@@ -80,3 +81,14 @@ def _plugin_failure(error: Exception) -> AdError | None:
     from adcore.plugins.registry import get_registry
 
     return plugin_failure(error, get_registry())
+
+
+def _plugin_source(error: AdError) -> str:
+    """The component and distribution whose code raised ``error``; empty for the host's own
+    errors, and when no plugin was loaded (so none of their code ran)."""
+    if "adcore.plugins.registry" not in sys.modules:
+        return ""
+    from adcore.plugins.failures import plugin_source
+    from adcore.plugins.registry import get_registry
+
+    return plugin_source(error, get_registry())

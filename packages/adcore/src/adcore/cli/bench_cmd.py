@@ -55,6 +55,7 @@ def bench_command(
     Reports latency (batch 1), throughput, peak memory, parameters, memory bank and GFLOPs,
     and the method / backbone ratios of time and FLOPs at the same input size.
     """
+    from adcore.outputs.env import machine_summary
     from adcore.run.bench import run_bench
 
     resolved = resolved_config(
@@ -68,13 +69,16 @@ def bench_command(
         data_root=data_root,
     )
     report = run_bench(resolved, warmup, iters, batch, show_progress=not as_json)
+    console = Console(stderr=as_json)
     if as_json:
         shown = report.model_dump(mode="json", exclude={"device", "throughput_batch"})
         print(json.dumps(shown, indent=2, default=str))
-        return
-    console = Console()
-    console.print(bench_table(report))
-    if report.random_weights:
+    else:
+        console.print(bench_table(report))
+        console.print(f"Machine: {machine_summary({'machine': report.machine})}", highlight=False)
+    if report.load_warning:
+        console.print(f"[yellow]{report.load_warning}[/]", highlight=False)
+    if report.random_weights and not as_json:
         console.print("[yellow]Random weights[/]: speed figures are valid; accuracy is not.")
 
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from adcore.cli.options import CategoryOption, DataRootOption, JsonOption, SetOption, sugar
-from adcore.infra.errors import DataError
+from adcore.infra.errors import DataError, PluginError, UsageError
 
 app = typer.Typer(help="Check a data set's layout, or download one.", no_args_is_help=True)
 
@@ -45,9 +45,10 @@ def check(
     from adcore.run.components import build_dataset, select_categories
 
     chosen = sugar(dataset=dataset, data_root=data_root, category=category)
-    raw = build_raw_config(None, chosen, assignments)
-    base = validate_base(raw)
-    component, settings = resolve_dataset(base, get_registry())
+    locations: dict[str, str] = {}
+    raw = build_raw_config(None, chosen, assignments, locations)
+    base = validate_base(raw, locations)
+    component, settings = resolve_dataset(base, get_registry(), locations)
     data = build_dataset(component, settings, base.data.root)
     categories = select_categories(data, base.data.categories)
     report = check_dataset(
@@ -74,7 +75,10 @@ def download(
     from adcore.infra.progress import Progress
     from adcore.plugins.registry import get_registry
 
-    spec = get_registry().resolve("dataset", dataset).spec
+    try:
+        spec = get_registry().resolve("dataset", dataset).spec
+    except PluginError as error:  # a name given on the command line: a usage error
+        raise UsageError(error.problem, error.hint) from None
     if spec.download is None:
         guide = spec.download_help or "Obtain it from its publisher and pass --data-root R."
         raise DataError(  # the guides call the data root R: show the folder given instead

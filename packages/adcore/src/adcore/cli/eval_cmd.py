@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Annotated
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -23,6 +22,7 @@ from adcore.cli.options import (
     RandomWeightsOption,
     SetOption,
     SkipBadSamplesOption,
+    flag,
     resolved_config,
 )
 from adcore.infra.precision import precision_note
@@ -69,13 +69,13 @@ def eval_command(
     output: OutputOption = None,
     random_weights: RandomWeightsOption = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Recompute finished categories and replace a run.")
+        bool, flag("--overwrite", help="Recompute finished categories and replace a run.")
     ] = False,
     save_maps: Annotated[
-        bool, typer.Option("--save-maps", help="Write each anomaly map as float32 TIFF.")
+        bool, flag("--save-maps", help="Write each anomaly map as float32 TIFF.")
     ] = False,
     save_model: Annotated[
-        bool, typer.Option("--save-model", help="Save each category's fitted method state.")
+        bool, flag("--save-model", help="Save each category's fitted method state.")
     ] = False,
     skip_bad_samples: SkipBadSamplesOption = False,
     no_progress: NoProgressOption = False,
@@ -100,12 +100,15 @@ def eval_command(
         output=output,
     )
     console = Console(stderr=as_json)
-    for note in resolved.notes:
-        console.print(note, highlight=False)
-    if resolved.random_weights:
-        console.print(RANDOM_BANNER)
+
+    def started() -> None:  # once the run is accepted: never before a refusal
+        for note in resolved.notes:
+            console.print(note, highlight=False)
+        if resolved.random_weights:
+            console.print(RANDOM_BANNER)
+
     options = RunOptions(overwrite, save_maps, save_model, show_progress=not no_progress)
-    result = evaluate(resolved, options, show_progress=not no_progress and not as_json)
+    result = evaluate(resolved, options, not no_progress and not as_json, started)
     print_outcome(console, resolved, result, as_json)
 
 

@@ -9,6 +9,13 @@ import typer
 
 from adcore.infra.errors import UsageError
 
+
+def flag(name: str, help: str) -> Any:
+    """A switch: ``name`` alone turns it on and takes no value (``--help`` shows no type
+    beside it, where typer would show ``<bool>``)."""
+    return typer.Option(name, help=help, metavar="")
+
+
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML experiment config (may use extends:).")
 ]
@@ -30,14 +37,12 @@ DataRootOption = Annotated[Path | None, typer.Option("--data-root", help="Data s
 OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Results root folder.")]
 RandomWeightsOption = Annotated[
     bool,
-    typer.Option(
-        "--random-weights", help="Randomly initialise every model (demos and tests; flagged)."
-    ),
+    flag("--random-weights", help="Randomly initialise every model (demos and tests; flagged)."),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-NoProgressOption = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+JsonOption = Annotated[bool, flag("--json", help="Print machine-readable JSON.")]
+NoProgressOption = Annotated[bool, flag("--no-progress", help="No progress bars.")]
 SkipBadSamplesOption = Annotated[
-    bool, typer.Option("--skip-bad-samples", help="Leave out unreadable or bad samples.")
+    bool, flag("--skip-bad-samples", help="Leave out unreadable or bad samples.")
 ]
 
 

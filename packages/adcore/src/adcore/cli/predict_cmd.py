@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adcore.cli.options import DeviceOption, JsonOption
+from adcore.cli.options import DeviceOption, JsonOption, flag
 from adcore.cli.tables import print_table
 
 if TYPE_CHECKING:
@@ -50,9 +50,7 @@ def predict_command(
         ),
     ] = None,
     device: DeviceOption = None,
-    no_overlays: Annotated[
-        bool, typer.Option("--no-overlays", help="Write scores and maps only.")
-    ] = False,
+    no_overlays: Annotated[bool, flag("--no-overlays", help="Write scores and maps only.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Score new images with a fitted method saved by a run (--run) or exported to a bundle
@@ -79,6 +77,13 @@ def predict_command(
     print_predictions(result, out)
 
 
+RANDOM_WEIGHTS_NOTE = (
+    "[bold yellow]Random weights:[/] the run's models were randomly initialised "
+    "(--random-weights); these scores and verdicts show the pipeline working, not the "
+    "method's accuracy."
+)
+
+
 def predictions_json(result: PredictOutput) -> dict[str, Any]:
     """``ad predict --json``: the category, the threshold and each image's verdict."""
     rows = [
@@ -90,7 +95,12 @@ def predictions_json(result: PredictOutput) -> dict[str, Any]:
         }
         for i in result.images
     ]
-    return {"category": result.category, "threshold": result.threshold, "images": rows}
+    return {
+        "category": result.category,
+        "threshold": result.threshold,
+        "random_weights": result.random_weights,
+        "images": rows,
+    }
 
 
 def print_predictions(result: PredictOutput, out: Path) -> None:
@@ -115,4 +125,6 @@ def print_predictions(result: PredictOutput, out: Path) -> None:
             "in between; >= 0.5 means anomalous.",
             highlight=False,
         )
+    if result.random_weights:
+        console.print(RANDOM_WEIGHTS_NOTE)
     console.print(f"Results: {out}")

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adcore.cli.eval_cmd import RANDOM_BANNER
-from adcore.cli.options import NoProgressOption, RandomWeightsOption
+from adcore.cli.options import DataRootOption, NoProgressOption, RandomWeightsOption, flag
 from adcore.cli.tables import print_table
 
 
@@ -78,7 +78,7 @@ MaxRetriesOption = Annotated[
     int, typer.Option("--max-retries", min=0, help="Ray retries of a unit whose worker died.")
 ]
 OverwriteOption = Annotated[
-    bool, typer.Option("--overwrite", help="Recompute finished units and replace their runs.")
+    bool, flag("--overwrite", help="Recompute finished units and replace their runs.")
 ]
 
 
@@ -93,9 +93,12 @@ def sweep_command(
     overwrite: OverwriteOption = False,
     no_progress: NoProgressOption = False,
     random_weights: RandomWeightsOption = False,
+    data_root: DataRootOption = None,
 ) -> None:
     """Run a grid of experiments (every category of each), skipping finished units, then
-    summarise: each run's summary, and mean ± std over seeds per setting."""
+    summarise: each run's summary, and mean ± std over seeds per setting.
+
+    --data-root replaces data.root of every point (train: entries keep their own)."""
     from adcore.infra.progress import Progress
     from adcore.sweep.driver import run_sweep
     from adcore.sweep.executors import LocalExecutor, RayExecutor
@@ -106,7 +109,7 @@ def sweep_command(
     else:
         chosen = LocalExecutor()
     with Progress(enabled=not no_progress) as progress:
-        outcome = run_sweep(sweep_file, chosen, overwrite, progress, random_weights)
+        outcome = run_sweep(sweep_file, chosen, overwrite, progress, random_weights, data_root)
     if outcome.rows:
         print_table(sweep_table(outcome.header, outcome.rows), console)
     if any(e.config.random_weights for e in outcome.plan.experiments):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import typer
 from rich.console import Console
 
 from adcore.cli.options import (
@@ -19,6 +18,7 @@ from adcore.cli.options import (
     RandomWeightsOption,
     SetOption,
     SkipBadSamplesOption,
+    flag,
     resolved_config,
 )
 
@@ -34,7 +34,7 @@ def train_command(
     output: OutputOption = None,
     random_weights: RandomWeightsOption = False,
     restart: Annotated[
-        bool, typer.Option("--restart", help="Start from epoch 0 instead of resuming.")
+        bool, flag("--restart", help="Start from epoch 0 instead of resuming.")
     ] = False,
     skip_bad_samples: SkipBadSamplesOption = False,
     no_progress: NoProgressOption = False,
@@ -47,7 +47,7 @@ def train_command(
     Bad files are refused before any model work (as in ad eval), or left out and named with
     --skip-bad-samples.
     """
-    from adcore.run.training import run_training
+    from adcore.run.training import model_options, run_training
 
     assignments = list(set_ or [])
     if skip_bad_samples:
@@ -70,5 +70,5 @@ def train_command(
         progress=not no_progress,
         note=lambda text: console.print(text, highlight=False),
     )
-    for line in result.summary(resolved.method.spec.name):
-        console.print(line, highlight=False)
+    for line in result.summary(resolved.method.spec.name, model_options(resolved)):
+        console.print(line, highlight=False, soft_wrap=True)  # one line to copy, any width

@@ -13,6 +13,7 @@ import yaml
 
 from adcore.config.sections import SECTIONS
 from adcore.infra.errors import ConfigError, UsageError
+from adcore.infra.suggest import did_you_mean
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -72,8 +73,9 @@ def load_yaml_file(
     parent = data.pop("extends", None)
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
+        hints = "".join(did_you_mean(u, SECTIONS, lead=f" {u}: did you mean") for u in unknown)
         raise ConfigError(
-            f"Unknown section(s) {', '.join(unknown)} in {path}.",
+            f"Unknown section(s) {', '.join(unknown)} in {path}.{hints}",
             f"Allowed sections: extends, {', '.join(SECTIONS)}.",
         )
     if parent is None:
@@ -92,7 +94,7 @@ def nested(dotted: str, value: Any) -> dict[str, Any]:
     parts = dotted.strip().split(".")
     if parts[0] not in SECTIONS:
         raise ConfigError(
-            f"{dotted!r} names an unknown section {parts[0]!r}.",
+            f"{dotted!r} names an unknown section {parts[0]!r}.{did_you_mean(parts[0], SECTIONS)}",
             f"Allowed sections: {', '.join(SECTIONS)}.",
         )
     tree: dict[str, Any] = {parts[-1]: value}

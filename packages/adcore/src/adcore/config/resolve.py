@@ -5,6 +5,7 @@ plugin's config model once the plugin is known."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -19,7 +20,9 @@ from adcore.config.sections import (
 )
 from adcore.contracts.records import PluginConfig
 from adcore.infra.errors import PluginError
+from adcore.infra.suggest import did_you_mean
 from adcore.plugins.registry import Component, Registry
+from adcore.toolkit.trained import trained_resolution
 from adcore.toolkit.weights import RANDOM
 
 
@@ -44,7 +47,7 @@ def _plugin_settings(
     try:
         return component, model.model_validate(values)
     except ValidationError as error:
-        lines = validation_lines(error, section, locations)
+        lines = validation_lines(error, section, locations, model, shared.model_fields)
         if any(item["type"] == "extra_forbidden" for item in error.errors()):
             lines.append(
                 f"    allowed keys in {section} for {kind} {component.spec.name!r}: "
@@ -54,12 +57,14 @@ def _plugin_settings(
         return component, None
 
 
-def resolve_dataset(base: ExperimentConfig, registry: Registry) -> tuple[Component, PluginConfig]:
+def resolve_dataset(
+    base: ExperimentConfig, registry: Registry, locations: dict[str, str] | None = None
+) -> tuple[Component, PluginConfig]:
     """The data set plugin and its own settings from the ``data`` section."""
     problems: list[str] = []
     dataset, settings = _plugin_settings(
         registry, "dataset", base.data.dataset, dict(base.data.model_extra or {}), "data",
-        DataSection, problems,
+        DataSection, problems, locations,
     )  # fmt: skip
     if problems or dataset is None or settings is None:
         raise config_problems(problems)
@@ -88,10 +93,30 @@ def _check_metrics(
     names = metrics if isinstance(metrics, list) else [metrics]
     unknown = [str(m) for m in names if str(m).rpartition(":")[2] not in registry.names("metric")]
     if unknown:
+        known = registry.names("metric")
+        told = [m + did_you_mean(m.rpartition(":")[2], known, " (did you mean") for m in unknown]
+        told = [t + ")" if t.endswith("?") else t for t in told]
         problems.append(
-            f"  - evaluation.metrics: unknown metric(s) {', '.join(unknown)}; available: "
-            f"{', '.join(registry.names('metric'))}{where('evaluation.metrics', locations)}"
+            f"  - evaluation.metrics: unknown metric(s) {', '.join(told)}; available: "
+            f"{', '.join(known)}{where('evaluation.metrics', locations)}"
         )
+
+
+def resolution_note(method_config: PluginConfig) -> str:
+    """A warning when ``model.checkpoint`` was trained at another ``model.resolution``."""
+    checkpoint = getattr(method_config, "checkpoint", None)
+    resolution = getattr(method_config, "resolution", None)
+    if not checkpoint or not isinstance(resolution, int):
+        return ""
+    trained = trained_resolution(Path(str(checkpoint)).expanduser())
+    if trained is None or trained == resolution:
+        return ""
+    return (
+        f"Warning: model.checkpoint {checkpoint} was trained at model.resolution={trained} "
+        f"px, and this run uses {resolution} px: its trained parts meet features of another "
+        f"scale, so results may not be what it was trained for. Add --set "
+        f"model.resolution={trained} to use it as trained (or train one at {resolution})."
+    )
 
 
 def resolve(
@@ -124,6 +149,7 @@ def resolve(
     if random_weights:
         updates = dict.fromkeys(weights_fields(method_config), RANDOM)
         method_config = method_config.model_copy(update=updates)
+    notes.append(resolution_note(method_config))
     if base.data.k_shot is None:
         base = base.model_copy(deep=True)
         base.data.k_shot = k_shot

@@ -23,7 +23,8 @@ class Progress:
 
     When the console is not a terminal, bars would print nothing until the end, so each task
     prints plain lines instead: when it starts, at most every ``interval`` seconds, and when
-    it finishes (``predict: 40/120 (33%), 12 s``).
+    it finishes (``predict: 40/120 (33%), 12 s``; a task without a known total, or one left
+    before its total: ``fit: finished, 0 done, 3 s``).
     """
 
     def __init__(
@@ -75,24 +76,28 @@ class Progress:
         started = last = time.monotonic()
         done = 0
 
-        def line(status: str | None = None) -> str:
-            share = f" ({100 * done / total:.0f}%)" if total else ""
+        shown, latest = "", None  # the last line printed, the last status
+
+        def line(status: str | None = None, end: str = "") -> str:
+            count = f"{done}/{total} ({100 * done / total:.0f}%)" if total else f"{done} done"
             extra = f", {status}" if status else ""
             seconds = time.monotonic() - started
-            return f"{description}: {done}/{total or '?'}{share}, {seconds:.0f} s{extra}"
+            return f"{description}: {end}{count}, {seconds:.0f} s{extra}"
 
         def advance(n: int = 1, status: str | None = None) -> None:
-            nonlocal done, last
+            nonlocal done, last, shown, latest
             done += n
+            latest = status or latest
             now = time.monotonic()
-            if now - last >= self.interval or (total is not None and done >= total):
+            if now - last >= self.interval or (total is not None and 0 < total <= done):
                 last = now
-                self.note(line(status))
+                shown = line(status)
+                self.note(shown)
 
         self.note(f"{description}: started" + (f", {total} to do" if total else ""))
         yield advance
-        if total is None or done < total:
-            self.note(line())
+        if not (total and done >= total and shown):  # every task says that it finished
+            self.note(line(latest, end="finished, "))
 
     def note(self, text: str) -> None:
         if self.enabled:

@@ -92,6 +92,35 @@ def machine_summary(env: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+# CPUs the load may take from a run's torch threads before timings are called unreliable
+BUSY_MARGIN = 0.5
+
+
+def busy_machine_note(machine: dict[str, Any]) -> str:
+    """A warning when :func:`describe_machine`'s 1-minute load average leaves the torch
+    threads fewer free CPUs than they use, less :data:`BUSY_MARGIN`; empty otherwise.
+
+    The load is taken before the timing starts, so it is other work: threads then share CPUs
+    with it, and each time (and a ratio of two times taken moments apart) changes from one
+    run to the next as that work comes and goes.
+    """
+    load, usable = machine.get("load_average"), machine.get("cpus_usable")
+    threads = machine.get("torch_threads")
+    if not load or not usable or not threads:
+        return ""
+    needed = min(threads, usable)
+    if usable - load[0] >= needed - BUSY_MARGIN:
+        return ""
+    plural = "s" if threads != 1 else ""
+    return (
+        f"Warning: the machine was busy (load {load[0]:.1f} on {usable} usable CPUs, and "
+        f"{threads} torch thread{plural} to run): other work competes for the CPUs, so these "
+        "times and their ratios are unreliable and can differ widely between runs of the "
+        "same command. Measure on an idle machine (or with fewer threads, OMP_NUM_THREADS), "
+        "and compare figures only between runs made under the same load."
+    )
+
+
 def environment(registry: Registry, device: str) -> dict[str, Any]:
     """Versions of Python, the libraries and every loaded plugin distribution."""
     plugins = {p.distribution: p.version for p in registry.plugins}

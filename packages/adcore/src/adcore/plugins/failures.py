@@ -34,10 +34,11 @@ def _frames(traceback: TracebackType | None) -> list[tuple[str, int, str]]:
     return frames
 
 
-def plugin_failure(error: BaseException, registry: Registry) -> PluginError | None:
-    """A :class:`PluginError` naming the component and distribution whose code raised
-    ``error``, or None when no plugin's code is on the traceback (a host bug keeps its
-    traceback)."""
+def _raising_plugin(
+    error: BaseException, registry: Registry
+) -> tuple[PluginInfo, Path, int, str] | None:
+    """The plugin whose code is the innermost on ``error``'s traceback: (plugin, file,
+    line, function), or None when no plugin's code is on it."""
     roots: list[tuple[Path, PluginInfo]] = []
     for plugin in registry.plugins:
         root = _package_root(plugin.module) if plugin.module else None
@@ -47,15 +48,37 @@ def plugin_failure(error: BaseException, registry: Registry) -> PluginError | No
         path = Path(filename).resolve()
         for root, plugin in roots:
             if path == root or root in path.parents:
-                return PluginError(
-                    f"{_components(registry, plugin)} from distribution {plugin.distribution} "
-                    f"{plugin.version} failed: {type(error).__name__}: {error} (in "
-                    f"{path.name}:{line}, {function}).",
-                    "The error is inside that plugin: check its settings in the config "
-                    "(`ad config show`), or report it to the plugin's authors with the "
-                    "traceback that AD_DEBUG=1 prints.",
-                )
+                return plugin, path, line, function
     return None
+
+
+def plugin_failure(error: BaseException, registry: Registry) -> PluginError | None:
+    """A :class:`PluginError` naming the component and distribution whose code raised
+    ``error``, or None when no plugin's code is on the traceback (a host bug keeps its
+    traceback)."""
+    found = _raising_plugin(error, registry)
+    if found is None:
+        return None
+    plugin, path, line, function = found
+    return PluginError(
+        f"{_components(registry, plugin)} from distribution {plugin.distribution} "
+        f"{plugin.version} failed: {type(error).__name__}: {error} (in "
+        f"{path.name}:{line}, {function}).",
+        "The error is inside that plugin: check its settings in the config "
+        "(`ad config show`), or report it to the plugin's authors with the "
+        "traceback that AD_DEBUG=1 prints.",
+    )
+
+
+def plugin_source(error: BaseException, registry: Registry) -> str:
+    """Where a user error (an ``AdError``) raised in a plugin's code came from:
+    ``the method 'afclip' from distribution ad-afclip 0.1.0``; empty when not a plugin's."""
+    found = _raising_plugin(error, registry)
+    if found is None:
+        return ""
+    plugin = found[0]
+    named = _components(registry, plugin).removeprefix("The ")
+    return f"the {named} from distribution {plugin.distribution} {plugin.version}"
 
 
 def _components(registry: Registry, plugin: PluginInfo) -> str:

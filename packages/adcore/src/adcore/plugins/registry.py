@@ -17,7 +17,7 @@ from importlib import metadata
 from typing import Any
 
 import pluggy
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from adcore.contracts import hookspecs
 from adcore.contracts.records import (
@@ -28,6 +28,7 @@ from adcore.contracts.records import (
     ReporterSpec,
 )
 from adcore.infra.errors import PluginError
+from adcore.infra.suggest import did_you_mean
 
 HOST_DISTRIBUTION = "adcore"
 HOOKS: dict[str, tuple[str, type[ComponentSpec]]] = {
@@ -99,7 +100,8 @@ class Registry:
                 else ""
             )
             raise PluginError(
-                f"Unknown {kind} {name!r}. Available: {available}.{note}",
+                f"Unknown {kind} {name!r}.{did_you_mean(short, self.names(kind))} "
+                f"Available: {available}.{note}",
                 f"Pick one of those, or install the distribution that provides {short!r}.",
             )
         owners = " and ".join(c.plugin.distribution for c in matches)
@@ -162,6 +164,19 @@ def unmatched_hooks(manager: pluggy.PluginManager, plugin: object) -> list[str]:
     return problems
 
 
+def _check_collection(produced: Any, hook_name: str, record_type: type) -> None:
+    """A hook returns a list of records (or yields them): a dict, a string or one record
+    would be iterated into its keys, characters or fields, so it is told as what it is."""
+    if produced is None:
+        return
+    if isinstance(produced, (dict, str, bytes, BaseModel)) or not isinstance(produced, Iterable):
+        name = record_type.__name__
+        raise TypeError(
+            f"{hook_name}() returned a {type(produced).__name__}, expected a list of {name} "
+            f"records: return [{name}(...), ...] or yield each {name}"
+        )
+
+
 def _records_of(manager: pluggy.PluginManager, plugin_name: str, others: list[str]) -> list[Any]:
     """Call each hook through pluggy for this plugin alone; every item must be the hook's
     record type. Hooks called with no arguments: implementations may take fewer than a spec."""
@@ -170,6 +185,7 @@ def _records_of(manager: pluggy.PluginManager, plugin_name: str, others: list[st
     for kind, (hook_name, record_type) in HOOKS.items():
         caller = manager.subset_hook_caller(hook_name, remove_plugins=others_objects)
         for produced in caller():
+            _check_collection(produced, hook_name, record_type)
             for record in produced or ():
                 if not isinstance(record, record_type):
                     raise TypeError(

@@ -26,6 +26,8 @@ class BenchReport(BaseModel):
     backbone_figures: BackboneFigures
     ratio_time: float
     ratio_gflops: float
+    machine: dict[str, Any]  # CPUs, threads, load average when the bench started
+    load_warning: str = ""  # said when that load makes the times unreliable
 
 
 def supported_k_shot(capabilities: frozenset[Capability], requested: int | str) -> int | str:
@@ -56,13 +58,16 @@ def run_bench(
     """Fit on the first category, then time the method and its bare backbone.
 
     ``warmup``/``iters`` default by device; ``batch`` (the throughput run's batch size)
-    defaults to ``evaluation.latency.throughput_batch``.
+    defaults to ``evaluation.latency.throughput_batch``. The machine and its load are taken
+    first, before this process's own work adds to the load average.
     """
     from adcore.infra.progress import Progress
+    from adcore.outputs.env import busy_machine_note, describe_machine
     from adcore.plugins.registry import get_registry
     from adcore.run.efficiency import measure_backbone, measure_efficiency, method_over_backbone
     from adcore.run.runner import Evaluation, RunOptions
 
+    machine = describe_machine()
     resolved = bench_config(resolved)
     batch = batch or resolved.base.evaluation.latency.throughput_batch
     with Progress(enabled=show_progress) as progress:
@@ -88,4 +93,6 @@ def run_bench(
         backbone_figures=backbone,
         ratio_time=ratios["latency"],
         ratio_gflops=ratios["gflops"],
+        machine=machine,
+        load_warning=busy_machine_note(machine),
     )

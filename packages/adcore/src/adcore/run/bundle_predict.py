@@ -47,5 +47,5 @@ def predict_bundle(
         )
     return PredictOutput(
         bundle.category, verdicts.threshold, verdicts.source, results, out_dir / "scores.csv",
-        verdicts.scale,
+        verdicts.scale, bool(bundle.weights.get("random_backbone")),
     )  # fmt: skip

@@ -15,6 +15,7 @@ from adcore.contracts.method import Method, Runtime
 from adcore.contracts.records import Capability, PluginConfig
 from adcore.infra.device import resolve_device
 from adcore.infra.errors import DataError, PluginError
+from adcore.infra.suggest import did_you_mean
 from adcore.plugins.registry import Component
 
 
@@ -78,8 +79,9 @@ def select_categories(dataset: Dataset, requested: Sequence[str] | None) -> list
     missing = [c for c in requested if c not in available]
     if missing:
         raise DataError(
-            f"Category {', '.join(missing)} not found in the data set. "
-            f"Available: {', '.join(available) or 'none'}.",
+            f"Category {', '.join(missing)} not found in the data set."
+            + "".join(did_you_mean(c, available, lead=f" {c}: did you mean") for c in missing)
+            + f" Available: {', '.join(available) or 'none'}.",
             "Pick categories from that list (or leave data.categories unset for all).",
         )
     return list(requested)

@@ -45,10 +45,11 @@ MIB = 2**20
 # how ``ad eval`` obtains each figure (written to env.json as ``efficiency_sources``)
 EVALUATION_SOURCES = {
     "latency_ms_median": "batch-1 probe after the prediction pass: median of device-"
-    "synchronised predict calls on synthetic images, as many as fit in "
-    "evaluation.latency.budget_fraction of the category's predict time (at least "
-    "min_iters; measure_iters when set), after warmup_iters (default: none on the CPU, where "
-    "the prediction pass has just run the method; 10 on CUDA)",
+    "synchronised predict calls on synthetic images, at least min_iters, then until the "
+    "median is known to within 5 % (a distribution-free 75 % interval of the median from "
+    "order statistics) or evaluation.latency.budget_fraction of the category's predict time "
+    "is spent (measure_iters exactly when set), after warmup_iters (default: none on the "
+    "CPU, where the prediction pass has just run the method; 10 on CUDA)",
     "latency_ms_p90": "the same batch-1 probe, 90th percentile",
     "batch_ms_per_image": "prediction pass: median over its data.batch_size predict calls of "
     "the device-synchronised call time divided by the call's images",
@@ -338,6 +339,39 @@ def probe_iters(device: str) -> tuple[int, int]:
     return (10, 200) if device.startswith("cuda") else (0, 50)
 
 
+STABLE_WITHIN = 0.05  # the probe stops once the median is known to within ±5 %
+MEDIAN_CONFIDENCE = 0.75  # coverage of the median's interval (3 calls give min..max)
+
+
+def median_interval(times: np.ndarray) -> tuple[float, float]:
+    """Distribution-free interval of the median of ``times`` [n]: order statistics
+    ``[x_(j), x_(n+1-j)]`` with the largest ``j`` whose coverage ``1 - 2 P(Bin(n, 1/2) < j)``
+    is at least :data:`MEDIAN_CONFIDENCE`; ``(-inf, inf)`` while ``n`` is too small (< 3)."""
+    from scipy.stats import binom
+
+    n = len(times)
+    ranks = np.arange(1, n // 2 + 1)
+    ranks = ranks[1 - 2 * binom.cdf(ranks - 1, n, 0.5) >= MEDIAN_CONFIDENCE]
+    if not len(ranks):
+        return -np.inf, np.inf
+    ordered = np.sort(times)
+    return float(ordered[ranks[-1] - 1]), float(ordered[n - ranks[-1]])
+
+
+def median_spread(times: np.ndarray) -> float:
+    """Half-width of :func:`median_interval` over the median (inf while undetermined)."""
+    low, high = median_interval(times)
+    return float((high - low) / 2 / np.median(times)) if np.isfinite(high - low) else np.inf
+
+
+def _probe_done(times: list[float], budget: float, min_iters: int, most: int) -> bool:
+    """Enough batch-1 calls: the median stable, the budget spent, or the most allowed."""
+    if len(times) < min_iters:
+        return False
+    spent = sum(times) + float(np.median(times)) > budget
+    return len(times) >= most or spent or median_spread(np.asarray(times)) <= STABLE_WITHIN
+
+
 def probe_latency(
     method: Method,
     runtime: Runtime,
@@ -345,9 +379,12 @@ def probe_latency(
     min_iters: int,
     warmup_iters: int | None = None,
     measure_iters: int | None = None,
+    advance: Callable[..., None] | None = None,
 ) -> np.ndarray:
-    """Seconds of batch-1 ``predict`` calls [n]: ``measure_iters`` when given, else as many
-    as fit in ``budget_seconds`` (at least ``min_iters``, at most :func:`probe_iters`'s)."""
+    """Seconds of batch-1 ``predict`` calls [n]: ``measure_iters`` when given; else at
+    least ``min_iters``, then until the median is known to within :data:`STABLE_WITHIN`
+    (:func:`median_spread`), ``budget_seconds`` are spent, or :func:`probe_iters`'s most.
+    ``advance(1, status=...)`` is called after each timed call (a progress display)."""
     import torch
 
     default_warmup, most = probe_iters(runtime.device)
@@ -359,20 +396,26 @@ def probe_latency(
     with torch.no_grad(), runtime.autocast():
         for _ in range(warmup):
             method.predict(single)
-        while True:
-            if measure_iters is not None:
-                if len(times) >= measure_iters:
-                    break
-            elif len(times) >= min_iters and (
-                len(times) >= most or sum(times) + float(np.median(times)) > budget_seconds
-            ):
-                break
+        while not (
+            len(times) >= measure_iters
+            if measure_iters is not None
+            else _probe_done(times, budget_seconds, min_iters, most)
+        ):
             sync()
             start = time.perf_counter()
             method.predict(single)
             sync()
             times.append(time.perf_counter() - start)
+            if advance is not None:
+                advance(1, status=latency_status(np.asarray(times) / per_call))
     return np.asarray(times) / per_call
+
+
+def latency_status(latency: np.ndarray) -> str:
+    """``median 12.3 ms ± 4 %`` (the spread of :func:`median_spread`; ``± ?`` while unknown)."""
+    spread = median_spread(latency)
+    known = f"± {100 * spread:.0f} %" if np.isfinite(spread) else "± ?"
+    return f"median {np.median(latency) * 1e3:.4g} ms {known}"
 
 
 def evaluation_figures(
@@ -383,12 +426,14 @@ def evaluation_figures(
     batch_seconds: np.ndarray,
     peak_memory_mb: float,
     cost: MethodCost,
+    advance: Callable[..., None] | None = None,
 ) -> dict[str, float]:
     """``ad eval``'s figures of one category (``EVALUATION_SOURCES`` says how each is made).
 
     ``batch_sizes``/``batch_seconds`` [T]: images and device-synchronised seconds of each
     predict call of the prediction pass; the batch-1 probe gets ``settings.budget_fraction``
-    of their sum. ``efficiency_seconds`` is the time spent here.
+    of their sum. ``efficiency_seconds`` is the time spent here; ``advance`` follows the
+    probe's calls (a progress display).
     """
     started = time.perf_counter()
     latency = probe_latency(
@@ -398,6 +443,7 @@ def evaluation_figures(
         min_iters=settings.min_iters,
         warmup_iters=settings.warmup_iters,
         measure_iters=settings.measure_iters,
+        advance=advance,
     )  # [n] seconds
     figures = {
         "latency_ms_median": float(np.median(latency) * 1e3),

@@ -30,6 +30,7 @@ from adcore.contracts.dataset import Sample
 from adcore.contracts.method import Method
 from adcore.infra.errors import DataError, UsageError
 from adcore.infra.files import atomic_write_bytes
+from adcore.infra.suggest import did_you_mean
 from adcore.metrics import image_f1_threshold
 from adcore.outputs.outputkeys import unique_keys
 from adcore.outputs.reporters.overlay import (
@@ -51,6 +52,7 @@ class PredictOutput:
     images: list[PredictedImage]
     scores_csv: Path
     scale: ScoreScale | None = None
+    random_weights: bool = False  # the run's models were randomly initialised
 
 
 def run_categories(run_dir: Path) -> list[str]:
@@ -75,7 +77,8 @@ def pick_category(run_dir: Path, category: str | None) -> str:
         category = available[0]
     elif category not in available:
         raise DataError(
-            f"Category {category!r} is not in the run {run_dir}.",
+            f"Category {category!r} is not in the run {run_dir}."
+            + did_you_mean(category, available),
             f"Available: {', '.join(available) or 'none'}.",
         )
     if not (run_dir / category / "model.pt").is_file():
@@ -174,7 +177,9 @@ def predict(
     if overlays:
         settings = run_map_settings(run_dir, category)
         write_overlays(results, verdicts, method.geometry, settings, (low, high), out_dir, decoding)
-    return PredictOutput(category, decision, source, results, out_dir / "scores.csv", scale)
+    return PredictOutput(
+        category, decision, source, results, out_dir / "scores.csv", scale, config.random_weights
+    )
 
 
 def screened_samples(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -196,21 +196,28 @@ class Evaluation:
             )
 
     def efficiency(
-        self, method: Method, predicted: PredictionPass, peak: float
+        self, category: str, method: Method, predicted: PredictionPass, peak: float
     ) -> dict[str, float]:
         """From the pass's batches and a budgeted batch-1 probe; size and FLOPs counted once."""
         from adcore.run.efficiency import count_cost, evaluation_figures
 
         started = time.perf_counter()
-        if self.cost is None:
-            self.cost = count_cost(method, self.runtime)
-        counting = time.perf_counter() - started
         settings = self.config.base.evaluation.latency
         sizes, seconds = predicted.batch_sizes, predicted.batch_seconds
-        figures = evaluation_figures(
-            method, self.runtime, settings, sizes, seconds, peak, self.cost
+        with self.progress.task(f"{category}: efficiency", total=None) as advance:
+            if self.cost is None:
+                advance(0, status="counting parameters and FLOPs")
+                self.cost = count_cost(method, self.runtime)
+            counting = time.perf_counter() - started
+            figures = evaluation_figures(
+                method, self.runtime, settings, sizes, seconds, peak, self.cost, advance
+            )
+        figures["efficiency_seconds"] += counting
+        self.progress.note(
+            f"{category}: efficiency: {figures['latency_probe_iters']:.0f} batch-1 call(s), "
+            f"median {figures['latency_ms_median']:.4g} ms, {figures['efficiency_seconds']:.1f} s"
         )
-        return {**figures, "efficiency_seconds": figures["efficiency_seconds"] + counting}
+        return figures
 
     def run_category(
         self, category: str, prepared: CategoryData
@@ -230,7 +237,8 @@ class Evaluation:
         )
         undefined = self.dataset.undefined_levels  # what the data set cannot support
         scored = score_category(self.metrics, data, test, predicted.masks, undefined)
-        efficiency = self.efficiency(method, predicted, peak) if evaluation.latency.enabled else {}
+        latency = evaluation.latency.enabled
+        efficiency = self.efficiency(category, method, predicted, peak) if latency else {}
         result = CategoryResult(
             category=category,
             metrics=scored.values,
@@ -281,16 +289,23 @@ class Evaluation:
 
 
 def evaluate(
-    resolved: ResolvedConfig, options: RunOptions, show_progress: bool = True
+    resolved: ResolvedConfig,
+    options: RunOptions,
+    show_progress: bool = True,
+    on_start: Callable[[], None] | None = None,
 ) -> RunResult:
     """``ad eval``: every category of ``resolved`` through an :class:`Evaluation`.
 
+    ``on_start`` is called once the run is accepted (categories found, results folder its
+    own) and before any model work: what it prints never precedes a refusal.
     Raises ``Interrupted`` on Ctrl-C, naming the categories kept on disk for a resume.
     """
     from adcore.plugins.registry import get_registry
 
     with Progress(enabled=show_progress) as progress:
         evaluation = Evaluation(resolved, get_registry(), options, progress)
+        if on_start is not None:
+            on_start()
         try:
             return evaluation.run()
         except KeyboardInterrupt:

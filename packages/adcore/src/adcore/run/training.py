@@ -54,14 +54,43 @@ class TrainingResult:
     resumed_from: int = 0
     epoch_losses: list[float] = field(default_factory=list)
 
-    def summary(self, method: str) -> list[str]:
-        """The closing lines of ``ad train``: the losses, the checkpoint, how to use it."""
+    def summary(self, method: str, options: Sequence[str] = ()) -> list[str]:
+        """The closing lines of ``ad train``: the losses, the checkpoint, and the ``ad eval``
+        that uses it with ``options`` (those of the training run that shape the model)."""
+        import shlex
+
         losses = ", ".join(f"{loss:.4f}" for loss in self.epoch_losses)
+        use = ["ad", "eval", "--method", method, *options]
+        use += ["--set", f"model.checkpoint={self.checkpoint}"]
         return [
             f"Trained {self.epochs} epoch(s); mean loss per epoch: {losses}",
             f"Checkpoint: {self.checkpoint}",
-            f"Use it: ad eval --method {method} --set model.checkpoint={self.checkpoint}",
+            f"Use it: {shlex.join(use)}",
         ]
+
+
+def model_options(resolved: ResolvedConfig) -> list[str]:
+    """``ad eval`` options that rebuild the model ``resolved`` trained: ``--random-weights``,
+    ``--device``, ``--set model.precision`` and each method setting given (not its
+    default), except the checkpoint itself and weights fields ``--random-weights`` covers."""
+    import yaml
+
+    from adcore.config.sections import weights_fields
+
+    config, model = resolved.method_config, resolved.base.model
+    options = ["--random-weights"] if resolved.random_weights else []
+    if model.device != "auto":
+        options += ["--device", model.device]
+    given = config.model_dump(mode="json", exclude_defaults=True)
+    if model.precision != "fp32":
+        given = {"precision": model.precision, **given}
+    skipped = {"checkpoint", "checkpoint_epoch"}
+    skipped |= set(weights_fields(config)) if resolved.random_weights else set()
+    for key, value in given.items():
+        if key not in skipped:
+            text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...")
+            options += ["--set", f"model.{key}={text.strip()}"]
+    return options
 
 
 def _output_folder(out_dir: Path) -> Path:

@@ -43,17 +43,19 @@ def run_sweep(
     overwrite: bool = False,
     progress: Progress | None = None,
     random_weights: bool = False,
+    data_root: Path | None = None,
 ) -> SweepOutcome:
     """Run every unfinished unit of the sweep, then write the run and sweep summaries.
 
-    Failed units are reported in the outcome (the others still run and are summarised); a
-    rerun retries them.
+    ``data_root`` (``--data-root``) replaces ``data.root`` of every point. Failed units are
+    reported in the outcome (the others still run and are summarised); a rerun retries them.
     """
     from adcore.sweep.summary import summarise_sweep
 
     executor = executor or LocalExecutor()
+    executor.require()  # e.g. Ray installed, before any planning or training
     progress = progress or Progress(enabled=False)
-    sweep = load_sweep(sweep_file)
+    sweep = load_sweep(sweep_file, data_root)
     registry = get_registry()
     fail_once = os.environ.get(FAIL_ONCE_ENV) or None
     plan = plan_sweep(sweep, registry, overwrite, fail_once, random_weights)

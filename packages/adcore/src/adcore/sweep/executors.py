@@ -9,6 +9,7 @@ the driver receives only each unit's small ``CategoryResult``.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,9 @@ OnFailed = Callable[[Unit, str], None]
 
 class LocalExecutor:
     """Units one after another on the configured device, in one progress display."""
+
+    def require(self) -> None:
+        """Nothing to check: the local executor needs only what ``ad eval`` needs."""
 
     def run(
         self, units: Sequence[Unit], progress: Progress, on_done: OnDone, on_failed: OnFailed
@@ -50,6 +54,10 @@ class RayExecutor:
     cpus_per_unit: float = 1.0
     gpus_per_unit: float | None = None  # None: 1 when the cluster has GPUs, else 0
     max_retries: int = 3
+
+    def require(self) -> None:
+        """Refuse before any work (planning, training) when Ray is not installed."""
+        _import_ray()
 
     def run(
         self, units: Sequence[Unit], progress: Progress, on_done: OnDone, on_failed: OnFailed
@@ -108,12 +116,22 @@ class RayExecutor:
                 on_done(unit, result)
 
 
-def _import_ray():
+RAY_INSTALL = "pip install -e 'packages/adcore[ray]'"
+
+
+def _import_ray() -> Any:
     try:
         import ray
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as error:
+        where = f"in this environment ({sys.executable})"
+        if error.name == "ray":
+            problem = f"--executor ray needs Ray, which is not installed {where}"
+        else:  # installed, but one of its own dependencies is missing
+            problem = f"--executor ray needs Ray, which cannot be imported {where}: {error}"
         raise UsageError(
-            "--executor ray needs Ray, which is not installed.",
-            "Install it with: pip install 'adcore[ray]'",
+            f"{problem}. Ray is an extra of adcore, left out of requirements.txt.",
+            f"Install it with `{RAY_INSTALL}` from the repository root (or `pip install "
+            "'adcore[ray]'`), then rerun the same command; or run the sweep here with "
+            "--executor local.",
         ) from None
     return ray

@@ -20,6 +20,9 @@ train:                              # trainable methods: train once, evaluate ze
 layout: paper                       # also write the paper-layout table (ad report --layout paper)
 ```
 
+``ad sweep --data-root R`` sets ``data.root`` of every point to ``R`` (after ``set``,
+``overrides`` and the axes), as ``--data-root`` does for ``ad eval``.
+
 A ``train`` entry gives the points it matches ``model.checkpoint`` = its run's
 ``checkpoint.safetensors`` (unless they set a checkpoint themselves, e.g. released weights);
 ``ad sweep`` trains it first when that file is missing or unfinished.
@@ -124,9 +127,10 @@ def slug(value: Any) -> str:
 class Sweep:
     """A loaded sweep file: its grid points and the raw config of each."""
 
-    def __init__(self, path: Path, spec: SweepFile) -> None:
+    def __init__(self, path: Path, spec: SweepFile, data_root: Path | None = None) -> None:
         self.path = path
         self.spec = spec
+        self.data_root = data_root  # --data-root: data.root of every point
         self.name = spec.name or slug(path.stem)
         self.base = (path.parent / spec.base).resolve() if spec.base else None
         self._check_keys()
@@ -191,6 +195,8 @@ class Sweep:
             if matches(point, override.when):
                 raw = merge_dotted(raw, override.set_)
         raw = merge_dotted(raw, point)
+        if self.data_root is not None:
+            raw = merge_dotted(raw, {"data.root": str(self.data_root)})
         raw = merge_dotted(raw, {"experiment.name": self.experiment_name(point)})
         raw = self._with_output_root(raw)
         training = self.training_for(point)
@@ -245,7 +251,9 @@ def describe_point(point: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items()) or "the base config"
 
 
-def load_sweep(path: Path) -> Sweep:
+def load_sweep(path: Path, data_root: Path | None = None) -> Sweep:
+    """The sweep file at ``path``; ``data_root`` replaces ``data.root`` of every point
+    (``train:`` entries keep their own)."""
     path = path.expanduser().resolve()
     data = read_yaml_mapping(path, "Sweep file", "the path given to ad sweep")
     try:
@@ -255,4 +263,4 @@ def load_sweep(path: Path) -> Sweep:
             f"Sweep file {path} is invalid:\n" + format_validation(error),
             "Allowed keys: name, base, set, axes, exclude, overrides, output_root, train, layout.",
         ) from None
-    return Sweep(path, spec)
+    return Sweep(path, spec, data_root)

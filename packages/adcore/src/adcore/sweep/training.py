@@ -49,7 +49,7 @@ def train_missing(sweep: Sweep, plan: Plan, progress: Progress) -> list[Path]:
     from adcore.config.files import build_raw_config
     from adcore.config.resolve import resolve_raw
     from adcore.plugins.registry import get_registry
-    from adcore.run.training import run_training
+    from adcore.run.training import model_options, run_training
 
     console = Console()  # what ad train itself prints, on stdout, also without progress
 
@@ -71,7 +71,7 @@ def train_missing(sweep: Sweep, plan: Plan, progress: Progress) -> list[Path]:
             raw = build_raw_config(config_file, locations=where)
             resolved = resolve_raw(raw, get_registry(), False, where)
             result = run_training(resolved, progress=progress.enabled, note=say)
-            for line in result.summary(resolved.method.spec.name):
+            for line in result.summary(resolved.method.spec.name, model_options(resolved)):
                 say(line)
         except AdError as error:
             raise type(error)(

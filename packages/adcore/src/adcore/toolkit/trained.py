@@ -51,6 +51,19 @@ def checkpoint_metadata(path: Path) -> dict[str, Any]:
     return {}
 
 
+def trained_resolution(checkpoint: Path) -> int | None:
+    """``model.resolution`` of the ``ad train`` run that wrote ``checkpoint`` (a file or its
+    run folder); None when the file does not say (or cannot be read)."""
+    path = checkpoint / CHECKPOINT_NAME if checkpoint.is_dir() else checkpoint
+    try:
+        record = checkpoint_metadata(path)
+    except WeightsError:  # told when the method loads it
+        return None
+    model = (record.get("config") or {}).get("model") or {}
+    value = model.get("resolution")
+    return int(value) if isinstance(value, int) else None
+
+
 def epoch_checkpoint_name(epoch: int) -> str:
     """The file an epoch listed in ``keep_epochs`` is kept under."""
     return f"checkpoint_epoch{epoch}.safetensors"

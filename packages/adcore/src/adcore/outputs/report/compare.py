@@ -28,14 +28,17 @@ from adcore.outputs.report.rows import (
     Row,
     RunSummary,
     best_of,
+    differing_categories,
     figure,
+    figure_name,
     higher_is_better,
+    mean_row,
     parse_number,
     percent,
     place_name,
     shown_best,
 )
-from adcore.outputs.results import LOWER_IS_BETTER
+from adcore.outputs.results import BOOKKEEPING_COLUMNS
 
 RANDOM_TAG = "(random weights)"
 ACCURACY_PREFERENCE = ("image_auroc", "pixel_auroc", "pro")
@@ -111,10 +114,11 @@ def label_runs(runs: list[RunSummary]) -> None:
 
 
 def comparison_rows(runs: list[RunSummary]) -> list[Row]:
-    """Every metric, on every (data set, category) any run has, then each data set's mean."""
+    """Every metric, on every (data set, category) any run has, then each data set's mean
+    (over the categories its runs share: :func:`mean_row`)."""
     metrics = list(dict.fromkeys(m for run in runs for m in run.metric_names))
     places = list(dict.fromkeys((run.dataset, c) for run in runs for c in run.categories))
-    places += list(dict.fromkeys((run.dataset, "mean") for run in runs))
+    datasets = list(dict.fromkeys(run.dataset for run in runs))
     rows = []
     for metric in metrics:
         higher = higher_is_better(metric)
@@ -125,25 +129,36 @@ def comparison_rows(runs: list[RunSummary]) -> list[Row]:
                 else math.nan
                 for run in runs
             ]
-            if all(math.isnan(v) for v in values):
-                continue
-            rows.append(Row(metric, dataset, category, values, best_of(values, higher)))
+            if not all(math.isnan(v) for v in values):
+                rows.append(Row(metric, dataset, category, values, best_of(values, higher)))
+        for dataset in datasets:
+            column = [i for i, run in enumerate(runs) if run.dataset == dataset]
+            row = mean_row(metric, dataset, runs, column)
+            if not all(math.isnan(v) for v in row.values):
+                rows.append(row)
     return rows
 
 
 def efficiency_rows(runs: list[RunSummary]) -> list[Row]:
-    """Each efficiency figure's mean over categories, per run."""
+    """Each efficiency figure's mean over categories, per run (over the shared categories
+    when every run is on one data set); bookkeeping figures are shown, not ranked."""
     names = list(dict.fromkeys(n for run in runs for n in run.efficiency_names))
+    one_dataset = len({run.dataset for run in runs}) == 1
     rows = []
     for name in names:
-        values = [run.values.get("mean", {}).get(name, math.nan) for run in runs]
-        if not all(math.isnan(v) for v in values):
-            rows.append(Row(name, "", "mean", values, best_of(values, higher_is_better(name))))
+        if one_dataset:
+            row = mean_row(name, runs[0].dataset, runs, list(range(len(runs))))
+        else:
+            values = [run.values.get("mean", {}).get(name, math.nan) for run in runs]
+            ranked = name not in BOOKKEEPING_COLUMNS
+            row = Row(name, "", "mean", values, best_of(values, higher_is_better(name)) * ranked)
+        if not all(math.isnan(v) for v in row.values):
+            rows.append(row)
     return rows
 
 
 def report_csv(runs: list[RunSummary], rows: list[Row], efficiency: list[Row]) -> str:
-    header = ["metric", "dataset", "category", *(r.label for r in runs), "best"]
+    header = ["metric", "dataset", "category", *(r.label for r in runs), "best", "note"]
     lines = [
         [
             row.metric,
@@ -151,6 +166,7 @@ def report_csv(runs: list[RunSummary], rows: list[Row], efficiency: list[Row]) -
             row.category,
             *("" if math.isnan(v) else repr(v) for v in row.values),
             "; ".join(runs[i].label for i in row.best),
+            row.note,
         ]
         for row in [*rows, *efficiency]
     ]
@@ -195,6 +211,9 @@ def report_markdown(
             f"{weights} | {run.machine} | `{run.run_dir}` |\n"
         )
     parts.append("\nMetrics in percent; the best value of each row in **bold**.\n")
+    differing = differing_categories(runs)
+    if differing:
+        parts.append(f"\n> {differing}\n")
     for metric in dict.fromkeys(row.metric for row in rows):
         chosen = [row for row in rows if row.metric == metric]
         direction = "higher is better" if higher_is_better(metric) else "lower is better"
@@ -207,10 +226,7 @@ def report_markdown(
             "Times depend on the machine and its load when each run was made (the machine "
             "column of Runs): compare them only between runs on the same machine and load.\n\n"
         )
-        names = [
-            f"{row.metric} ({'lower' if row.metric in LOWER_IS_BETTER else 'higher'} is better)"
-            for row in efficiency
-        ]
+        names = [figure_name(row) for row in efficiency]
         parts.append(markdown_table(["figure", *labels], efficiency, names, figure))
     parts.append("\n## Charts\n\n")
     parts += [f"![{chart.stem}](charts/{chart.name})\n" for chart in charts]

@@ -14,13 +14,14 @@ from pathlib import Path
 from adcore.outputs.report.rows import (
     Row,
     RunSummary,
+    differing_categories,
     figure,
+    figure_name,
     higher_is_better,
     percent,
     place_name,
     shown_best,
 )
-from adcore.outputs.results import LOWER_IS_BETTER
 
 GALLERY_PER_CATEGORY = 4
 
@@ -142,6 +143,9 @@ def report_html(
         "(full precision). Metrics in percent; the best value of each row is highlighted.</p>"
     )
     parts.append("<h2>Runs</h2>" + _runs_table(runs))
+    differing = differing_categories(runs)
+    if differing:
+        parts.append(f'<p class="banner">{html.escape(differing)}</p>')
     parts.append("<h2>Metrics</h2>")
     for metric in dict.fromkeys(row.metric for row in rows):
         chosen = [row for row in rows if row.metric == metric]
@@ -149,10 +153,7 @@ def report_html(
         parts.append(f"<h3>{html.escape(metric)} <small>({direction})</small></h3>")
         parts.append(_table(runs, chosen, [place_name(r, many) for r in chosen], percent))
     if efficiency:
-        names = [
-            f"{r.metric} ({'lower' if r.metric in LOWER_IS_BETTER else 'higher'} is better)"
-            for r in efficiency
-        ]
+        names = [figure_name(r) for r in efficiency]
         parts.append("<h2>Efficiency <small>(mean over categories)</small></h2>")
         parts.append(_table(runs, efficiency, names, figure))
     parts.append('<h2>Charts</h2><div class="charts">')
