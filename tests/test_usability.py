@@ -253,6 +253,7 @@ def test_list_plugins_in_a_pipe_is_as_wide_as_each_row_needs():
         summary = row["summary"] + (
             f" ({', '.join(row['capabilities'])})" * bool(row["capabilities"])
         )
+        summary += f" (not exportable: {row['not_exportable']})" * bool(row["not_exportable"])
         line = next(li for li in lines if li.split()[:1] == [row["component"]])
         assert line[start:] == summary, line
     assert not re.search("[│┃━─]", listed.stdout)

@@ -34,9 +34,7 @@ def adcore_methods() -> list[MethodSpec]:
             config=MuscConfig,
             factory=factory,
             capabilities=frozenset({Capability.ZERO_SHOT, Capability.TRANSDUCTIVE}),
-            not_exportable="transductive: each image's score depends on the whole test "
-            "set it is scored with (mutual scoring, RsCIN), which a graph of one batch "
-            "does not see",
+            not_exportable="transductive: an image's score depends on the whole test set",
             smoke_config={  # open_clip's small ViT-S/32, 12 blocks of 384, at 160 px (a 5 x 5 grid)
                 "backbone": "ViT-S-32-alt",
                 "pretrained": "none",
