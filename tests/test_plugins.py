@@ -120,10 +120,15 @@ def test_duplicate_name_through_the_cli_is_a_clear_error(tmp_path, mvtec_root):
     assert "Traceback" not in result.stderr
 
 
-def test_record_failing_validation_marks_its_plugin_errored(tmp_path, monkeypatch):
-    site = write_distribution(tmp_path / "site", "bad-record-plugin", BAD_RECORD, "bad")
+def _one_plugin(tmp_path, monkeypatch, name: str, source: str, entry: str):
+    """The registry with one fake distribution installed, and that distribution's status."""
+    site = write_distribution(tmp_path / "site", name, source, entry)
     registry = load_registry(_site_entry_points(site, monkeypatch))
-    status = {p.distribution: p for p in registry.plugins}["bad-record-plugin"]
+    return registry, {p.distribution: p for p in registry.plugins}[name]
+
+
+def test_record_failing_validation_marks_its_plugin_errored(tmp_path, monkeypatch):
+    registry, status = _one_plugin(tmp_path, monkeypatch, "bad-record-plugin", BAD_RECORD, "bad")
     assert status.status == "error"
     assert "lowercase slug" in status.error
     assert "Not A Slug" not in registry.names("method")
@@ -191,9 +196,7 @@ def adcore_methods():
 
 def test_a_hook_returning_a_dict_is_told_as_a_dict(tmp_path, monkeypatch):
     """Iterating the dict would give its keys: the error names the dict, not "str"."""
-    site = write_distribution(tmp_path / "site", "dict-ad-plugin", DICT_HOOK, "dicty")
-    registry = load_registry(_site_entry_points(site, monkeypatch))
-    status = {p.distribution: p for p in registry.plugins}["dict-ad-plugin"]
+    registry, status = _one_plugin(tmp_path, monkeypatch, "dict-ad-plugin", DICT_HOOK, "dicty")
     assert status.status == "error"
     assert "adcore_methods() returned a dict, expected a list of MethodSpec" in status.error
     assert "yielded str" not in status.error and "dicty" not in registry.names("method")

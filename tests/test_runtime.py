@@ -91,8 +91,7 @@ def test_runtime_errors_are_one_paragraph(gaussian_run, tmp_path, capsys):  # no
     code, err = fails(str(bundle_dir), image)
     assert code == 1 and "damaged" in err
     assert not (tmp_path / "out/scores.csv").exists()
-    for message in (err,):
-        assert "Traceback" not in message and len(message.strip().splitlines()) == 1
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_openvino_engine_gives_the_onnx_runtime_scores(gaussian_run, tmp_path, capsys):  # noqa: F811

@@ -9,10 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from ad_runtime.errors import AdError, UsageError
-from ad_runtime.mapfiles import write_map
 from ad_runtime.model import Model
 from ad_runtime.predictions import find_images, write_scores
 
@@ -62,14 +59,12 @@ def predict(args: argparse.Namespace) -> None:
     model = Model(args.bundle, args.threshold, engine=args.engine, precision=args.precision)
     images = find_images([p.expanduser() for p in args.images])
     output = args.output.expanduser()
-    scores = np.empty(len(images), dtype=np.float64)
-    for part, batch_scores, maps in model.batches([p for p, _ in images], args.batch_size):
-        scores[part.start : part.stop] = batch_scores
-        for i, value in zip(part, maps, strict=True):
-            if not args.no_maps:
-                write_map(output / "maps" / f"{images[i][1]}.tiff", value)
+
+    def advance(done: int) -> None:
         if not args.quiet:
-            print(f"scored {part.stop}/{len(images)}", file=sys.stderr, flush=True)
+            print(f"scored {done}/{len(images)}", file=sys.stderr, flush=True)
+
+    scores, _ = model.score_files(images, output, args.batch_size, not args.no_maps, advance)
     results = write_scores(images, scores, model.verdicts, output)
     if args.json:
         rows = [

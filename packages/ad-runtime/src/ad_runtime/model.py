@@ -10,7 +10,8 @@ image threshold.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 from ad_runtime.bundle import Bundle, read_bundle
 from ad_runtime.decoding import Decoding, read_image
 from ad_runtime.errors import DataError, UsageError
+from ad_runtime.mapfiles import write_map
 from ad_runtime.predictions import Verdicts
 from ad_runtime.preprocessing import Preprocessing
 from ad_runtime.scorescale import ScoreScale
@@ -197,6 +199,28 @@ class Model:
             part = range(start, min(start + batch_size, len(paths)))
             scores, maps = self.run(np.stack([self.pixels(Path(paths[i])) for i in part]))
             yield part, scores, maps
+
+    def score_files(
+        self,
+        images: Sequence[tuple[Path, str]],
+        out_dir: Path,
+        batch_size: int = 8,
+        maps: bool = True,
+        advance: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, tuple[float, float]]:
+        """Raw scores [N] of ``images`` ((path, output key), as ``find_images`` gives) and
+        the maps' (lowest, highest) value; each map written to ``out_dir/maps/<key>.tiff``
+        when ``maps``. ``advance(done)`` is called after each batch (a progress display)."""
+        scores = np.empty(len(images), dtype=np.float64)
+        low, high = math.inf, -math.inf
+        for part, batch_scores, batch_maps in self.batches([p for p, _ in images], batch_size):
+            scores[part.start : part.stop] = batch_scores
+            low, high = min(low, float(batch_maps.min())), max(high, float(batch_maps.max()))
+            for i, value in zip(part, batch_maps, strict=True) if maps else ():
+                write_map(out_dir / "maps" / f"{images[i][1]}.tiff", value)
+            if advance is not None:
+                advance(part.stop)
+        return scores, (low, high)
 
     def predict(self, paths: Sequence[Path | str], batch_size: int = 8) -> list[Scored]:
         """Score image files [N] -> one :class:`Scored` each (maps kept: for many images

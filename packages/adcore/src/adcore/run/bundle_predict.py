@@ -5,12 +5,8 @@ preprocessing, score scale and files."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
-
-from ad_runtime.mapfiles import write_map
 from ad_runtime.model import Model
 from ad_runtime.predictions import find_images, write_scores
 from adcore.run.predict import PredictOutput, screened_samples, write_overlays
@@ -31,19 +27,13 @@ def predict_bundle(
     bundle, verdicts = model.bundle, model.verdicts
     images = find_images(inputs)
     screened_samples(images, bundle.category, model.decoding.max_image_pixels)
-    scores = np.empty(len(images), dtype=np.float64)
-    low, high = math.inf, -math.inf
-    for part, batch_scores, maps in model.batches([p for p, _ in images], batch_size):
-        scores[part.start : part.stop] = batch_scores
-        low, high = min(low, float(maps.min())), max(high, float(maps.max()))
-        for i, value in zip(part, maps, strict=True):
-            write_map(out_dir / "maps" / f"{images[i][1]}.tiff", value)
+    scores, map_range = model.score_files(images, out_dir, batch_size)
     results = write_scores(images, scores, verdicts, out_dir)
     if overlays:
         pixel = bundle.thresholds.get("pixel")
         settings = {} if pixel is None else {"pixel_threshold": pixel.value}
         write_overlays(
-            results, verdicts, model.preprocessing, settings, (low, high), out_dir, model.decoding
+            results, verdicts, model.preprocessing, settings, map_range, out_dir, model.decoding
         )
     return PredictOutput(
         bundle.category, verdicts.threshold, verdicts.source, results, out_dir / "scores.csv",
