@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adcore.config.sections import ResolvedConfig
-from adcore.contracts.dataset import Sample
 from adcore.contracts.method import FitContext, Method
 from adcore.data.loading import images_on_device, make_loader
 from adcore.infra.files import ensure_writable
 from adcore.infra.progress import Progress
-from adcore.outputs.outputkeys import check_distinct, output_keys
 from adcore.outputs.reporting import CategoryOutputs, Reporter, RunContext, default_reporters
 from adcore.outputs.results import (
     CategoryResult,
@@ -27,10 +25,9 @@ from adcore.outputs.results import (
     read_category,
     refuse_other_config,
     run_result,
-    write_category,
-    write_scores,
 )
 from adcore.plugins.registry import Registry
+from adcore.run.category_files import write_category_files
 from adcore.run.components import (
     build_dataset,
     build_method,
@@ -251,7 +248,10 @@ class Evaluation:
             seconds=time.perf_counter() - started,
             notes=[*prepared.notes, *scored.notes],
         )
-        self.write_category_files(category, result, method, predicted, test)
+        write_category_files(
+            self.layout, result, method, test, predicted.scores, predicted.maps,
+            self.metric_names, self.options.save_maps, self.options.save_model,
+        )  # fmt: skip
         for note in result.notes:
             self.progress.note(f"{category}: {note}")
         self.progress.note(result.line(self.metric_names))
@@ -264,28 +264,6 @@ class Evaluation:
             prepared.decoding,
         )
         return result, outputs
-
-    def write_category_files(
-        self,
-        category: str,
-        result: CategoryResult,
-        method: Method,
-        predicted: PredictionPass,
-        test: list[Sample],
-    ) -> None:
-        """metrics.csv and scores.csv; maps and the fitted state when asked."""
-        from ad_runtime.mapfiles import write_map
-        from adcore.outputs.fitted import save_fitted_state
-
-        if self.options.save_maps:
-            paths = [self.layout.map_path(category, key) for key in output_keys(test)]
-            check_distinct(paths)
-            for value, path in zip(predicted.maps, paths, strict=True):
-                write_map(path, value)
-        if self.options.save_model:
-            save_fitted_state(method, self.layout.model_state(category))
-        write_scores(self.layout, category, test, predicted.scores)
-        write_category(self.layout, result, self.metric_names)
 
 
 def evaluate(
