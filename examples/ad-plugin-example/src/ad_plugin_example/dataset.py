@@ -7,7 +7,7 @@ a data set only lists files.
 
 from pathlib import Path
 
-from adcore.api import IMAGE_EXTENSIONS, Dataset, DataError, Sample, Split
+from adcore.api import IMAGE_EXTENSIONS, DataError, Dataset, Sample, Split
 
 
 def _images(folder: Path) -> list[Path]:
@@ -25,9 +25,10 @@ class FlatFolders(Dataset):
 
     def samples(self, category: str, split: Split) -> list[Sample]:
         folder = self.root / category
+        normal = "train" if split == "train" else "good"
+        good = [Sample(image_path=p, label=0, category=category) for p in _images(folder / normal)]
         if split == "train":
-            return [Sample(image_path=p, label=0, category=category) for p in _images(folder / "train")]
-        good = [Sample(image_path=p, label=0, category=category) for p in _images(folder / "good")]
+            return good
         bad = [
             Sample(
                 image_path=p,
