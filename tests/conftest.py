@@ -23,6 +23,7 @@ SLOW_TESTS = {
     "test_data_decoding::test_a_huge_image_is_a_bad_sample_with_the_fix_in_data_check_and_eval",
     "test_data_layouts::test_masks_that_vanish_at_the_input_resolution_are_counted_and_explained",
     "test_datasets_cli::test_a_missing_mask_stops_the_run_or_is_skipped_and_counted",
+    "test_every_kind::test_one_eval_runs_the_four_examples_and_the_chosen_reporters",
     "test_predict::test_predict_reports_a_normalised_score_beside_the_raw_one",
     "test_report::test_ad_report_over_two_real_runs",
     "test_sweep::test_local_and_ray_executors_give_the_same_metrics",
