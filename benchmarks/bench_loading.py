@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ad_runtime.preprocessing import Preprocessing
 from adcore.contracts.dataset import Sample
-from adcore.contracts.preprocessing import Preprocessing
 from adcore.data.loading import make_loader
 
 

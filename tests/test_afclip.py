@@ -12,15 +12,15 @@ from open_clip.transformer import QuickGELU
 from ad_afclip.aggregation import aggregation_weights, spatial_aggregation
 from ad_afclip.clip_models import TINYCLIP_CONFIGS, load_clip, register_model_config
 from ad_afclip.config import AFCLIPConfig, MiniCLIPConfig
-from ad_afclip.losses import patch_alignment_loss
+from ad_afclip.losses import focal_loss, patch_alignment_loss, released_focal_loss
 from ad_afclip.method import AFCLIPMethod
-from ad_afclip.model import FrozenVisualTower, interpolate_positional_embedding
+from ad_afclip.model import FrozenVisualTower, Outputs, interpolate_positional_embedding
 from ad_afclip.plugin import adcore_methods
 from ad_afclip.tinyclip import TINYCLIP_8M
+from ad_runtime.preprocessing import Preprocessing
 from adcore.config.sections import weights_fields
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import FitContext, Runtime
-from adcore.contracts.preprocessing import Preprocessing
 from adcore.data.loading import SampleImages
 from adcore.infra.errors import ConfigError, WeightsError
 from adcore.run.training import train_method
@@ -104,8 +104,9 @@ def trained(data: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_records_declare_both_variants_with_paper_defaults() -> None:
     specs = {spec.name: spec for spec in adcore_methods()}
     assert set(specs) == {"afclip", "miniclip"}
-    capabilities = {"afclip": {"zero-shot", "few-shot", "trainable"}}
-    capabilities["miniclip"] = {"zero-shot", "trainable"}  # af_tiny has no few-shot path
+    capabilities = {"afclip": {"zero-shot", "few-shot", "trainable", "exportable"}}
+    # af_tiny has no few-shot path
+    capabilities["miniclip"] = {"zero-shot", "trainable", "exportable"}
     for name, spec in specs.items():
         assert {c.value for c in spec.capabilities} == capabilities[name]
         schema = spec.config.model_json_schema()["properties"]
@@ -216,6 +217,60 @@ def test_patch_alignment_matches_pairwise_definition() -> None:
     tolerance = sum_bound(torch.float32, 4 + 5 * 5, 1.0)
     assert value.item() == pytest.approx(torch.stack(expected).mean().item(), abs=tolerance)
     assert patch_alignment_loss(tokens, torch.zeros(3, 5)).item() == 0.0
+
+
+SATURATED = 17.0  # logit(abnormal) - logit(normal): softmax rounds p to 1 in float32
+
+
+def test_released_focal_loss_clamps_its_log_where_the_paper_form_does_not() -> None:
+    """A normal element at a logit difference of 17, by hand. Released (softmax of the two
+    logits, binary cross-entropy): p = 1 / (1 + e^-17) rounds to 1 in float32, so
+    -log(1 - p) is clamped to 100 and (1 - p_t)^4 = 1: loss 100. Its backward: BCE's
+    (p - t) / max(p (1 - p), 1e-12) = 1e12 plus the factor's 4 * 100, times the softmax's
+    backward, which leaves the abnormal logit 0 and gives the normal one -p_n (1e12 + 400),
+    p_n = e^-17 / (1 + e^-17). Paper (log-sigmoid): sigma(17)^4 log(1 + e^17) = 17.0000,
+    gradient 4 sigma^4 (1 - sigma) log(1 + e^17) + sigma^5 = 1.0000026 on the difference."""
+    sigma = 1 / (1 + math.exp(-SATURATED))
+    target = torch.zeros(1)
+    pair = torch.tensor([[0.0, SATURATED]], requires_grad=True)
+    released = released_focal_loss(pair, target)
+    released.backward()
+    assert released.item() == 100.0
+    p_n = math.exp(-SATURATED) / (1 + math.exp(-SATURATED))
+    expected = torch.tensor([[-p_n * (1e12 + 400.0), 0.0]])
+    torch.testing.assert_close(pair.grad, expected, rtol=1e-6, atol=0)
+
+    difference = torch.tensor([SATURATED], requires_grad=True)
+    paper = focal_loss(difference, target)
+    paper.backward()
+    log_term = math.log1p(math.exp(SATURATED))
+    eps = torch.finfo(torch.float32).eps
+    assert paper.item() == pytest.approx(sigma**4 * log_term, rel=4 * eps)
+    gradient = 4 * sigma**4 * (1 - sigma) * log_term + sigma**5
+    assert difference.grad.item() == pytest.approx(gradient, rel=16 * eps)
+    # below saturation the two forms agree (one float32 rounding of p apart)
+    moderate = torch.tensor([[0.0, 3.0], [1.0, -2.0]])
+    labels = torch.tensor([0.0, 1.0])
+    assert released_focal_loss(moderate, labels).item() == pytest.approx(
+        focal_loss(moderate[:, 1] - moderate[:, 0], labels).item(), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize(("fidelity", "expected"), [("authors_code", 100.0), ("paper", 17.0)])
+def test_fidelity_picks_the_focal_form(fidelity, expected) -> None:
+    config = AFCLIPConfig(fidelity=fidelity)
+    out = Outputs(
+        image_logit=torch.tensor([SATURATED]),
+        map_logit=torch.full((1, 2, 2), SATURATED),
+        patch_tokens=torch.zeros(1, 1, 4, 8),
+        image_logits=torch.tensor([[0.0, SATURATED]]),
+        map_logits=torch.tensor([0.0, SATURATED]).expand(1, 2, 2, 2),
+    )
+    holder = type("Holder", (), {"config": config})()  # only the config is read
+    image = AFCLIPMethod._image_focal(holder, out, torch.zeros(1))
+    patches = AFCLIPMethod._map_focal(holder, out, torch.zeros(1, 2, 2))
+    assert image.item() == pytest.approx(expected, rel=1e-6)
+    assert patches.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_training_lowers_the_loss(trained) -> None:

@@ -36,9 +36,9 @@ from ad_afclip.config import AFCLIPConfig, MiniCLIPConfig
 from ad_afclip.method import AFCLIPMethod, MiniCLIPMethod
 from ad_afclip.model import grid_labels
 from ad_afclip.tinyclip import TINYCLIP_8M
+from ad_runtime.preprocessing import Preprocessing
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import FitContext, Runtime, TrainingBatch
-from adcore.contracts.preprocessing import Preprocessing
 from adcore.data.loading import SampleImages, collate
 from adcore.infra.errors import WeightsError
 
@@ -298,6 +298,41 @@ def test_released_map_focal_gradient_equals_the_authors() -> None:
     logit.grad = None
     focal_loss(logit[:, 0], target).backward()  # the paper's plain focal gradient
     assert (logit.grad - reference_grad).abs().max() > 1e-2
+
+
+def test_released_focal_losses_equal_the_authors_at_saturation() -> None:
+    """Normal patches and a normal image with logit differences of 17 to 20, where the
+    authors' softmax rounds p to 1 in float32: their losses (BCE's log clamped at -100) and
+    their gradients on both logits (BCE's 1e12-scaled backward through the softmax, the map's
+    after the alignment loss rewrote its targets) against ours on the same two logits."""
+    from ad_afclip.losses import released_focal_gradient, released_focal_loss
+
+    generator = torch.Generator().manual_seed(8)
+    difference = torch.empty(2, 1, 4, 4).uniform_(17.0, 20.0, generator=generator)
+    difference[0, :, :2, 2:] = -3.0  # the defect's patches, unsaturated
+    pair = torch.stack([torch.zeros_like(difference), difference], dim=-1).requires_grad_(True)
+    image_pair = torch.tensor([[0.0, 2.0], [0.0, 18.0]], requires_grad=True)
+    gts = torch.zeros(2, 1, 32, 32)
+    gts[0, :, :16, 16:] = 1
+    labels = torch.tensor([1, 0])
+    unit = torch.nn.functional.normalize(torch.randn(2, 16, 8, generator=generator), dim=-1)
+    label = torch.softmax(image_pair, dim=-1)[:, 1]
+    predict_map = torch.softmax(pair, dim=-1)[..., 1]
+    expected = ref.mini_losses(label, predict_map, unit, labels, gts)
+    (expected["image_focal"] + expected["map_focal"]).backward()
+    their_map_grad, their_image_grad = pair.grad.clone(), image_pair.grad.clone()
+    pair.grad, image_pair.grad = None, None
+
+    target = grid_labels(gts[:, 0], 4)
+    image = released_focal_loss(image_pair, labels)
+    map_focal = released_focal_loss(pair[:, 0], target)
+    (image + map_focal + released_focal_gradient(pair[:, 0], target)).backward()
+    assert image.item() == pytest.approx(expected["image_focal"].item(), rel=1e-6)
+    assert map_focal.item() == pytest.approx(expected["map_focal"].item(), rel=1e-6)
+    assert expected["map_focal"].item() > 50  # the clamp decides it (paper form: about 18)
+    torch.testing.assert_close(image_pair.grad, their_image_grad, rtol=1e-5, atol=0)
+    largest = float(their_map_grad.abs().max())  # ~1e3 per element: 1e12 / 256 * p_n
+    torch.testing.assert_close(pair.grad, their_map_grad, rtol=1e-5, atol=1e-6 * largest)
 
 
 def test_miniclip_checkpoint_epoch_and_file_pick_the_authors_files(mini) -> None:

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from ad_runtime.decoding import Decoding, category_decoding, decode_mask, probe, read_image
 from adcore.config.files import build_raw_config
 from adcore.config.problems import validate_base
 from adcore.config.resolve import resolve
 from adcore.contracts.dataset import Sample
 from adcore.data.datacheck import check_dataset, find_bad_samples
-from adcore.data.decoding import Decoding, category_decoding, decode_mask, probe, read_image
 from adcore.infra.errors import DataError
 from adcore.outputs.results import CategoryResult
 from adcore.plugins.registry import get_registry

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ad_datasets.plugin import adcore_datasets
-from adcore.contracts.preprocessing import Preprocessing
+from ad_runtime.preprocessing import Preprocessing
 from adcore.data.loading import make_loader
 from adcore.infra.errors import DataError
 

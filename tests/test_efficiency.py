@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from ad_runtime.preprocessing import Preprocessing
 from adcore.contracts.method import FitContext, Method, Prediction, Runtime
-from adcore.contracts.preprocessing import Preprocessing
 from adcore.run.efficiency import (
     measure_backbone,
     measure_efficiency,

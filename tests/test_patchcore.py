@@ -78,7 +78,7 @@ def brute_force_patch_scores(method, batch: torch.Tensor) -> tuple[torch.Tensor,
 def test_spec_declares_few_and_full_shot_and_geometry():
     (spec,) = adcore_methods()
     assert spec.name == "patchcore"
-    assert spec.capabilities == {Capability.FEW_SHOT, Capability.FULL_SHOT}
+    assert spec.capabilities == {Capability.FEW_SHOT, Capability.FULL_SHOT, Capability.EXPORTABLE}
     defaults = PatchCoreConfig()
     assert (defaults.backbone, defaults.pretrained) == ("wide_resnet50_2", "tv_in1k")
     assert defaults.layers == ["layer2", "layer3"]

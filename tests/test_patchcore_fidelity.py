@@ -35,8 +35,8 @@ from ad_patchcore.backbone import authors_batchnorm_step
 from ad_patchcore.config import PatchCoreConfig
 from ad_patchcore.coreset import approximate_greedy_coreset, project, random_projection
 from ad_patchcore.method import PatchCore
+from ad_runtime.preprocessing import Preprocessing
 from adcore.contracts.method import FitContext, Runtime
-from adcore.contracts.preprocessing import Preprocessing
 
 LAYERS = ["layer2", "layer3"]
 

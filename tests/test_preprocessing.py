@@ -39,17 +39,17 @@ from ad_dino.config import AnomalyDinoConfig
 from ad_dino.plugin import factory as anomalydino_factory
 from ad_patchcore.config import PatchCoreConfig
 from ad_patchcore.plugin import factory as patchcore_factory
-from ad_winclip.config import WinClipConfig
-from ad_winclip.plugin import factory as winclip_factory
-from adcore.contracts.dataset import Sample
-from adcore.contracts.method import Runtime
-from adcore.contracts.preprocessing import (
+from ad_runtime.preprocessing import (
     CLIP_MEAN,
     CLIP_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
     Preprocessing,
 )
+from ad_winclip.config import WinClipConfig
+from ad_winclip.plugin import factory as winclip_factory
+from adcore.contracts.dataset import Sample
+from adcore.contracts.method import Runtime
 from adcore.data.loading import SampleImages, collate
 from adcore.run.resolution import to_original_resolution
 

@@ -62,6 +62,43 @@ def test_check_method_names_the_broken_rule(factory, rule):
         check_method(_spec(factory), efficiency=False)
 
 
+class LooseExport(PixelGaussian):
+    """Exports a graph that forgets the blur: its maps are not predict's."""
+
+    def export_module(self):
+        from ad_plugin_example.model import PixelGaussianGraph
+
+        return PixelGaussianGraph(self.mean, self.var, 3)  # the smoke settings blur 1
+
+
+class BatchFixedExport(PixelGaussian):
+    """Exports a module that only works for the batch size it was traced with."""
+
+    def export_module(self):
+        graph = super().export_module()
+
+        class Fixed(torch.nn.Module):
+            def forward(self, x):
+                return graph(x.reshape(3, *x.shape[1:]))
+
+        return Fixed()
+
+
+@pytest.mark.parametrize(
+    ("factory", "rule"),
+    [
+        (LooseExport, "export_module's scores differ from predict's"),
+        (BatchFixedExport, "does not trace with the batch size free"),
+    ],
+)
+def test_check_method_checks_a_declared_export(factory, rule):
+    spec = _spec(factory).model_copy(
+        update={"capabilities": frozenset({Capability.FEW_SHOT, Capability.EXPORTABLE})}
+    )
+    with pytest.raises(ContractError, match=rule):
+        check_method(spec, efficiency=False)
+
+
 def test_check_method_passes_the_unbroken_method():
     method = check_method(_spec(PixelGaussian))
     assert method.geometry.output_size == 16

@@ -306,7 +306,7 @@ def test_fitted_state_round_trip(tiny_model_name) -> None:
 def test_plugin_record_and_config_defaults() -> None:
     (spec,) = adcore_methods()
     assert spec.name == "winclip"
-    assert spec.capabilities == {Capability.ZERO_SHOT, Capability.FEW_SHOT}
+    assert spec.capabilities == {Capability.ZERO_SHOT, Capability.FEW_SHOT, Capability.EXPORTABLE}
     config = WinClipConfig()
     assert (config.backbone, config.pretrained, config.resolution) == (
         "ViT-B-16-plus-240",

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ad_runtime.preprocessing import Preprocessing
 from adcore.contracts.method import (
     FitContext,
     Prediction,
     TrainableMethod,
     TrainingSettings,
 )
-from adcore.contracts.preprocessing import Preprocessing
 
 
 class PixelLogistic(TrainableMethod):

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ad_runtime.preprocessing import Preprocessing
 from adcore.contracts.method import FitContext, Prediction, TransductiveMethod
-from adcore.contracts.preprocessing import Preprocessing
 
 
 def leave_one_out_maps(grey: torch.Tensor) -> torch.Tensor:

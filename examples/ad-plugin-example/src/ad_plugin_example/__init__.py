@@ -45,7 +45,7 @@ def adcore_methods():
             summary="Per-pixel Gaussian of aligned normal images (weight-free)",
             config=PixelGaussianConfig,
             factory=build,
-            capabilities={Capability.FEW_SHOT, Capability.FULL_SHOT},
+            capabilities={Capability.FEW_SHOT, Capability.FULL_SHOT, Capability.EXPORTABLE},
         )
     ]
 

@@ -4,10 +4,27 @@ anomaly map is the squared Mahalanobis distance, summed over channels, lightly b
 import torch
 import torch.nn.functional as F
 
-from adcore.api import FitContext, Method, PluginError, Prediction, Preprocessing
+from adcore.api import ExportableMethod, FitContext, PluginError, Prediction, Preprocessing
 
 
-class PixelGaussian(Method):
+class PixelGaussianGraph(torch.nn.Module):
+    """Normalised images [B,3,S,S] -> (scores [B], maps [B,S,S]); mean/var [3,S,S] as buffers."""
+
+    def __init__(self, mean: torch.Tensor, var: torch.Tensor, blur: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("var", var)
+        self.blur = blur
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distance = ((x - self.mean) ** 2 / self.var).sum(1, keepdim=True)  # [B,1,S,S]
+        k = self.blur
+        maps = F.avg_pool2d(distance, k, stride=1, padding=k // 2, count_include_pad=False)
+        maps = maps[:, 0]  # [B,S,S]
+        return maps.flatten(1).amax(1), maps
+
+
+class PixelGaussian(ExportableMethod):
     def __init__(self, config, runtime) -> None:
         self.config, self.device = config, runtime.device
         self.geometry = Preprocessing(size=config.resolution)
@@ -29,12 +46,17 @@ class PixelGaussian(Method):
         )
 
     def predict(self, images: torch.Tensor) -> Prediction:
-        x = self.geometry.normalize(images)  # [B,3,S,S]
-        distance = ((x - self.mean) ** 2 / self.var).sum(1, keepdim=True)  # [B,1,S,S]
-        k = self.config.blur
-        maps = F.avg_pool2d(distance, k, stride=1, padding=k // 2, count_include_pad=False)
-        maps = maps[:, 0]  # [B,S,S]
-        return Prediction(scores=maps.flatten(1).amax(1), maps=maps)
+        scores, maps = self._graph()(self.geometry.normalize(images))
+        return Prediction(scores=scores, maps=maps)
+
+    def export_module(self) -> torch.nn.Module:
+        # the whole prediction as one module: ad export turns it into an ONNX graph
+        return self._graph()
+
+    def _graph(self) -> PixelGaussianGraph:
+        if self.mean is None:
+            raise PluginError("pixel-gaussian predicts before it was fitted.", "Fit it first.")
+        return PixelGaussianGraph(self.mean, self.var, self.config.blur).eval()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {}

@@ -47,9 +47,12 @@ class SharedConfig(PluginConfig):
     focal_gamma: float = Field(4.0, ge=0)
     fidelity: Literal["authors_code", "paper"] = Field(
         "authors_code",
-        description="authors_code: the released training's map focal gradient (its alignment "
-        "loss rewrites the mask targets in place before the backward pass); paper: the "
-        "focal loss's own gradient. Loss values and detection are the same in both.",
+        description="authors_code: the released training's focal losses (p from a softmax "
+        "of the two logits, the log through binary cross-entropy, clamped at -100: a normal "
+        "element whose logit difference exceeds about 16.6 costs 100) and its map focal "
+        "gradient (its alignment loss rewrites the mask targets in place before the "
+        "backward pass); paper: the focal loss of the logit difference, log-sigmoid, and "
+        "its own gradient. Detection is the same in both.",
     )
 
     @field_validator("layers")

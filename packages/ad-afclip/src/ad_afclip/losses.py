@@ -2,7 +2,12 @@
 on the patch map, and a patch alignment term that pulls same-state patches together.
 
 Losses take the logit difference d = logit(abnormal) - logit(normal), so that
-p = softmax(...)[abnormal] = sigmoid(d) and log p = logsigmoid(d) stay finite and autocast-safe.
+p = softmax(...)[abnormal] = sigmoid(d) and log p = logsigmoid(d) stay finite and autocast-safe
+(the paper's focal loss). The released training instead takes p from a softmax over the two
+logits and the log through PyTorch's binary cross-entropy, which clamps it at -100: once p
+rounds to 1 in float32 (d above about 16.6) a normal element costs 100 instead of d, and the
+softmax's backward sends 1e12-scaled gradients through the normal logit alone
+(:func:`released_focal_loss`, which therefore takes both logits).
 """
 
 from __future__ import annotations
@@ -12,12 +17,35 @@ import torch.nn.functional as F
 
 
 def focal_loss(logit: torch.Tensor, target: torch.Tensor, gamma: float = 4.0) -> torch.Tensor:
-    """Binary focal loss (Lin et al. 2017) without alpha: mean of -(1 - p_t)^gamma log p_t."""
+    """Binary focal loss (Lin et al. 2017) without alpha: mean of -(1 - p_t)^gamma log p_t,
+    from the logit difference alone: log p_t by log-sigmoid and 1 - p_t as sigmoid(-+d), so
+    neither the value nor the gradient saturates where p rounds to 1 in float32."""
     logit, target = logit.float(), target.float()
-    probability = torch.sigmoid(logit)
     log_p_t = target * F.logsigmoid(logit) + (1 - target) * F.logsigmoid(-logit)
-    p_t = target * probability + (1 - target) * (1 - probability)
-    return (-((1 - p_t) ** gamma) * log_p_t).mean()
+    # exp(logsigmoid): the sigmoid with a gradient that does not round to 0 at saturation
+    one_minus_p_t = target * F.logsigmoid(-logit).exp() + (1 - target) * F.logsigmoid(logit).exp()
+    return (-(one_minus_p_t**gamma) * log_p_t).mean()
+
+
+def released_probability(logits: torch.Tensor) -> torch.Tensor:
+    """[..., 2] logits (normal, abnormal) -> p(abnormal) [...] as the released code takes it:
+    ``softmax(logits)[..., 1]`` in float32 (its backward is the softmax's, at saturation too)."""
+    return torch.softmax(logits.float(), dim=-1)[..., 1]
+
+
+def released_focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, gamma: float = 4.0
+) -> torch.Tensor:
+    """The released focal loss (AF-CLIP ``main.py``, af_tiny ``utils/loss_fn.py``) on [..., 2]
+    logits: mean of ``binary_cross_entropy(p, t) * (1 - p_t)^gamma`` with p from
+    :func:`released_probability`; PyTorch clamps each log at -100 (value) and divides its
+    gradient by max(p (1 - p), 1e-12). Equal to :func:`focal_loss` of the difference until p
+    saturates in float32."""
+    target = target.float()
+    probability = released_probability(logits)
+    p_t = probability * target + (1 - probability) * (1 - target)
+    bce = F.binary_cross_entropy(probability, target, reduction="none")
+    return (bce * (1 - p_t) ** gamma).mean()
 
 
 def released_focal_gradient(
@@ -32,15 +60,21 @@ def released_focal_gradient(
     each normal element (t = 0 -> -1) d/dp grows by p^gamma / (p (1 - p)) (the BCE term) +
     gamma * bce * p^(gamma - 1) (the modulating factor), with torch's clamps (p (1 - p) >=
     1e-12, bce <= 100). This adds exactly that, averaged like the loss; the value is 0. Only
-    batches with at least one normal element are rewritten, as theirs.
+    batches with at least one normal element are rewritten, as theirs. ``logit``: the
+    difference [...] (p = sigmoid), or the [..., 2] logits (p as :func:`released_probability`,
+    so that the extra gradient takes the released softmax's path at saturation too).
     """
     target = target.float()
     normal = (target == 0).float()
     if not bool(normal.any()):
         return logit.new_zeros((), dtype=torch.float32)
-    probability = torch.sigmoid(logit.float())
+    pair = logit.dim() == target.dim() + 1  # [..., 2] logits
+    probability = released_probability(logit) if pair else torch.sigmoid(logit.float())
     p = probability.detach()
-    bce = (-F.logsigmoid(-logit.detach().float())).clamp_max(100.0)
+    if pair:
+        bce = F.binary_cross_entropy(p, torch.zeros_like(p), reduction="none")  # clamped
+    else:
+        bce = (-F.logsigmoid(-logit.detach().float())).clamp_max(100.0)
     extra = p**gamma / (p * (1 - p)).clamp_min(1e-12) + gamma * bce * p ** (gamma - 1)
     return (normal * extra * (probability - p)).mean()
 

@@ -23,13 +23,15 @@ from ad_afclip.losses import (
     l1_loss,
     patch_alignment_loss,
     released_focal_gradient,
+    released_focal_loss,
 )
-from ad_afclip.miniclip import MiniCLIP, MiniOutputs
-from ad_afclip.model import AFCLIP, grid_labels, memory_scores
+from ad_afclip.miniclip import MiniCLIP, MiniCLIPGraph, MiniOutputs
+from ad_afclip.model import AFCLIP, AFCLIPGraph, Outputs, grid_labels
 from ad_afclip.prompts import af_tiny_alias
 from adcore.api import (
     CLIP_MEAN,
     CLIP_STD,
+    ExportableMethod,
     FitContext,
     Prediction,
     Preprocessing,
@@ -39,7 +41,6 @@ from adcore.api import (
     TrainingPhase,
     TrainingSettings,
     WeightsError,
-    anomaly_map,
     file_digest,
     parse_weights,
     with_trained_parts,
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from ad_afclip.config import AFCLIPConfig, MiniCLIPConfig, SharedConfig
 
 
-class AFCLIPMethod(TrainableMethod):
+class AFCLIPMethod(TrainableMethod, ExportableMethod):
     """Zero-shot from the trained prompts and adaptor; few-shot adds a memory bank."""
 
     def __init__(self, config: AFCLIPConfig, runtime: Runtime) -> None:
@@ -149,8 +150,8 @@ class AFCLIPMethod(TrainableMethod):
         self._trained = True
         out = self.model(self.geometry.normalize(images))
         target = grid_labels(masks, self.model.tower.grid)  # [B, h, w]
-        image = focal_loss(out.image_logit, labels, config.focal_gamma)
-        map_focal = self._map_focal(out.map_logit, target)
+        image = self._image_focal(out, labels)
+        map_focal = self._map_focal(out, target)
         second = dice_loss if config.map_loss == "dice" else l1_loss
         map_second = second(out.map_logit, target)
         alignment = patch_alignment_loss(out.patch_tokens, target.flatten(1))
@@ -163,14 +164,23 @@ class AFCLIPMethod(TrainableMethod):
             "alignment": alignment,
         }
 
-    def _map_focal(self, logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The map's focal loss; with ``fidelity: authors_code`` its gradient is the released
-        training's (``released_focal_gradient``), its value the same either way."""
+    def _image_focal(self, out: Outputs | MiniOutputs, labels: torch.Tensor) -> torch.Tensor:
+        """The image focal loss: the released form on both logits (``fidelity:
+        authors_code``, the log clamped at -100 by binary cross-entropy) or the paper's."""
         gamma = self.config.focal_gamma
-        loss = focal_loss(logit, target, gamma)
-        if self.config.fidelity == "authors_code":
-            loss = loss + released_focal_gradient(logit, target, gamma)
-        return loss
+        if self.config.fidelity == "authors_code" and out.image_logits is not None:
+            return released_focal_loss(out.image_logits, labels, gamma)
+        return focal_loss(out.image_logit, labels, gamma)
+
+    def _map_focal(self, out: Outputs | MiniOutputs, target: torch.Tensor) -> torch.Tensor:
+        """The map's focal loss; with ``fidelity: authors_code`` the released form on both
+        logits and its gradient after the targets' rewrite (``released_focal_gradient``);
+        with ``paper`` the focal loss of the logit difference."""
+        gamma = self.config.focal_gamma
+        if self.config.fidelity == "authors_code" and out.map_logits is not None:
+            loss = released_focal_loss(out.map_logits, target, gamma)
+            return loss + released_focal_gradient(out.map_logits, target, gamma)
+        return focal_loss(out.map_logit, target, gamma)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().cpu().clone() for name, p in self.model.trainable().items()}
@@ -219,17 +229,25 @@ class AFCLIPMethod(TrainableMethod):
 
     def predict(self, images: torch.Tensor) -> Prediction:
         """uint8 [B,3,S,S] -> scores [B], maps [B,S,S] (few-shot: memory + w x zero-shot)."""
-        aggregated = self.model.aggregated_tokens(self.geometry.normalize(images))
-        out = self.model.score(aggregated, self._text())
-        scores = torch.sigmoid(out.image_logit.float())
-        maps = torch.sigmoid(out.map_logit.float())  # [B, h, w]
-        if self.bank is not None:
-            memory = memory_scores(aggregated[:, :, 1:], self.bank).reshape(maps.shape)
-            weight = self.config.fewshot_weight
-            scores = memory.flatten(1).amax(dim=1) + weight * scores
-            maps = memory + weight * maps
-        maps = anomaly_map(maps, self.geometry.output_size, self.config.map_sigma)
+        scores, maps = self._graph(chunked=True)(self.geometry.normalize(images))
         return Prediction(scores=scores, maps=maps)
+
+    def export_module(self) -> nn.Module:
+        """The prediction as one module, its bank searched in one product per set."""
+        return self._graph(chunked=False).eval()
+
+    def _graph(self, chunked: bool) -> nn.Module:
+        model: AFCLIP = self.model  # type: ignore[assignment]
+        config = self.config
+        return AFCLIPGraph(
+            model,
+            self._text(),
+            self.bank,
+            config.fewshot_weight,
+            config.map_sigma,
+            self.geometry.output_size,
+            chunked,
+        )
 
     def fitted_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"text": self._text().cpu()}
@@ -327,8 +345,8 @@ class MiniCLIPMethod(AFCLIPMethod):
         """focal(image) + lambda1 (focal + L1)(map) + lambda2 alignment(fused patches)."""
         config = self.config
         target = grid_labels(masks, self.model.tower.grid)  # [B, h, w]
-        image = focal_loss(out.image_logit, labels, config.focal_gamma)
-        map_focal = self._map_focal(out.map_logit, target)
+        image = self._image_focal(out, labels)
+        map_focal = self._map_focal(out, target)
         map_l1 = l1_loss(out.map_logit, target)
         alignment = patch_alignment_loss(out.patch_features[None], target.flatten(1))
         loss = image + config.lambda1 * (map_focal + map_l1) + config.lambda2 * alignment
@@ -364,12 +382,14 @@ class MiniCLIPMethod(AFCLIPMethod):
 
     def predict(self, images: torch.Tensor) -> Prediction:
         """uint8 [B,3,S,S] -> class-token scores [B], patch maps [B,S,S] (bilinear, sigma 4)."""
-        model: MiniCLIP = self.model  # type: ignore[assignment]
-        out = model.score(model.frozen_tokens(self.geometry.normalize(images)), self._text())
-        scores = torch.sigmoid(out.image_logit.float())
-        maps = torch.sigmoid(out.map_logit.float())  # [B, h, w]
-        maps = anomaly_map(maps, self.geometry.output_size, self.config.map_sigma)
+        scores, maps = self.export_module()(self.geometry.normalize(images))
         return Prediction(scores=scores, maps=maps)
+
+    def export_module(self) -> nn.Module:
+        model: MiniCLIP = self.model  # type: ignore[assignment]
+        return MiniCLIPGraph(
+            model, self._text(), self.config.map_sigma, self.geometry.output_size
+        ).eval()
 
     def fitted_state(self) -> dict[str, Any]:
         return {"text": self._text().cpu(), "alias": self.alias}

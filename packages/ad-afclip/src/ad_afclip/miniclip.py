@@ -29,6 +29,7 @@ from torch import nn
 from ad_afclip.adaptor import Adaptor
 from ad_afclip.aggregation import aggregation_weights, spatial_aggregation
 from ad_afclip.model import TEMPERATURE, FrozenVisualTower
+from adcore.api import anomaly_map
 
 TEXT_ADAPTER_BLOCKS = 4  # af_tiny encode_text_batch: adapter_layer=4
 TEXT_ADAPTER_MIX = 0.1  # af_tiny encode_text_batch: _lambda=0.1
@@ -121,11 +122,15 @@ def state_prompts(alias: str) -> tuple[str, str]:
 @dataclass
 class MiniOutputs:
     """``image_logit`` [B] and ``map_logit`` [B, h, w] are logit(abnormal) - logit(normal);
-    ``patch_features`` [B, N, E] are the fused unit patch features the alignment loss uses."""
+    ``patch_features`` [B, N, E] are the fused unit patch features the alignment loss uses;
+    ``image_logits`` [B, 2] and ``map_logits`` [B, h, w, 2] the (normal, abnormal) logits the
+    released training's softmax takes."""
 
     image_logit: torch.Tensor
     map_logit: torch.Tensor
     patch_features: torch.Tensor
+    image_logits: torch.Tensor | None = None
+    map_logits: torch.Tensor | None = None
 
 
 class MiniCLIP(nn.Module):
@@ -213,8 +218,34 @@ class MiniCLIP(nn.Module):
         image_logit = (cls * difference).sum(dim=-1)
         map_logit = torch.einsum("bne,be->bn", patches, difference)
         side = self.tower.grid
-        return MiniOutputs(image_logit, map_logit.reshape(-1, side, side), patches)
+        image_logits = torch.einsum("be,bke->bk", cls, text) / TEMPERATURE  # [B, 2]
+        map_logits = torch.einsum("bne,bke->bnk", patches, text) / TEMPERATURE  # [B, N, 2]
+        return MiniOutputs(
+            image_logit,
+            map_logit.reshape(-1, side, side),
+            patches,
+            image_logits,
+            map_logits.reshape(-1, side, side, 2),
+        )
 
     def forward(self, images: torch.Tensor, aliases: Sequence[str]) -> MiniOutputs:
         """[B, 3, S, S] normalised images and each image's alias -> MiniOutputs."""
         return self.score(self.frozen_tokens(images), self.encode_text(aliases))
+
+
+class MiniCLIPGraph(nn.Module):
+    """miniCLIP's prediction as one module: normalised images [B,3,S,S] -> (class-token
+    scores [B], patch maps [B,S,S], bilinear then Gaussian ``sigma``); the category's
+    prompt features ``text`` [2, E] are a constant."""
+
+    def __init__(self, model: MiniCLIP, text: torch.Tensor, sigma: float, size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("text", text)
+        self.sigma, self.size = sigma, size
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.score(self.model.frozen_tokens(images), self.text)
+        scores = torch.sigmoid(out.image_logit.float())
+        maps = torch.sigmoid(out.map_logit.float())  # [B, h, w]
+        return scores, anomaly_map(maps, self.size, self.sigma)

@@ -21,7 +21,7 @@ from torch import nn
 from ad_afclip.adaptor import Adaptor
 from ad_afclip.aggregation import aggregation_weights, spatial_aggregation
 from ad_afclip.prompts import StatePrompts
-from adcore.api import ConfigError, nearest_neighbours
+from adcore.api import ConfigError, anomaly_map, nearest_neighbours
 
 TEMPERATURE = 0.07
 
@@ -99,11 +99,15 @@ class FrozenVisualTower(nn.Module):
 @dataclass
 class Outputs:
     """``image_logit`` [B] and ``map_logit`` [B, h, w] are logit(abnormal) - logit(normal);
-    ``patch_tokens`` [S, B, N, E] are the adapted, projected patch tokens of every set."""
+    ``patch_tokens`` [S, B, N, E] are the adapted, projected patch tokens of every set;
+    ``image_logits`` [B, 2] and ``map_logits`` [B, h, w, 2] the (normal, abnormal) logits the
+    released training's softmax takes."""
 
     image_logit: torch.Tensor
     map_logit: torch.Tensor
     patch_tokens: torch.Tensor
+    image_logits: torch.Tensor | None = None
+    map_logits: torch.Tensor | None = None
 
 
 class AFCLIP(nn.Module):
@@ -167,19 +171,72 @@ class AFCLIP(nn.Module):
             image_logit=difference[:, 0],
             map_logit=difference[:, 1:].reshape(-1, side, side),
             patch_tokens=tokens[:, :, 1:],
+            image_logits=logits[:, 0],
+            map_logits=logits[:, 1:].reshape(-1, side, side, 2),
         )
 
 
-def memory_scores(tokens: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def memory_scores(
+    tokens: torch.Tensor, bank: torch.Tensor, chunk: int = 4096, chunked: bool = True
+) -> torch.Tensor:
     """[S, B, N, C] query patch tokens, [S, M, C] unit-norm bank -> [B, N] scores.
 
     Per set, min over the bank of (1 - cos) / 2, then the mean over sets (Sec. 3.5), through
-    the host's exact chunked search (memory bounded for large banks).
+    the host's exact chunked search (memory bounded for large banks); without ``chunked``
+    (the exported graph, whose batch size is free) in one product per set.
     """
     sets, batch, length, channels = tokens.shape
     queries = tokens.float().reshape(sets, batch * length, channels)  # [S, B*N, C]
-    distances, _ = nearest_neighbours(queries, bank.float(), 1, "cosine", chunk=chunk)
-    return (distances[..., 0] / 2).mean(dim=0).reshape(batch, length)
+    if chunked:
+        distances, _ = nearest_neighbours(queries, bank.float(), 1, "cosine", chunk=chunk)
+        nearest = distances[..., 0]  # [S, B*N]
+    else:
+        similarity = F.normalize(queries, dim=-1) @ F.normalize(bank.float(), dim=-1).transpose(
+            1, 2
+        )
+        nearest = 1.0 - similarity.amax(dim=-1)
+    return (nearest / 2).mean(dim=0).reshape(batch, length)
+
+
+class AFCLIPGraph(nn.Module):
+    """AF-CLIP's prediction as one module: normalised images [B,3,S,S] -> (scores [B],
+    maps [B,S,S]); zero-shot sigmoid scores, few-shot memory + ``fewshot_weight`` x
+    zero-shot (Sec. 3.5), maps upsampled and smoothed. The prompt features ``text`` [2, E]
+    and the bank [S, M, C] (None: zero-shot) are constants. ``predict`` runs it chunked,
+    the exported graph unchunked."""
+
+    def __init__(
+        self,
+        model: AFCLIP,
+        text: torch.Tensor,
+        bank: torch.Tensor | None,
+        fewshot_weight: float,
+        sigma: float,
+        size: int,
+        chunked: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("text", text)
+        self.register_buffer("bank", bank)
+        self.fewshot_weight, self.sigma, self.size, self.chunked = (
+            fewshot_weight,
+            sigma,
+            size,
+            chunked,
+        )
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        aggregated = self.model.aggregated_tokens(images)
+        out = self.model.score(aggregated, self.text)
+        scores = torch.sigmoid(out.image_logit.float())
+        maps = torch.sigmoid(out.map_logit.float())  # [B, h, w]
+        if self.bank is not None:
+            memory = memory_scores(aggregated[:, :, 1:], self.bank, chunked=self.chunked)
+            memory = memory.reshape(maps.shape)
+            scores = memory.flatten(1).amax(dim=1) + self.fewshot_weight * scores
+            maps = memory + self.fewshot_weight * maps
+        return scores, anomaly_map(maps, self.size, self.sigma)
 
 
 def grid_labels(masks: torch.Tensor, grid: int) -> torch.Tensor:

@@ -32,8 +32,12 @@ def build_mini(config: MiniCLIPConfig, runtime: Runtime) -> Any:
     return MiniCLIPMethod(config, runtime)
 
 
-CAPABILITIES = frozenset({Capability.ZERO_SHOT, Capability.FEW_SHOT, Capability.TRAINABLE})
-MINI_CAPABILITIES = frozenset({Capability.ZERO_SHOT, Capability.TRAINABLE})  # af_tiny: no few-shot
+CAPABILITIES = frozenset(
+    {Capability.ZERO_SHOT, Capability.FEW_SHOT, Capability.TRAINABLE, Capability.EXPORTABLE}
+)
+MINI_CAPABILITIES = frozenset(  # af_tiny: no few-shot
+    {Capability.ZERO_SHOT, Capability.TRAINABLE, Capability.EXPORTABLE}
+)
 
 
 @hookimpl

@@ -9,6 +9,7 @@ from torch import nn
 
 from ad_dino.backbone import build_vit
 from ad_dino.model import (
+    AnomalyDinoGraph,
     DinoPatchFeatures,
     background_mask,
     normalise_bank,
@@ -21,8 +22,8 @@ from adcore.api import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ConfigError,
+    ExportableMethod,
     FitContext,
-    Method,
     PluginError,
     Prediction,
     Preprocessing,
@@ -49,7 +50,7 @@ _BANK_KEYS = (
 )
 
 
-class AnomalyDino(Method):
+class AnomalyDino(ExportableMethod):
     """Nearest-neighbour patch distances to a few references on DINOv2 features (Sec. 3)."""
 
     def __init__(
@@ -160,6 +161,24 @@ class AnomalyDino(Method):
             scores=top_fraction_score(distances, cfg.top_fraction),
             maps=patch_map(distances, grid, size, cfg.smoothing_sigma),
         )
+
+    def export_module(self) -> nn.Module:
+        """The fitted prediction as one module (the masking's principal component found by
+        repeated squaring: ONNX has no eigen-decomposition; ``ad export`` checks parity)."""
+        if self.bank is None:
+            raise PluginError("AnomalyDINO has no memory bank to export.", "Fit it first.")
+        cfg = self.config
+        mask = None
+        if self.masks_test:
+            mask = {
+                "threshold": cfg.mask_threshold,
+                "kernel": cfg.mask_kernel,
+                "border": cfg.mask_border,
+            }
+        return AnomalyDinoGraph(
+            self.model, self.bank, cfg.num_neighbors, cfg.distance, cfg.top_fraction,
+            cfg.smoothing_sigma, mask,
+        ).eval()  # fmt: skip
 
     def modules(self) -> dict[str, nn.Module]:
         return {"vit": self.model}

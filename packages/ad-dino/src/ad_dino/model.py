@@ -84,14 +84,14 @@ class DinoPatchFeatures(nn.Module):
         images = images[..., : h * self.patch, : w * self.patch]
         patches = vit.patch_embed.norm(vit.patch_embed.proj(images).flatten(2).transpose(1, 2))
         table = vit.pos_embed
-        cls = vit.cls_token.expand(len(images), -1, -1)
+        cls = vit.cls_token.expand(images.shape[0], -1, -1)  # shape, not len(): export
         if vit.no_embed_class:  # timm's DINOv2-with-registers: class position folded in
             x = torch.cat([cls, patches + dinov2_position_embedding(table, (h, w))], dim=1)
         else:
             position = dinov2_position_embedding(table[:, 1:], (h, w))
             x = torch.cat([cls + table[:, :1], patches + position], dim=1)
         if vit.reg_token is not None:
-            x = torch.cat([x[:, :1], vit.reg_token.expand(len(x), -1, -1), x[:, 1:]], dim=1)
+            x = torch.cat([x[:, :1], vit.reg_token.expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
         x = vit.norm_pre(x)
         for block in vit.blocks:
             x = block(x)
@@ -180,7 +180,23 @@ def rotate(images: torch.Tensor, angles: Sequence[float] = ROTATION_ANGLES) -> t
     return rounded.clamp_(0, 255).to(torch.uint8).reshape(b * len(angles), c, h, w)
 
 
-def first_principal_component(features: torch.Tensor) -> torch.Tensor:
+def top_eigenvector_by_squaring(scatter: torch.Tensor, squarings: int = 12) -> torch.Tensor:
+    """The top eigenvector of symmetric positive semi-definite [B, D, D] matrices without an
+    eigen-decomposition (which ONNX has no operator for): ``squarings`` repeated squarings,
+    each rescaled by its largest entry, give S^(2^k) ~ lambda_1^(2^k) v v^T, whose
+    largest column is then along v (unit length, sign left to the caller). Converges
+    when (lambda_2 / lambda_1)^(2^k) vanishes: for k = 12, a gap above 0.5 % suffices."""
+    # [B, D, D] -> [B, D]
+    power = scatter / scatter.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+    for _ in range(squarings):
+        power = power @ power
+        power = power / power.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+    column = torch.linalg.vector_norm(power, dim=1).argmax(dim=1)  # [B]
+    picked = power.gather(2, column[:, None, None].expand(-1, power.shape[1], 1))[..., 0]
+    return F.normalize(picked, dim=1)
+
+
+def first_principal_component(features: torch.Tensor, exact: bool = True) -> torch.Tensor:
     """Each image's patch features projected on their first principal component.
 
     The authors fit ``sklearn.decomposition.PCA(n_components=1, svd_solver='randomized')``
@@ -188,12 +204,16 @@ def first_principal_component(features: torch.Tensor) -> torch.Tensor:
     top eigenvector of the centred features' D x D scatter matrix (a quarter of the time of
     an SVD of the N x D features at ViT-S/448, the same vector to float rounding). The sign
     is scikit-learn's (>= 1.5, ``svd_flip`` with ``u_based_decision=False``): the
-    component's largest-magnitude entry is positive.
+    component's largest-magnitude entry is positive. ``exact=False`` (the exported graph)
+    finds the eigenvector by :func:`top_eigenvector_by_squaring`.
     """
     # [B, N, D] -> [B, N]
     centred = features - features.mean(dim=1, keepdim=True)
-    _, vectors = torch.linalg.eigh(centred.transpose(1, 2) @ centred)  # ascending eigenvalues
-    component = vectors[..., -1]  # [B, D]
+    scatter = centred.transpose(1, 2) @ centred  # [B, D, D]
+    if exact:
+        component = torch.linalg.eigh(scatter)[1][..., -1]  # ascending eigenvalues: the top
+    else:
+        component = top_eigenvector_by_squaring(scatter)
     largest = component.abs().argmax(dim=1, keepdim=True)
     component = component * torch.sign(component.gather(1, largest))
     return (centred @ component[:, :, None])[..., 0]
@@ -216,6 +236,7 @@ def background_mask(
     threshold: float = 10.0,
     kernel: int = 3,
     border: float = 0.2,
+    exact: bool = True,
 ) -> torch.Tensor:
     """The authors' ``compute_background_mask`` with masking on: foreground where the first
     PCA component exceeds ``threshold``; where at most 35 % of the centre (``border`` cut
@@ -228,14 +249,14 @@ def background_mask(
     """
     # [B, N, D] -> [B, N] bool
     h, w = grid
-    component = first_principal_component(features)  # [B, N]
+    component = first_principal_component(features, exact)  # [B, N]
     mask = component > threshold
     top, bottom = int(h * border), int(h * (1 - border))
     left, right = int(w * border), int(w * (1 - border))
     centre = mask.reshape(-1, h, w)[:, top:bottom, left:right]
     kept = centre.sum(dim=(1, 2))
     flip = kept <= centre[0].numel() * CENTRE_FRACTION  # [B]
-    mask = torch.where(flip[:, None], -component > threshold, mask)
+    mask = (flip[:, None] & (-component > threshold)) | (~flip[:, None] & mask)
     mask = _sequence_dilate(mask, kernel)
     return _sequence_erode(_sequence_dilate(mask, kernel), kernel)
 
@@ -253,6 +274,7 @@ def patch_distances(
     num_neighbors: int = 1,
     distance: str = "cosine",
     chunk: int = 4096,
+    chunked: bool = True,
 ) -> torch.Tensor:
     """Distance of each patch to its nearest bank patches (Sec. 3.1).
 
@@ -263,7 +285,12 @@ def patch_distances(
     # [B, N, D], [M, D] -> [B, N]
     b, n, dim = features.shape
     queries = normalise_bank(features.reshape(-1, dim), distance)
-    squared, _ = nearest_neighbours(queries, bank, num_neighbors, "squared_l2", chunk)
+    if chunked:
+        squared, _ = nearest_neighbours(queries, bank, num_neighbors, "squared_l2", chunk)
+    else:  # one product (the exported graph, whose batch size is free)
+        products = queries @ bank.T  # [B*N, M]
+        norms = (queries * queries).sum(1, keepdim=True) + (bank * bank).sum(1)
+        squared = (norms - 2.0 * products).clamp_min(0.0).topk(num_neighbors, 1, largest=False)[0]
     mean = squared.mean(dim=1).reshape(b, n)
     return mean / 2 if distance == "cosine" else mean.sqrt()
 
@@ -286,3 +313,42 @@ def patch_map(
     ``scipy.ndimage.gaussian_filter`` with ``sigma``."""
     # [B, N] -> [B, H, W]
     return anomaly_map(distances.reshape(-1, *grid), size, sigma)
+
+
+class AnomalyDinoGraph(nn.Module):
+    """AnomalyDINO's prediction as one module: normalised images [B,3,S,S] -> (top-1 %
+    scores [B], smoothed maps [B,S,S]), the bank [M, D] (from :func:`normalise_bank`) a
+    constant, searched in one product; masked patches 0 where the category is masked."""
+
+    def __init__(
+        self,
+        model: DinoPatchFeatures,
+        bank: torch.Tensor,
+        num_neighbors: int,
+        distance: str,
+        top_fraction: float,
+        sigma: float,
+        mask: dict[str, float] | None = None,
+    ) -> None:
+        """``mask``: :func:`background_mask`'s threshold, kernel and border when test
+        patches are masked (the component found by squaring), None otherwise."""
+        super().__init__()
+        self.model = model
+        self.register_buffer("bank", bank)
+        self.num_neighbors, self.distance = num_neighbors, distance
+        self.top_fraction, self.sigma, self.mask = top_fraction, sigma, mask
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, grid = self.model(images)
+        distances = patch_distances(
+            features, self.bank, self.num_neighbors, self.distance, chunked=False
+        )
+        if self.mask is not None:
+            kept = background_mask(
+                features, grid, self.mask["threshold"], int(self.mask["kernel"]),
+                self.mask["border"], exact=False,
+            )  # fmt: skip
+            distances = distances * kept
+        size = (images.shape[-2], images.shape[-1])
+        scores = top_fraction_score(distances, self.top_fraction)
+        return scores, patch_map(distances, grid, size, self.sigma)

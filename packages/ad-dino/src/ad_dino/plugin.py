@@ -33,7 +33,9 @@ def adcore_methods() -> list[MethodSpec]:
             "background masking, nearest-neighbour cosine distances (Damm et al., WACV 2025).",
             config=AnomalyDinoConfig,
             factory=factory,
-            capabilities=frozenset({Capability.FEW_SHOT, Capability.FULL_SHOT}),
+            capabilities=frozenset(
+                {Capability.FEW_SHOT, Capability.FULL_SHOT, Capability.EXPORTABLE}
+            ),
             natural_k_shot=1,
             smoke_config={  # timm's own tiny test ViT (patch 16, 64 wide, 6 blocks)
                 "backbone": "test_vit",

@@ -10,10 +10,10 @@ from torch import nn
 
 from ad_patchcore.backbone import authors_batchnorm_step, build_backbone
 from ad_patchcore.coreset import approximate_greedy_coreset, project, random_projection
-from ad_patchcore.model import LocallyAwarePatchFeatures, MemoryBank, gather_rows
+from ad_patchcore.model import LocallyAwarePatchFeatures, MemoryBank, PatchCoreGraph, gather_rows
 from adcore.api import (
+    ExportableMethod,
     FitContext,
-    Method,
     PluginError,
     Prediction,
     Preprocessing,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ad_patchcore.config import PatchCoreConfig
 
 
-class PatchCore(Method):
+class PatchCore(ExportableMethod):
     """Memory bank of locally aware patch features, subsampled by greedy coreset (Sec. 3)."""
 
     def __init__(
@@ -173,6 +173,20 @@ class PatchCore(Method):
         size = (images.shape[-2], images.shape[-1])
         maps = anomaly_map(patch_scores.reshape(-1, *grid), size, cfg.smoothing_sigma)
         return Prediction(scores=scores, maps=maps)
+
+    def export_module(self) -> nn.Module:
+        """The fitted PatchCore as one module (:class:`~ad_patchcore.model.PatchCoreGraph`)."""
+        if self.memory is None:
+            raise PluginError("PatchCore has no memory bank to export.", "Fit it first.")
+        cfg = self.config
+        return PatchCoreGraph(
+            self.model,
+            self.memory.features,
+            "squared_l2" if cfg.fidelity == "authors_code" else "l2",
+            cfg.num_neighbors,
+            cfg.reweight_neighbors if cfg.scoring == "reweighted" else None,
+            cfg.smoothing_sigma,
+        ).eval()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"patch_features": self.model}

@@ -29,38 +29,42 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adcore.api import ConfigError, FlatL2Index, nearest_neighbours
+from adcore.api import ConfigError, FlatL2Index, anomaly_map, nearest_neighbours
 
 # the grouped convolution runs while each output reads at most this many channels
 MAX_CHANNELS_PER_GROUP = 8
 
 
 @functools.cache
-def pooling_weight(channels: int, patch_size: int, dim: int) -> tuple[torch.Tensor, int]:
+def pooling_weight(channels: int, patch_size: int, dim: int) -> tuple[np.ndarray, int]:
     """The grouped-convolution form of "unfold ``p x p``, adaptive average pool to ``dim``".
 
     Adaptive pooling of ``L = C*p*p`` entries (channel-major, as ``F.unfold`` lays them
     out) to ``dim`` bins averages entries ``[floor(i L / dim), ceil((i+1) L / dim))`` into
     bin ``i``. With ``g = gcd(C, dim)``, bins ``[j dim/g, (j+1) dim/g)`` only read channels
     ``[j C/g, (j+1) C/g)``, so the map is a convolution with ``groups=g`` whose weight holds
-    ``1 / len(bin)`` on each bin's entries. Returns (weight [dim, C/g, p, p] float64, g).
+    ``1 / len(bin)`` on each bin's entries. Returns (weight [dim, C/g, p, p] float64, g), a
+    read-only numpy array: a cached torch tensor made while ``torch.export`` traces would
+    be a fake one, and every later call would get it.
     """
     groups = math.gcd(channels, dim)
     entries = channels * patch_size * patch_size
     per_group = entries // groups
-    bins = torch.arange(dim)
+    bins = np.arange(dim)
     start = bins * entries // dim
     end = ((bins + 1) * entries + dim - 1) // dim
     first = (bins // (dim // groups)) * per_group  # the bin's group's first entry
-    position = torch.arange(per_group)[None, :] + first[:, None]  # [dim, per_group]
+    position = np.arange(per_group)[None, :] + first[:, None]  # [dim, per_group]
     inside = (position >= start[:, None]) & (position < end[:, None])
-    weight = inside.double() / (end - start).double()[:, None]
-    shape = (dim, channels // groups, patch_size, patch_size)
-    return weight.reshape(shape), groups  # float64; cast to the features at use
+    weight = inside / (end - start).astype(np.float64)[:, None]
+    weight = weight.reshape(dim, channels // groups, patch_size, patch_size)
+    weight.setflags(write=False)
+    return weight, groups  # float64; cast to the features at use
 
 
 def local_aggregation(
@@ -78,8 +82,8 @@ def local_aggregation(
     if grouped is None:
         grouped = channels // math.gcd(channels, dim) <= MAX_CHANNELS_PER_GROUP
     if grouped:
-        weight, groups = pooling_weight(channels, patch_size, dim)
-        weight = weight.to(device=features.device, dtype=features.dtype)
+        table, groups = pooling_weight(channels, patch_size, dim)
+        weight = torch.tensor(table, device=features.device, dtype=features.dtype)
         return F.conv2d(features, weight, padding=padding, groups=groups)
     b, _, h, w = features.shape
     unfolded = F.unfold(features, kernel_size=patch_size, padding=padding)
@@ -210,6 +214,69 @@ class MemoryBank:
             nearest_distance = torch.linalg.vector_norm(test_feature - nearest, dim=1)
             scores = reweighted_score(scores, nearest_distance, neighbourhood)
         return scores, patch_scores
+
+
+class PatchCoreGraph(nn.Module):
+    """The fitted PatchCore as one module for export: features, the exact search of the
+    memory bank (held as a buffer), eq. 6/eq. 7 and the smoothed map.
+
+    The search is :class:`MemoryBank`'s in one product: squared L2 ``||q||^2 + ||m||^2 -
+    2 q.m`` on rows shifted by the bank's mean (as ``FlatL2Index`` shifts them for faiss),
+    so scores equal ``predict``'s to float32 rounding. Memory grows as B x h x w x M
+    distances: the graph searches all of a batch's patches at once.
+    """
+
+    def __init__(
+        self,
+        features: LocallyAwarePatchFeatures,
+        bank: torch.Tensor,
+        metric: str,
+        num_neighbors: int,
+        reweight_neighbors: int | None,
+        sigma: float,
+    ) -> None:
+        super().__init__()
+        self.features = features
+        rows = bank.detach().float()
+        center = rows.double().mean(0).float()  # [D]
+        shifted = rows - center
+        self.register_buffer("center", center)
+        self.register_buffer("bank", shifted)  # [M, D]
+        self.register_buffer("bank_norms", (shifted * shifted).sum(1))  # [M]
+        self.squared = metric == "squared_l2"
+        self.num_neighbors = min(num_neighbors, len(rows))
+        self.reweight_neighbors = (
+            None if reweight_neighbors is None else min(reweight_neighbors, len(rows))
+        )
+        self.sigma = sigma
+
+    def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shifted queries [Q, D] -> squared distances and indices of the k nearest rows."""
+        products = queries @ self.bank.T  # [Q, M]
+        squared = (queries * queries).sum(1, keepdim=True) + self.bank_norms - 2.0 * products
+        values, indices = squared.clamp_min(0.0).topk(k, dim=1, largest=False)
+        return values, indices
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised float32 [B, 3, H, W] -> scores [B], maps [B, H, W]."""
+        features, grid = self.features(images)  # [B, n, D]
+        b, n, dim = features.shape
+        flat = features.reshape(-1, dim) - self.center
+        squared, indices = self._search(flat, self.num_neighbors)
+        distances = squared if self.squared else squared.sqrt()
+        patch_scores = distances.mean(1).reshape(b, n)  # [B, n]
+        scores, worst = patch_scores.max(1)
+        if self.reweight_neighbors is not None:
+            rows = torch.arange(b, device=flat.device) * n + worst
+            test_feature = flat[rows]  # [B, D]: m_test,*
+            nearest = self.bank[indices[rows, 0]]  # [B, D]: m*
+            _, support = self._search(nearest, self.reweight_neighbors)
+            members = self.bank[support]  # [B, b, D]: N_b(m*)
+            neighbourhood = torch.linalg.vector_norm(members - test_feature[:, None], dim=2)
+            nearest_distance = torch.linalg.vector_norm(test_feature - nearest, dim=1)
+            scores = reweighted_score(scores, nearest_distance, neighbourhood)
+        size = (images.shape[-2], images.shape[-1])
+        return scores, anomaly_map(patch_scores.reshape(b, *grid), size, self.sigma)
 
 
 def gather_rows(chunks: list[torch.Tensor]) -> torch.Tensor:

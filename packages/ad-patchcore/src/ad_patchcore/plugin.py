@@ -27,7 +27,9 @@ def adcore_methods() -> list[MethodSpec]:
             "nearest-neighbour scores (Roth et al., CVPR 2022).",
             config=PatchCoreConfig,
             factory=factory,
-            capabilities=frozenset({Capability.FEW_SHOT, Capability.FULL_SHOT}),
+            capabilities=frozenset(
+                {Capability.FEW_SHOT, Capability.FULL_SHOT, Capability.EXPORTABLE}
+            ),
             smoke_config={
                 "backbone": "resnet18",
                 "pretrained": "none",

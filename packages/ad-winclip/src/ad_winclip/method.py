@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from ad_winclip.backbone import load_clip
-from ad_winclip.model import WinClip
+from ad_winclip.model import WinClip, WinClipGraph
 from adcore.api import (
     ConfigError,
+    ExportableMethod,
     FitContext,
-    Method,
     PluginError,
     Prediction,
     Preprocessing,
@@ -21,7 +21,7 @@ from adcore.api import (
 )
 
 
-class WinClipMethod(Method):
+class WinClipMethod(ExportableMethod):
     """The host's view of WinCLIP: uint8 images in, scores and input-size maps out."""
 
     def __init__(
@@ -48,6 +48,12 @@ class WinClipMethod(Method):
         output = self.model(self._normalize(images))
         maps = upsample(output.maps.float(), self.geometry.output_size)
         return Prediction(scores=output.scores.float(), maps=maps)
+
+    def export_module(self) -> nn.Module:
+        """WinCLIP (WinCLIP+ once fitted with references) as one module."""
+        if self.model.text_embeddings is None:
+            raise PluginError("WinCLIP has nothing to export yet.", "Call fit first.")
+        return WinClipGraph(self.model, self.geometry.output_size).eval()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"clip": self.model.clip}

@@ -73,7 +73,7 @@ from ad_winclip.windows import (
     harmonic_mean,
     window_indices,
 )
-from adcore.api import PluginError, nearest_neighbours
+from adcore.api import PluginError, nearest_neighbours, upsample
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 Autocast = Callable[[], contextlib.AbstractContextManager[Any]]
@@ -312,15 +312,21 @@ class WinClip(nn.Module):
         return self._project(pooled), rest
 
     def window_embeddings(
-        self, tokens: torch.Tensor, k: int, qkv: torch.Tensor | None = None
+        self, tokens: torch.Tensor, k: int, qkv: torch.Tensor | None = None, chunked: bool = True
     ) -> torch.Tensor:
         """Tokens [B, 1+P, C] (and first-block qkv [B, 1+P, 3C]) -> windows [B, W, D].
 
         Sequences (class token + one window's patches) are gathered with an index tensor
-        and run in chunks of ``window_batch_size`` sequences to bound memory.
+        and run in chunks of ``window_batch_size`` sequences to bound memory; without
+        ``chunked`` (the exported graph, whose batch size is free) all at once.
         """
         positions = getattr(self, f"window_tokens_{k}")  # [W, 1+k*k]
         batch, windows = tokens.shape[0], positions.shape[0]
+        if not chunked:
+            index = (torch.arange(batch, device=tokens.device)[:, None, None], positions[None])
+            part_qkv = None if qkv is None else qkv[index].flatten(0, 1)  # [B*W, 1+k*k, 3C]
+            pooled = self.run_blocks(tokens[index].flatten(0, 1), part_qkv, class_only=True)
+            return self._project(self.clip.visual.ln_post(pooled)).view(batch, windows, -1)
         sequence = torch.arange(batch * windows, device=tokens.device)
         outputs = []
         for part in sequence.split(self.window_batch_size):
@@ -336,7 +342,7 @@ class WinClip(nn.Module):
         self.patch_bank, self.window_banks = None, {}
 
     def encode(
-        self, images: torch.Tensor, patches: bool = True
+        self, images: torch.Tensor, patches: bool = True, chunked: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]:
         """The tower passes, in fp32 whatever precision they ran at.
 
@@ -347,7 +353,7 @@ class WinClip(nn.Module):
             tokens = self.embed_tokens(images)
             qkv = self.first_block_qkv(tokens)
             image, patch = self.encode_full(tokens, qkv, patches=patches)
-            windows = {k: self.window_embeddings(tokens, k, qkv) for k in self.scales}
+            windows = {k: self.window_embeddings(tokens, k, qkv, chunked) for k in self.scales}
         patch = None if patch is None else patch.float()
         return image.float(), patch, {k: value.float() for k, value in windows.items()}
 
@@ -366,13 +372,14 @@ class WinClip(nn.Module):
 
     # --- scoring ------------------------------------------------------------------------
 
-    def forward(self, images: torch.Tensor) -> WinClipOutput:
-        """Normalised images [B,3,H,W] -> ``WinClipOutput`` with maps on the patch grid."""
+    def forward(self, images: torch.Tensor, chunked: bool = True) -> WinClipOutput:
+        """Normalised images [B,3,H,W] -> ``WinClipOutput`` with maps on the patch grid;
+        ``chunked``: windows in chunks of ``window_batch_size`` sequences (False: at once)."""
         if self.text_embeddings is None:
             raise PluginError("WinCLIP was asked to predict before fit.", "Call fit first.")
         text = self.text_embeddings
         few_shot = self.patch_bank is not None
-        image_embedding, patches, windows = self.encode(images, patches=few_shot)
+        image_embedding, patches, windows = self.encode(images, few_shot, chunked)
         image_score = class_scores(image_embedding, text, self.temperature)  # [B]
         scale_maps = torch.stack(
             [
@@ -404,3 +411,19 @@ class WinClip(nn.Module):
             zero_shot_map=zero_shot_map,
             visual_maps=visual,
         )
+
+
+class WinClipGraph(nn.Module):
+    """The fitted WinCLIP(+) as one module for export: normalised images [B,3,H,W] ->
+    (scores [B], maps [B,H,W] upsampled bilinearly to the input size), the text
+    embeddings and reference banks as constants. Windows run all at once (memory grows
+    with the batch: B x windows sequences per scale)."""
+
+    def __init__(self, model: WinClip, size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.size = size
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.model(images, chunked=False)
+        return output.scores.float(), upsample(output.maps.float(), self.size)

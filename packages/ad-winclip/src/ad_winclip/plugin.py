@@ -31,7 +31,9 @@ def adcore_methods() -> list[MethodSpec]:
             summary="WinCLIP / WinCLIP+ (CVPR 2023): CLIP window scores with prompt ensembles.",
             config=WinClipConfig,
             factory=factory,
-            capabilities=frozenset({Capability.ZERO_SHOT, Capability.FEW_SHOT}),
+            capabilities=frozenset(
+                {Capability.ZERO_SHOT, Capability.FEW_SHOT, Capability.EXPORTABLE}
+            ),
             smoke_config={"backbone": "ViT-S-32-alt", "pretrained": "none", "resolution": 224},
         )
     ]

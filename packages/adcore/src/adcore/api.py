@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     # methods
     "Method": "adcore.contracts.method",
     "TrainableMethod": "adcore.contracts.method",
+    "ExportableMethod": "adcore.contracts.method",
     "TransductiveMethod": "adcore.contracts.method",
     "TrainingSettings": "adcore.contracts.method",
     "TrainingPhase": "adcore.contracts.method",
@@ -39,17 +40,17 @@ _EXPORTS: dict[str, str] = {
     "Prediction": "adcore.contracts.method",
     "Runtime": "adcore.contracts.method",
     # preprocessing
-    "Preprocessing": "adcore.contracts.preprocessing",
-    "IMAGENET_MEAN": "adcore.contracts.preprocessing",
-    "IMAGENET_STD": "adcore.contracts.preprocessing",
-    "CLIP_MEAN": "adcore.contracts.preprocessing",
-    "CLIP_STD": "adcore.contracts.preprocessing",
+    "Preprocessing": "ad_runtime.preprocessing",
+    "IMAGENET_MEAN": "ad_runtime.preprocessing",
+    "IMAGENET_STD": "ad_runtime.preprocessing",
+    "CLIP_MEAN": "ad_runtime.preprocessing",
+    "CLIP_STD": "ad_runtime.preprocessing",
     # data sets
     "Dataset": "adcore.contracts.dataset",
     "Sample": "adcore.contracts.dataset",
     "Split": "adcore.contracts.dataset",
     "GOOD": "adcore.contracts.dataset",
-    "IMAGE_EXTENSIONS": "adcore.data.loading",
+    "IMAGE_EXTENSIONS": "ad_runtime.decoding",
     # metrics
     "EvalData": "adcore.metrics.evaldata",
     # reporters
@@ -105,9 +106,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors; never executed
+    from ad_runtime.preprocessing import (  # noqa: F401
+        CLIP_MEAN,
+        CLIP_STD,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        Preprocessing,
+    )
     from adcore.contracts.dataset import GOOD, Dataset, Sample, Split  # noqa: F401
     from adcore.contracts.hookspecs import hookimpl  # noqa: F401
     from adcore.contracts.method import (  # noqa: F401
+        ExportableMethod,
         FitContext,
         Method,
         Prediction,
@@ -117,13 +126,6 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         TrainingPhase,
         TrainingSettings,
         TransductiveMethod,
-    )
-    from adcore.contracts.preprocessing import (  # noqa: F401
-        CLIP_MEAN,
-        CLIP_STD,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        Preprocessing,
     )
     from adcore.contracts.records import (  # noqa: F401
         Capability,

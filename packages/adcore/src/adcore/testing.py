@@ -148,6 +148,7 @@ def check_method(
         "adcore.api.TransductiveMethod (it scores the test set jointly through predict_set).",
     )
     probe, probed = _check_predictions(spec, method, images, size)
+    _check_export(spec, method, images)
     _check_identity_and_modules(spec, method)
     if _overrides(method, "fitted_state"):
         _check_fitted_state(spec, method, config, device, probe, probed)
@@ -209,6 +210,57 @@ def _check_set(
         "1 and 2; predict_set must score the set, whatever its batches.",
     )
     return images, prediction
+
+
+def _check_export(spec: MethodSpec, method: Method, images: torch.Tensor) -> None:
+    """A method declaring ``exportable`` is an ExportableMethod whose module computes what
+    ``predict`` computes (to ``ad export``'s fp32 parity bar) and traces with the batch
+    size free (``torch.export``, as ``ad export`` does)."""
+    import torch
+
+    from adcore.contracts.method import ExportableMethod
+    from adcore.run.export import FP32_PARITY, max_relative_difference
+
+    if Capability.EXPORTABLE not in spec.capabilities:
+        return
+    _require(
+        isinstance(method, ExportableMethod),
+        f"{spec.name}: the record declares Capability.EXPORTABLE, but the method is not an "
+        "adcore.api.ExportableMethod (export_module returns its fitted prediction as a module).",
+    )
+    assert isinstance(method, ExportableMethod)
+    with torch.no_grad():
+        expected = method.predict(images)
+        module = method.export_module().eval()
+        normalised = method.geometry.normalize(images)
+        scores, maps = module(normalised)
+        try:
+            traced = torch.export.export(
+                module, (normalised,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+            ).module()
+            one = traced(normalised[:1])[0]
+        except Exception as error:  # torch.export's many error types
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ContractError(
+                f"{spec.name}: export_module does not trace with the batch size free "
+                f"(torch.export: {type(error).__name__}: {first[:300]}); use tensor operations "
+                "only, x.shape[0] rather than len(x), no faiss or numpy, no Python loop over "
+                "the batch."
+            ) from error
+    for what, ours, reference in (
+        ("scores", scores, expected.scores),
+        ("maps", maps, expected.maps),
+        ("traced scores of one image", one, expected.scores[:1]),
+    ):
+        difference = max_relative_difference(
+            ours.float().cpu().numpy(), reference.float().cpu().numpy()
+        )
+        _require(
+            tuple(ours.shape) == tuple(reference.shape) and difference <= FP32_PARITY,
+            f"{spec.name}: export_module's {what} differ from predict's by {difference:.3g} "
+            f"(shape {tuple(ours.shape)} vs {tuple(reference.shape)}; the limit is "
+            f"{FP32_PARITY:g} of the largest value); it must compute what predict computes.",
+        )
 
 
 def _check_identity_and_modules(spec: MethodSpec, method: Method) -> None:

@@ -27,6 +27,8 @@ def list_plugins(as_json: JsonOption = False) -> None:
         summary = row["summary"] or ""
         if row["capabilities"]:
             summary = f"{summary} [dim]({', '.join(row['capabilities'])})[/]"
+        if row.get("not_exportable"):
+            summary = f"{summary} [dim](not exportable: {row['not_exportable']})[/]"
         table.add_row(
             row["component"], row["kind"], row["distribution"], row["version"], status, summary
         )
@@ -47,6 +49,7 @@ def plugin_rows(registry: Registry) -> list[dict[str, Any]]:
                 "version": component.plugin.version,
                 "status": "ok",
                 "capabilities": capabilities,
+                "not_exportable": getattr(spec, "not_exportable", ""),
                 "summary": spec.summary,
             }
         )

@@ -18,18 +18,20 @@ if TYPE_CHECKING:
 
 
 def predict_command(
-    run: Annotated[
-        Path,
-        typer.Option(
-            "--run", help="Run folder written by ad eval --save-model.", show_default=False
-        ),
-    ],
     input_: Annotated[
         list[Path],
         typer.Option(
             "--input", "-i", help="Image file or folder to score (repeatable).", show_default=False
         ),
     ],
+    run: Annotated[
+        Path | None,
+        typer.Option("--run", help="Run folder written by ad eval --save-model (or give --model)."),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Bundle folder written by ad export, run with ONNX Runtime."),
+    ] = None,
     out: Annotated[
         Path, typer.Option("--out", help="Folder for scores.csv, maps/ and overlays/.")
     ] = Path("predictions"),
@@ -53,12 +55,24 @@ def predict_command(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Score new images with a fitted method saved by a run: scores, maps and overlays."""
-    from adcore.run.predict import predict
+    """Score new images with a fitted method saved by a run (--run) or exported to a bundle
+    (--model): scores, maps and overlays."""
+    from adcore.infra.errors import UsageError
 
-    result = predict(
-        run, input_, out, threshold, category, device or "auto", overlays=not no_overlays
-    )
+    if (run is None) == (model is None):
+        raise UsageError("ad predict needs one model.", "Give either --run RUN or --model BUNDLE.")
+    if model is not None:
+        from adcore.run.bundle_predict import predict_bundle
+
+        result = predict_bundle(model.expanduser(), input_, out, threshold, not no_overlays)
+    else:
+        from adcore.run.predict import predict
+
+        assert run is not None
+        result = predict(
+            run.expanduser(), input_, out, threshold, category, device or "auto",
+            overlays=not no_overlays,
+        )  # fmt: skip
     if as_json:
         print(json.dumps(predictions_json(result), indent=2))
         return

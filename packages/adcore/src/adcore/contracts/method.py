@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adcore.contracts.preprocessing import Preprocessing
+from ad_runtime.preprocessing import Preprocessing
 from adcore.infra.errors import PluginError
 from adcore.infra.precision import Precision, backbone_autocast, check_precision, fp32_region
 
@@ -138,6 +138,24 @@ class TransductiveMethod(Method):
     def predict(self, images: torch.Tensor) -> Prediction:
         """``images`` [B,3,S,S] scored as a set of their own."""
         return self.predict_set([images], len(images))
+
+
+class ExportableMethod(Method):
+    """A method whose fitted prediction is one torch module, for ``ad export`` (ONNX).
+
+    ``export_module`` returns an ``nn.Module`` in eval mode that maps normalised float32
+    images ``[B,3,S,S]`` (``geometry.normalize``'s output: resized, cropped, mean/std
+    applied, RGB) to ``(scores [B], maps [B,S,S])``: the raw outputs of ``predict``, with
+    no threshold and no score scale. The fitted state (memory bank, text features) is held
+    as buffers, so the exported graph carries it as constants. Only tensor operations
+    ``torch.export`` traces (no faiss, numpy or Python branches on values), with the batch
+    size free. ``adcore.testing.check_method`` checks that its outputs equal ``predict``'s.
+    Declare :attr:`Capability.EXPORTABLE` in the record.
+    """
+
+    @abc.abstractmethod
+    def export_module(self) -> nn.Module:
+        """The fitted prediction: normalised float32 [B,3,S,S] -> (scores [B], maps [B,S,S])."""
 
 
 class TrainingSettings(BaseModel):

@@ -65,6 +65,7 @@ class Capability(str, enum.Enum):
     FULL_SHOT = "full-shot"
     TRAINABLE = "trainable"
     TRANSDUCTIVE = "transductive"  # scores the test set jointly (a TransductiveMethod)
+    EXPORTABLE = "exportable"  # its fitted prediction is one torch module (an ExportableMethod)
 
 
 class ComponentSpec(BaseModel):
@@ -104,13 +105,16 @@ class MethodSpec(ComponentSpec):
     ``smoke_config`` overrides the defaults for a seconds-long check on the CPU (a tiny
     backbone, random weights); ``adcore.testing.check_method`` builds the method with it.
     ``natural_k_shot`` is the setting used when no ``data.k_shot`` is given (see
-    :attr:`natural_setting` for the default).
+    :attr:`natural_setting` for the default). ``not_exportable``: why a method without the
+    ``exportable`` capability cannot be exported (shown by ``ad list-plugins`` and
+    ``ad export``); empty for an exportable one.
     """
 
     kind: Literal["method"] = "method"
     capabilities: frozenset[Capability]
     smoke_config: dict[str, Any] = {}
     natural_k_shot: int | Literal["all"] | None = None
+    not_exportable: str = ""
 
     @property
     def natural_setting(self) -> int | Literal["all"] | None:
@@ -129,6 +133,12 @@ class MethodSpec(ComponentSpec):
         if not value & shots:
             raise ValueError("a method must support at least one of zero-, few- or full-shot")
         return value
+
+    @model_validator(mode="after")
+    def _export_reason_only_when_not_exportable(self) -> MethodSpec:
+        if self.not_exportable and Capability.EXPORTABLE in self.capabilities:
+            raise ValueError("an exportable method gives no not_exportable reason")
+        return self
 
 
 class DatasetSpec(ComponentSpec):

@@ -21,8 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from adcore.contracts.dataset import Dataset, Sample
-from adcore.data.decoding import (
+from ad_runtime.decoding import (
     DEFAULT_MAX_IMAGE_PIXELS,
     Decoding,
     ImageTooLargeError,
@@ -37,6 +36,7 @@ from adcore.data.decoding import (
     probe_open,
     read_image,
 )
+from adcore.contracts.dataset import Dataset, Sample
 from adcore.infra.errors import DataError
 
 if TYPE_CHECKING:

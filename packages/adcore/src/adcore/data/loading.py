@@ -1,9 +1,9 @@
 """Decoding and resizing, done once for every data set, in DataLoader workers.
 
-Files are decoded by :mod:`adcore.data.decoding` (bit depth, orientation, mask values, limits).
+Files are decoded by :mod:`ad_runtime.decoding` (bit depth, orientation, mask values, limits).
 
 Images become uint8 [3,S,S] tensors through the method's declared preprocessing (resize with
-its filter, then centre crop: :class:`adcore.contracts.preprocessing.Preprocessing`); masks get the
+its filter, then centre crop: :class:`ad_runtime.preprocessing.Preprocessing`); masks get the
 same geometry with the declared mask filter, so a pixel of the map and a pixel of the mask
 always describe the same place. ``mask`` is always the binary ground truth that evaluation
 scores against; training loaders (``soft_masks=True``) of a geometry whose mask filter is
@@ -18,15 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from ad_runtime.decoding import IMAGE_EXTENSIONS, Decoding, read_image, read_mask
+from ad_runtime.preprocessing import Preprocessing
 from adcore.contracts.dataset import Sample
-from adcore.contracts.preprocessing import Preprocessing
-from adcore.data.decoding import Decoding, read_image, read_mask
 from adcore.infra.errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "SampleImages", "collate", "make_loader"]
-__all__ += ["Decoding", "read_image", "read_mask"]  # decoding lives in adcore.data.decoding
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+__all__ += ["Decoding", "read_image", "read_mask"]  # decoding lives in ad_runtime.decoding
 
 
 class SampleImages:
@@ -109,7 +107,7 @@ def make_loader(
     index; with ``soft_masks`` (training), soft_mask float [B,S,S] in [0,1] too where
     ``geometry.mask_filter`` is not nearest.
 
-    ``decoding``: the category's :class:`~adcore.data.decoding.Decoding` (bit-depth range, size
+    ``decoding``: the category's :class:`~ad_runtime.decoding.Decoding` (bit-depth range, size
     limit); the defaults when None.
     """
     import torch

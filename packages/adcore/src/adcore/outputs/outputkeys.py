@@ -10,10 +10,10 @@ a counter, so that no two samples can write the same file, even on case-insensit
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ad_runtime.outputkeys import unique_keys
 from adcore.contracts.dataset import Sample
 from adcore.infra.errors import OutputError
 
@@ -27,24 +27,6 @@ def relative_keys(paths: Sequence[Path]) -> list[str]:
     return unique_keys(
         [r.with_suffix("").as_posix() for r in relative], [r.as_posix() for r in relative]
     )
-
-
-def unique_keys(keys: Sequence[str], fallbacks: Sequence[str] | None = None) -> list[str]:
-    """``keys`` with clashes (case-insensitive) resolved: first by ``fallbacks`` (same order,
-    e.g. the name with its extension), then by a counter ``-2``, ``-3``, ..."""
-    fallbacks = fallbacks or keys
-    counts = Counter(k.casefold() for k in keys)
-    chosen = [f if counts[k.casefold()] > 1 else k for k, f in zip(keys, fallbacks, strict=True)]
-    taken: set[str] = set()
-    out = []
-    for key in chosen:
-        candidate, number = key, 1
-        while candidate.casefold() in taken:
-            number += 1
-            candidate = f"{key}-{number}"
-        taken.add(candidate.casefold())
-        out.append(candidate)
-    return out
 
 
 def output_keys(samples: Sequence[Sample]) -> list[str]:

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from ad_runtime.decoding import Decoding
+from ad_runtime.preprocessing import Preprocessing
 from adcore.config.sections import ResolvedConfig
 from adcore.contracts.dataset import Sample
-from adcore.contracts.preprocessing import Preprocessing
-from adcore.data.decoding import Decoding
 from adcore.outputs.results import CategoryResult, RunLayout, RunResult
 
 

@@ -9,6 +9,7 @@ image threshold on the run's test set (its ``scores.csv``) unless one is given.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -17,12 +18,18 @@ from typing import Any
 
 import numpy as np
 
+from ad_runtime.decoding import Decoding, category_decoding
+from ad_runtime.predictions import (
+    PredictedImage,
+    Verdicts,
+    find_images,
+    write_scores,
+)
+from ad_runtime.scorescale import ScoreScale
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import Method
-from adcore.data.decoding import Decoding, category_decoding
-from adcore.data.loading import IMAGE_EXTENSIONS
 from adcore.infra.errors import DataError, UsageError
-from adcore.infra.files import atomic_write_bytes, atomic_write_text, csv_text
+from adcore.infra.files import atomic_write_bytes
 from adcore.metrics import image_f1_threshold
 from adcore.outputs.outputkeys import unique_keys
 from adcore.outputs.reporters.overlay import (
@@ -32,16 +39,6 @@ from adcore.outputs.reporters.overlay import (
     render_png,
     safe_name,
 )
-from adcore.outputs.scorescale import ScoreScale
-
-
-@dataclass
-class PredictedImage:
-    path: Path
-    key: str  # where its outputs go, relative and unique: "good/000"
-    score: float
-    anomalous: bool
-    normalised: float = float("nan")  # 0..1, 0.5 at the threshold (adcore.outputs.scorescale)
 
 
 @dataclass
@@ -54,29 +51,6 @@ class PredictOutput:
     images: list[PredictedImage]
     scores_csv: Path
     scale: ScoreScale | None = None
-
-
-def find_images(inputs: list[Path]) -> list[tuple[Path, str]]:
-    """Files and folders (searched recursively) -> (image path, unique output key), sorted."""
-    found: list[tuple[Path, str]] = []
-    for given in inputs:
-        if given.is_dir():
-            files = sorted(
-                p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
-            found += [(p, p.relative_to(given).with_suffix("").as_posix()) for p in files]
-        elif given.is_file():
-            found.append((given, given.stem))
-        else:
-            raise DataError(f"Input {given} does not exist.", "Pass image files or folders.")
-    if not found:
-        listed = ", ".join(str(p) for p in inputs)
-        raise DataError(
-            f"No images found in {listed}.",
-            f"Pass files or folders holding {', '.join(IMAGE_EXTENSIONS)} images.",
-        )
-    keys = unique_keys([key for _, key in found])
-    return [(path, key) for (path, _), key in zip(found, keys, strict=True)]
 
 
 def run_categories(run_dir: Path) -> list[str]:
@@ -114,9 +88,11 @@ def pick_category(run_dir: Path, category: str | None) -> str:
     return category
 
 
-def load_method(run_dir: Path, category: str, device: str = "auto") -> tuple[Any, Method, Any]:
+def load_method(
+    run_dir: Path, category: str, device: str = "auto", precision: str | None = None
+) -> tuple[Any, Method, Any]:
     """The run's resolved config, its method with ``category``'s fitted state loaded, and
-    the runtime (device, precision) it runs under."""
+    the runtime (device, precision) it runs under; ``precision`` overrides the run's."""
     from adcore.config.files import load_yaml_file
     from adcore.config.problems import validate_base
     from adcore.config.resolve import resolve
@@ -127,6 +103,8 @@ def load_method(run_dir: Path, category: str, device: str = "auto") -> tuple[Any
 
     config = resolve(validate_base(load_yaml_file(run_dir / "config.yaml")), get_registry())
     runtime = make_runtime(config, device)
+    if precision is not None:
+        runtime = dataclasses.replace(runtime, precision=precision)
     method = build_method(config, runtime)
     state = read_fitted_state(run_dir / category / "model.pt")
     check_fitted_state(state, method.weights_identity(), run_dir / category / "model.pt")
@@ -169,25 +147,16 @@ def predict(
     overlays: bool = True,
 ) -> PredictOutput:
     """Score ``inputs`` with the run's fitted method; write scores.csv, maps/ and overlays/."""
-    from adcore.outputs.mapfiles import write_map
+    from ad_runtime.mapfiles import write_map
     from adcore.run.prediction_pass import predicted_batches
-    from adcore.run.preparation import screen_samples
 
     category = pick_category(run_dir, category)
     images = find_images(inputs)
     source = "given" if threshold is not None else "F1-optimal on the run's test set"
     decision = threshold if threshold is not None else run_threshold(run_dir, category)
     config, method, runtime = load_method(run_dir, category, device)
-    samples = [Sample(image_path=p, label=0, category=category) for p, _ in images]
     data = config.base.data
-    try:  # every unreadable input named at once, before any map is written
-        screen_samples(samples, False, False, data.max_image_pixels)
-    except DataError as error:
-        raise DataError(
-            error.problem,
-            "Fix, convert or remove those files and run ad predict again; it scores every "
-            "image it is given.",
-        ) from None
+    samples = screened_samples(images, category, data.max_image_pixels)
     decoding = category_decoding(
         [p for p, _ in images], data.intensity_range, data.max_image_pixels
     )
@@ -199,42 +168,46 @@ def predict(
         low, high = min(low, float(batch.maps.min())), max(high, float(batch.maps.max()))
         for i, value in zip(batch.index, batch.maps, strict=True):
             write_map(out_dir / "maps" / f"{images[i][1]}.tiff", value)
-
     scale = ScoreScale.from_scores(run_test_scores(run_dir, category)[0], decision)
-    normalised = scale.normalise(scores)  # [N] in [0, 1]
-    results = [
-        PredictedImage(path, key, float(score), bool(score >= decision), float(norm))
-        for (path, key), score, norm in zip(images, scores, normalised, strict=True)
-    ]
-    rows = [
-        [str(r.path), repr(r.score), repr(r.normalised), int(r.anomalous), repr(decision),
-         f"maps/{r.key}.tiff"]
-        for r in results
-    ]  # fmt: skip
-    scores_csv = out_dir / "scores.csv"
-    header = ["path", "score", "normalised_score", "anomalous", "threshold", "map"]
-    atomic_write_text(scores_csv, csv_text(header, rows))
+    verdicts = Verdicts(category, decision, source, scale)
+    results = write_scores(images, scores, verdicts, out_dir)
     if overlays:
-        _write_overlays(
-            run_dir, category, method, results, out_dir, decision, (low, high), decoding
-        )
-    return PredictOutput(category, decision, source, results, scores_csv, scale)
+        settings = run_map_settings(run_dir, category)
+        write_overlays(results, verdicts, method.geometry, settings, (low, high), out_dir, decoding)
+    return PredictOutput(category, decision, source, results, out_dir / "scores.csv", scale)
 
 
-def _write_overlays(
-    run_dir: Path,
-    category: str,
-    method: Method,
+def screened_samples(
+    images: list[tuple[Path, str]], category: str, max_image_pixels: int | None
+) -> list[Sample]:
+    """The inputs as samples, every unreadable one named at once before any map is written."""
+    from adcore.run.preparation import screen_samples
+
+    samples = [Sample(image_path=p, label=0, category=category) for p, _ in images]
+    try:
+        screen_samples(samples, False, False, max_image_pixels)
+    except DataError as error:
+        raise DataError(
+            error.problem,
+            "Fix, convert or remove those files and run ad predict again; it scores every "
+            "image it is given.",
+        ) from None
+    return samples
+
+
+def write_overlays(
     results: list[PredictedImage],
-    out_dir: Path,
-    decision: float,
+    verdicts: Verdicts,
+    geometry: Any,
+    settings: dict[str, Any],
     own_range: tuple[float, float],
+    out_dir: Path,
     decoding: Decoding | None = None,
 ) -> None:
-    """One overlay per image, on the run's colour scale and pixel threshold when it saved them."""
+    """One overlay per image, on the saved colour scale and pixel threshold (``settings``:
+    ``map_min``/``map_max``/``pixel_threshold``) when there are any, else the maps' own."""
     from PIL import Image
 
-    settings = run_map_settings(run_dir, category)
     pixel = settings.get("pixel_threshold")
     if "map_min" in settings:
         value_range = (settings["map_min"], settings["map_max"])
@@ -247,11 +220,11 @@ def _write_overlays(
             anomaly_map = np.asarray(stored, dtype=np.float32)  # [S,S]
         verdict = "anomalous" if result.anomalous else "normal"
         item = OverlayImage(
-            image=read_at_geometry(result.path, method.geometry, decoding),
+            image=read_at_geometry(result.path, geometry, decoding),
             anomaly_map=anomaly_map,
             mask=None,
-            title=f"{category} / {result.path.name}: predicted {verdict}",
-            subtitle=f"score {result.score:.4g}, image threshold {decision:.4g}",
+            title=f"{verdicts.category} / {result.path.name}: predicted {verdict}",
+            subtitle=f"score {result.score:.4g}, image threshold {verdicts.threshold:.4g}",
         )
         name = f"{flat}_{verdict}_score{result.score:.4g}.png"
         png = render_png(item, value_range, pixel, "run's F1-optimal")

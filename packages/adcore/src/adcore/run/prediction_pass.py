@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ad_runtime.decoding import Decoding
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import Method, Runtime, TransductiveMethod
-from adcore.data.decoding import Decoding
 from adcore.data.loading import make_loader
 from adcore.infra.device import synchronizer
 from adcore.infra.errors import PluginError

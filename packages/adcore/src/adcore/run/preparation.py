@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ad_runtime.decoding import DEFAULT_MAX_IMAGE_PIXELS, Decoding, category_decoding
 from adcore.config.sections import DataSection
 from adcore.contracts.dataset import Dataset, Sample
-from adcore.data.decoding import DEFAULT_MAX_IMAGE_PIXELS, Decoding, category_decoding
 from adcore.data.support import choose_support
 from adcore.infra.errors import DataError
 

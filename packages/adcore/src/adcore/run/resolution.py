@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ad_runtime.decoding import Decoding, image_size, read_mask
+from ad_runtime.preprocessing import Preprocessing
 from adcore.contracts.dataset import Sample
-from adcore.contracts.preprocessing import Preprocessing
-from adcore.data.decoding import Decoding, image_size, read_mask
 
 
 def to_original_resolution(
@@ -25,7 +25,7 @@ def to_original_resolution(
     """maps [N,S,S] -> (maps [h_i,w_i], masks bool [h_i,w_i]) at each crop's original size.
 
     Sizes are as a viewer shows the image (EXIF orientation applied, see
-    :mod:`adcore.data.decoding`), so masks drawn on the upright view line up.
+    :mod:`ad_runtime.decoding`), so masks drawn on the upright view line up.
     """
     import torch
 

@@ -266,8 +266,8 @@ class Evaluation:
         test: list[Sample],
     ) -> None:
         """metrics.csv and scores.csv; maps and the fitted state when asked."""
+        from ad_runtime.mapfiles import write_map
         from adcore.outputs.fitted import save_fitted_state
-        from adcore.outputs.mapfiles import write_map
 
         if self.options.save_maps:
             paths = [self.layout.map_path(category, key) for key in output_keys(test)]

@@ -15,10 +15,10 @@ from typing import Literal
 
 import numpy as np
 
+from ad_runtime.decoding import Decoding
+from ad_runtime.preprocessing import Preprocessing
 from adcore.contracts.dataset import Sample
-from adcore.contracts.preprocessing import Preprocessing
 from adcore.contracts.records import MetricSpec
-from adcore.data.decoding import Decoding
 from adcore.metrics.evaldata import EvalData
 from adcore.run.prediction_pass import PredictionPass
 

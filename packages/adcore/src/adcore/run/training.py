@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ad_runtime.preprocessing import Preprocessing
 from adcore.contracts.dataset import Sample
 from adcore.contracts.method import (
     Runtime,
@@ -25,7 +26,6 @@ from adcore.contracts.method import (
     TrainingPhase,
     TrainingSettings,
 )
-from adcore.contracts.preprocessing import Preprocessing
 from adcore.infra.errors import DataError, OutputError, PluginError
 from adcore.outputs.training_log import CURVE_NAME, LOG_NAME, plot_curve, read_log, write_log
 from adcore.toolkit.trained import (

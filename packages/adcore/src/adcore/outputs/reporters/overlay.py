@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from adcore.contracts.preprocessing import Preprocessing
-from adcore.data.decoding import Decoding
+from ad_runtime.decoding import Decoding
+from ad_runtime.preprocessing import Preprocessing
 from adcore.infra.files import atomic_write_bytes, atomic_write_text
 from adcore.metrics import image_f1_threshold, pixel_f1_threshold
 from adcore.outputs.outputkeys import check_distinct, output_keys

@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from adcore.infra.errors import DataError
+from ad_runtime.errors import DataError
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 BIT_DEPTHS = (8, 10, 12, 14, 16, 24, 32)
@@ -55,6 +55,10 @@ SKIP_HINT = "Replace or remove the file, or rerun with --skip-bad-samples to lea
 
 _UNLIMITED = threading.Lock()  # guards the moment PIL's global limit is lifted
 IntensityRule = Literal["category", "type"] | tuple[float, float]
+
+
+# the file types data sets and predictions read (lower case)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)

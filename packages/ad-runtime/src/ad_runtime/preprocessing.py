@@ -203,6 +203,16 @@ class Preprocessing(BaseModel):
             image = image.crop(self.resized_box(width, height))
         return np.asarray(image)
 
+    def normalize_array(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [B,H,W,3] (as :meth:`apply` stacks them) -> float32 [B,3,H,W], scaled to
+        [0,1] and standardised: the graph input of an exported bundle, without torch. Equal
+        to :meth:`normalize` to float32 rounding (torch divides by a scalar through its
+        reciprocal)."""
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        chw = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32)
+        return (chw / np.float32(255.0) - mean) / std
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B,3,H,W] -> float [B,3,H,W], scaled to [0,1] and standardised."""
         import torch

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adcore.infra.files import atomic_write_bytes
+from ad_runtime.files import atomic_write_bytes
 
 
 def write_map(path: Path, value: np.ndarray) -> None:

@@ -1,0 +1,149 @@
+"""An exported bundle as a model: decode, preprocess, run the graph, read the scores.
+
+``Model(folder).predict(paths)`` does, without torch, what ``ad predict --run`` does with
+the fitted PyTorch method: the bundle's decoding (the category's intensity range, its size
+limit), its preprocessing (:class:`~ad_runtime.preprocessing.Preprocessing`, the same code
+the toolkit's loader runs), the graph with ONNX Runtime, and the bundle's score scale and
+image threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ad_runtime.bundle import Bundle, read_bundle
+from ad_runtime.decoding import Decoding, read_image
+from ad_runtime.errors import DataError
+from ad_runtime.predictions import Verdicts
+from ad_runtime.preprocessing import Preprocessing
+from ad_runtime.scorescale import ScoreScale
+
+
+@dataclass
+class Scored:
+    """One image through the bundle: raw and normalised score, decision, raw map [S,S]."""
+
+    path: Path
+    score: float
+    normalised: float
+    anomalous: bool
+    anomaly_map: np.ndarray
+
+
+def bundle_decoding(bundle: Bundle) -> Decoding:
+    """The category's decoding as the bundle recorded it (its bit-depth range, size limit)."""
+    fields = {
+        k: bundle.decoding.get(k) for k in ("max_image_pixels", "integer_range", "float_range")
+    }
+    return Decoding(
+        max_image_pixels=fields["max_image_pixels"],
+        integer_range=tuple(fields["integer_range"]) if fields["integer_range"] else None,
+        float_range=tuple(fields["float_range"]) if fields["float_range"] else None,
+    )
+
+
+def bundle_verdicts(bundle: Bundle, threshold: float | None = None) -> Verdicts:
+    """The image threshold (``threshold`` when given, else the bundle's) and score scale."""
+    recorded = bundle.thresholds["image"]
+    decision = recorded.value if threshold is None else threshold
+    source = recorded.source if threshold is None else "given"
+    anchors = bundle.score_scale
+    scale = ScoreScale(min(anchors["low"], decision), decision, max(anchors["high"], decision))
+    return Verdicts(bundle.category, decision, source, scale)
+
+
+def open_session(folder: Path, bundle: Bundle, providers: Sequence[str] | None = None) -> Any:
+    """An ONNX Runtime session of the bundle's graph.
+
+    Raises ``DataError`` when the graph is missing, differs from the SHA-256 that
+    ``bundle.json`` records (damaged or replaced), or failed its parity check at export.
+    """
+    import onnxruntime
+
+    graph = folder / bundle.graph
+    if not graph.is_file():
+        raise DataError(f"The bundle {folder} has no {bundle.graph}.", "Export the model again.")
+    if hashlib.sha256(graph.read_bytes()).hexdigest() != bundle.graph_sha256:
+        raise DataError(
+            f"{graph} is not the graph the bundle describes (its SHA-256 differs from "
+            "bundle.json's graph_sha256): the file is damaged or was replaced.",
+            "Export the model again with ad export.",
+        )
+    if not bundle.parity.passed:
+        raise DataError(
+            f"The bundle {folder} failed its parity check at export (scores "
+            f"{bundle.parity.score_max_rel:.3g} off the PyTorch method).",
+            "Do not use it: fix the method's export_module and export again.",
+        )
+    return onnxruntime.InferenceSession(
+        str(graph), providers=list(providers or ["CPUExecutionProvider"])
+    )
+
+
+class Model:
+    """A bundle folder written by ``ad export``, ready to score image files.
+
+    ``threshold``: the image threshold on the raw scale (default: the bundle's, with its
+    source); ``providers``: ONNX Runtime execution providers (default: the CPU). Raises
+    ``DataError`` for a missing, damaged, newer or failed bundle.
+    """
+
+    def __init__(
+        self,
+        folder: Path | str,
+        threshold: float | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        self.folder = Path(folder).expanduser()
+        self.bundle = read_bundle(self.folder)
+        self.session = open_session(self.folder, self.bundle, providers)
+        self.preprocessing = Preprocessing(**self.bundle.preprocessing)
+        self.decoding = bundle_decoding(self.bundle)
+        self.verdicts = bundle_verdicts(self.bundle, threshold)
+
+    def pixels(self, path: Path) -> np.ndarray:
+        """One image file -> uint8 [S,S,3], decoded and preprocessed as the toolkit does."""
+        return self.preprocessing.apply(read_image(path, self.decoding))
+
+    def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [B,S,S,3] -> (raw scores float64 [B], raw maps float32 [B,S,S]).
+
+        Raises ``DataError`` when ONNX Runtime refuses the graph or the batch."""
+        fed = {self.bundle.inputs[0].name: self.preprocessing.normalize_array(pixels)}
+        names = [tensor.name for tensor in self.bundle.outputs]
+        try:
+            scores, maps = self.session.run(names, fed)
+        except Exception as error:  # onnxruntime's own untyped errors
+            raise DataError(
+                f"ONNX Runtime failed on the bundle {self.folder} ({str(error).splitlines()[0]}).",
+                "Export the model again with this toolkit's ad export.",
+            ) from error
+        return np.asarray(scores, dtype=np.float64), np.asarray(maps, dtype=np.float32)
+
+    def batches(
+        self, paths: Sequence[Path], batch_size: int = 8
+    ) -> Iterator[tuple[range, np.ndarray, np.ndarray]]:
+        """(positions in ``paths``, raw scores [b], raw maps [b,S,S]) batch by batch: memory
+        bounded by ``batch_size`` whatever the number of images."""
+        for start in range(0, len(paths), batch_size):
+            part = range(start, min(start + batch_size, len(paths)))
+            scores, maps = self.run(np.stack([self.pixels(Path(paths[i])) for i in part]))
+            yield part, scores, maps
+
+    def predict(self, paths: Sequence[Path | str], batch_size: int = 8) -> list[Scored]:
+        """Score image files [N] -> one :class:`Scored` each (maps kept: for many images
+        use :meth:`batches`)."""
+        files = [Path(p) for p in paths]
+        scored: list[Scored] = []
+        for part, scores, maps in self.batches(files, batch_size):
+            normalised = self.verdicts.scale.normalise(scores)
+            for i, score, norm, anomaly_map in zip(part, scores, normalised, maps, strict=True):
+                decision = bool(score >= self.verdicts.threshold)
+                scored.append(Scored(files[i], float(score), float(norm), decision, anomaly_map))
+        return scored
