@@ -51,6 +51,15 @@ _EXPORTS: dict[str, str] = {
     "Split": "adcore.contracts.dataset",
     "GOOD": "adcore.contracts.dataset",
     "IMAGE_EXTENSIONS": "ad_runtime.decoding",
+    # metrics
+    "EvalData": "adcore.metrics.evaldata",
+    # reporters
+    "Reporter": "adcore.outputs.reporting",
+    "RunContext": "adcore.outputs.reporting",
+    "CategoryOutputs": "adcore.outputs.reporting",
+    "CategoryResult": "adcore.outputs.results",
+    "RunResult": "adcore.outputs.results",
+    "RunLayout": "adcore.outputs.results",
     # anomaly maps
     "anomaly_map": "adcore.toolkit.maps",
     "upsample": "adcore.toolkit.maps",
@@ -136,6 +145,9 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         PluginError,
         WeightsError,
     )
+    from adcore.metrics.evaldata import EvalData  # noqa: F401
+    from adcore.outputs.reporting import CategoryOutputs, Reporter, RunContext  # noqa: F401
+    from adcore.outputs.results import CategoryResult, RunLayout, RunResult  # noqa: F401
     from adcore.toolkit.checkpoints import fit_state, normalise_state, read_checkpoint  # noqa: F401
     from adcore.toolkit.hub import hf_cache_dir, hub_file, url_file  # noqa: F401
     from adcore.toolkit.maps import anomaly_map, gaussian_blur, upsample  # noqa: F401

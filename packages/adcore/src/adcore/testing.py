@@ -420,7 +420,12 @@ def check_reporter(spec: ReporterSpec) -> None:
     _require(isinstance(spec, ReporterSpec), f"{spec!r} is not a ReporterSpec.")
     check_config(spec.config, spec.name)
     reporter = spec.factory(spec.config())
-    _require(isinstance(reporter, Reporter), f"{spec.name}: factory did not return a Reporter.")
+    _require(
+        isinstance(reporter, Reporter),
+        f"{spec.name}: factory returned {type(reporter).__name__}, not a Reporter; subclass "
+        "adcore.api.Reporter (`from adcore.api import Reporter`) and override on_category "
+        "and/or on_run.",
+    )
 
 
 CHECKS = {

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Annotated
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -25,6 +27,7 @@ from adcore.cli.options import (
     flag,
     resolved_config,
 )
+from adcore.infra.errors import UsageError
 from adcore.infra.precision import precision_note
 from adcore.outputs.results import RunResult
 
@@ -57,6 +60,16 @@ def results_table(result: RunResult) -> Table:
     return table
 
 
+ReporterOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--reporter",
+        help="Reporter to run (repeatable; name or dist:name); `default` stands for the default "
+        "ones. Without it: evaluation.reporters, else the default reporters.",
+    ),
+]
+
+
 def eval_command(
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -78,6 +91,7 @@ def eval_command(
         bool, flag("--save-model", help="Save each category's fitted method state.")
     ] = False,
     skip_bad_samples: SkipBadSamplesOption = False,
+    reporter: ReporterOption = None,
     no_progress: NoProgressOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -87,6 +101,9 @@ def eval_command(
     assignments = list(set_ or [])
     if skip_bad_samples:
         assignments.append("data.skip_bad_samples=true")
+    if reporter:
+        check_reporter_option(reporter)
+        assignments.append(f"evaluation.reporters={json.dumps(reporter)}")
     resolved = resolved_config(
         config,
         assignments,
@@ -99,6 +116,8 @@ def eval_command(
         data_root=data_root,
         output=output,
     )
+    if as_json:
+        require_json_summary(resolved.base.evaluation.reporters)
     console = Console(stderr=as_json)
 
     def started() -> None:  # once the run is accepted: never before a refusal
@@ -110,6 +129,32 @@ def eval_command(
     options = RunOptions(overwrite, save_maps, save_model, show_progress=not no_progress)
     result = evaluate(resolved, options, not no_progress and not as_json, started)
     print_outcome(console, resolved, result, as_json)
+
+
+def check_reporter_option(names: list[str]) -> None:
+    """``--reporter`` names a registered reporter or ``default``: else a usage error."""
+    from adcore.config.resolve import reporter_problems
+    from adcore.plugins.registry import get_registry
+
+    problems = reporter_problems(names, get_registry())
+    if problems:
+        raise UsageError(
+            "--reporter: " + " ".join(problems),
+            "Give one of those names (`ad list-plugins` lists every reporter).",
+        )
+
+
+def require_json_summary(reporters: list[str] | None) -> None:
+    """``--json`` prints ``summary.json``: refuse a reporter list that leaves out its writer."""
+    if reporters is None or any(
+        n == "default" or n.rpartition(":")[2] == "summary-json" for n in reporters
+    ):
+        return
+    raise UsageError(
+        f"--json prints summary.json, but the chosen reporters ({', '.join(reporters)}) do not "
+        "include summary-json, which writes it.",
+        "Add --reporter summary-json (or --reporter default), or drop --json.",
+    )
 
 
 def print_outcome(console: Console, resolved: ResolvedConfig, result: RunResult, as_json: bool):

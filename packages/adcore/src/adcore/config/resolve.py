@@ -119,6 +119,24 @@ def resolution_note(method_config: PluginConfig) -> str:
     )
 
 
+def reporter_problems(names: list[str] | None, registry: Registry) -> list[str]:
+    """What is wrong with a list of reporter names: each must be a registered reporter
+    (``dist:name`` when two distributions claim it) or ``default``, the default ones."""
+    problems = []
+    for name in names or []:
+        if name == "default":
+            continue
+        try:
+            registry.resolve("reporter", name)
+        except PluginError as error:
+            defaults = sorted(c.spec.name for c in registry.of_kind("reporter") if c.spec.default)
+            problems.append(
+                f"{error.problem} `default` stands for the default reporters "
+                f"({', '.join(defaults) or 'none'})."
+            )
+    return problems
+
+
 def resolve(
     base: ExperimentConfig,
     registry: Registry,
@@ -138,6 +156,10 @@ def resolve(
         DataSection, problems, locations,
     )  # fmt: skip
     _check_metrics(base.evaluation.metrics, registry, problems, locations)
+    problems.extend(
+        f"  - evaluation.reporters: {problem}{where('evaluation.reporters', locations)}"
+        for problem in reporter_problems(base.evaluation.reporters, registry)
+    )
     notes = []
     k_shot = base.data.k_shot
     if k_shot is None and method is not None:

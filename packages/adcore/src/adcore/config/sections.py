@@ -126,6 +126,11 @@ class EvaluationSection(Section):
         "input", description="Compare at the method's map size, or each mask's own size."
     )
     latency: LatencySettings = Field(default_factory=LatencySettings)
+    reporters: list[str] | None = Field(
+        None,
+        description="Reporters to run (name or dist:name); null: the default ones, and the "
+        "name `default` in the list stands for them.",
+    )
 
 
 class VisualizationSection(Section):
@@ -172,6 +177,7 @@ class ResolvedConfig(BaseModel):
         for key in ("num_workers",):
             data["data"].pop(key, None)
         data["experiment"].pop("output_root", None)
+        data["evaluation"].pop("reporters", None)  # which files are written, not what is computed
         text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -163,7 +163,13 @@ class MetricSpec(ComponentSpec):
 
 
 class ReporterSpec(ComponentSpec):
-    """``factory(config) -> adcore.outputs.reporting.Reporter``."""
+    """``factory(config) -> adcore.api.Reporter`` (defined in ``adcore.outputs.reporting``).
+
+    ``default``: the reporter runs in every evaluation that does not choose its reporters
+    (``evaluation.reporters`` unset; the name ``default`` in that list stands for all of
+    these). A reporter with ``default=False`` runs only when named there or by
+    ``ad eval --reporter NAME``.
+    """
 
     kind: Literal["reporter"] = "reporter"
     default: bool = False

@@ -41,7 +41,8 @@ class CategoryOutputs:
 
 
 class Reporter:
-    """Writes files from results. Both hooks are optional."""
+    """Writes files from results; a reporter plugin's factory returns a subclass of this
+    (``from adcore.api import Reporter``). Both hooks are optional."""
 
     def on_category(
         self, result: CategoryResult, outputs: CategoryOutputs | None, context: RunContext
@@ -52,6 +53,25 @@ class Reporter:
         """Called once after every category is done."""
 
 
+DEFAULT_REPORTERS = "default"  # in a list of reporter names: every default reporter
+
+
 def default_reporters(registry: Any) -> list[Reporter]:
     """Every reporter registered with ``default=True``, built with its default settings."""
     return [c.spec.factory(c.spec.config()) for c in registry.of_kind("reporter") if c.spec.default]
+
+
+def chosen_reporters(registry: Any, names: list[str] | None) -> list[Reporter]:
+    """The reporters ``evaluation.reporters`` names, in its order, each once, built with
+    their default settings; None gives the default ones, and the name ``default`` in the
+    list stands for them. Names were checked when the config was resolved."""
+    if names is None:
+        return default_reporters(registry)
+    components: list[Any] = []
+    for name in names:
+        if name == DEFAULT_REPORTERS:
+            found = [c for c in registry.of_kind("reporter") if c.spec.default]
+        else:
+            found = [registry.resolve("reporter", name)]
+        components.extend(c for c in found if c not in components)
+    return [c.spec.factory(c.spec.config()) for c in components]

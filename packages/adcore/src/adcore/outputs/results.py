@@ -226,7 +226,8 @@ def differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix]
 
 
-RUNTIME_ONLY_KEYS = ("data.num_workers", "experiment.output_root")  # not in the fingerprint
+# not in the fingerprint: they change where and which files are written, not the results
+RUNTIME_ONLY_KEYS = ("data.num_workers", "experiment.output_root", "evaluation.reporters")
 
 
 def refuse_other_config(

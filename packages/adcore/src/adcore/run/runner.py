@@ -17,7 +17,7 @@ from adcore.contracts.method import FitContext, Method
 from adcore.data.loading import images_on_device, make_loader
 from adcore.infra.files import ensure_writable
 from adcore.infra.progress import Progress
-from adcore.outputs.reporting import CategoryOutputs, Reporter, RunContext, default_reporters
+from adcore.outputs.reporting import CategoryOutputs, Reporter, RunContext, chosen_reporters
 from adcore.outputs.results import (
     CategoryResult,
     RunLayout,
@@ -85,7 +85,7 @@ class Evaluation:
             name: registry.resolve("metric", qualified).spec
             for name, qualified in zip(self.metric_names, base.evaluation.metrics, strict=True)
         }
-        self.reporters: list[Reporter] = default_reporters(registry)
+        self.reporters: list[Reporter] = chosen_reporters(registry, base.evaluation.reporters)
         self.runtime = make_runtime(config)
         self.method: Method | None = None
         self.cost: MethodCost | None = None  # parameters and FLOPs, the same for every category
