@@ -1,5 +1,6 @@
 """``ad-runtime predict BUNDLE IMAGES... --output OUT``: score image files with an exported
-bundle, writing the ``scores.csv`` (and ``maps/``) that ``ad predict`` writes."""
+bundle, writing the ``scores.csv`` (and ``maps/``) that ``ad predict`` writes;
+``ad-runtime serve BUNDLE``: serve it over HTTP (:mod:`ad_runtime.serve`)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,52 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-maps", action="store_true", help="Write scores.csv only.")
     predict.add_argument("--json", action="store_true", help="Print machine-readable JSON.")
     predict.add_argument("--quiet", action="store_true", help="No progress lines on stderr.")
+    add_serve_parser(commands)
     return top
+
+
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    """``ad-runtime serve BUNDLE``: its options, with the help ``ad serve`` shows too."""
+    from ad_runtime.serve import OPTION_HELP, ServeOptions
+
+    serve = commands.add_parser(
+        "serve", help="Serve a bundle over HTTP (FastAPI; pip install 'ad-runtime[serve]')."
+    )
+    serve.add_argument("bundle", type=Path, help="Bundle folder written by ad export.")
+    defaults = ServeOptions()
+    for name, kind in (("host", str), ("port", int), ("max_batch", int),
+                       ("max_delay_ms", float), ("max_queue", int), ("max_bytes", int),
+                       ("max_pixels", int), ("decode_threads", int)):  # fmt: skip
+        flag = "--" + name.replace("_", "-")
+        serve.add_argument(flag, type=kind, default=getattr(defaults, name), help=OPTION_HELP[name])
+    serve.add_argument("--token-file", type=Path, default=None, help=OPTION_HELP["token_file"])
+    serve.add_argument("--threshold", type=float, default=None, help=OPTION_HELP["threshold"])
+    serve.add_argument(
+        "--engine", choices=["onnxruntime", "openvino"], default="onnxruntime",
+        help=OPTION_HELP["engine"],
+    )  # fmt: skip
+    serve.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+        help=OPTION_HELP["precision"],
+    )  # fmt: skip
+    serve.add_argument(
+        "--log-level", choices=["critical", "error", "warning", "info", "debug"],
+        default="info", help=OPTION_HELP["log_level"],
+    )  # fmt: skip
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Serve the bundle until Ctrl-C (:func:`ad_runtime.serve.serve`)."""
+    from ad_runtime.serve import ServeOptions, read_token
+    from ad_runtime.serve import serve as run_server
+
+    token = None if args.token_file is None else read_token(args.token_file)
+    options = ServeOptions(
+        host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
+        max_queue=args.max_queue, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
+        decode_threads=args.decode_threads, token=token, log_level=args.log_level,
+    )  # fmt: skip
+    run_server(args.bundle, options, args.threshold, args.engine, args.precision)
 
 
 def predict(args: argparse.Namespace) -> None:
@@ -86,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     (a traceback only with ``AD_DEBUG=1``)."""
     args = parser().parse_args(argv)
     try:
-        predict(args)
+        serve(args) if args.command == "serve" else predict(args)
     except AdError as error:
         if os.environ.get("AD_DEBUG") == "1":
             raise

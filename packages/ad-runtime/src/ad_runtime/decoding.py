@@ -22,12 +22,13 @@ numbers:
 
 from __future__ import annotations
 
+import io
 import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -108,7 +109,9 @@ def too_large_error(path: Path, size: tuple[int, int], limit: int) -> DataError:
     )
 
 
-def open_image(path: Path, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(
+    path: Path | IO[bytes], max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
     """Open ``path`` lazily (header only), refusing it when over ``max_image_pixels``."""
     try:
         with _UNLIMITED:  # PIL's own bomb check is off while the header is read: ours follows
@@ -235,12 +238,35 @@ def _pixels_rgb(image: Image.Image, decoding: Decoding) -> Image.Image:
     return Image.fromarray(to_uint8(values, low, high)).convert("RGB")
 
 
-def read_image(path: Path, decoding: Decoding | None = None) -> Image.Image:
+def read_image(path: Path | IO[bytes], decoding: Decoding | None = None) -> Image.Image:
     """Decode any image as upright 8-bit RGB (see the module's rules for >8-bit modes)."""
     decoding = decoding or Decoding()
     with open_image(path, decoding.max_image_pixels) as image:
         tag = orientation(image)
         return _pixels_rgb(upright(_load(image, path), tag), decoding)
+
+
+class ImageBytes(io.BytesIO):
+    """An image file's bytes (an upload) where decoding takes a file; ``name`` stands for the
+    path in every message."""
+
+    def __init__(self, data: bytes, name: str = "upload") -> None:
+        super().__init__(data)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:  # PIL names an unidentified file by its repr
+        return repr(self.name)
+
+
+def read_image_bytes(
+    data: bytes, decoding: Decoding | None = None, name: str = "upload"
+) -> Image.Image:
+    """The bytes of an image file decoded exactly as :func:`read_image` decodes the file
+    (``ad serve``'s uploads); the same errors, naming ``name``."""
+    return read_image(ImageBytes(data, name), decoding)
 
 
 def mask_values(image: Image.Image) -> np.ndarray:

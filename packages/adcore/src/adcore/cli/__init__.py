@@ -14,6 +14,7 @@ from adcore.cli import bench_cmd, config_cmd, data_cmd, eval_cmd, plugins_cmd, s
 from adcore.cli.export_cmd import export_command
 from adcore.cli.predict_cmd import predict_command
 from adcore.cli.report_cmd import report_command
+from adcore.cli.serve_cmd import serve_command
 from adcore.infra.errors import AdError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.command("eval")(eval_cmd.eval_command)
 app.command("report")(report_command)
 app.command("predict")(predict_command)
 app.command("export")(export_command)
+app.command("serve")(serve_command)
 app.command("sweep")(sweep_cmd.sweep_command)
 app.command("bench")(bench_cmd.bench_command)
 app.command("train")(train_cmd.train_command)
