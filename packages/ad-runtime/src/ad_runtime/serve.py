@@ -276,6 +276,12 @@ def create_app(model: Model, options: ServeOptions) -> "FastAPI":
             metrics.requests.labels(endpoint, str(status)).inc()
             metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
+    def too_many(count: str) -> BadInput:
+        return BadInput(
+            413, f"The request holds {count} images, more than the server's queue holds "
+            f"({options.max_queue}, --max-queue): send fewer per request."
+        )  # fmt: skip
+
     async def uploads(request: Request, batch: bool) -> list[tuple[str, bytes]]:
         """The request's images as (name, bytes): the raw body (``/predict`` only) or the
         files of a multipart form."""
@@ -290,7 +296,7 @@ def create_app(model: Model, options: ServeOptions) -> "FastAPI":
                     415, "POST /predict/batch takes a multipart form of image files "
                     "(curl -F image=@a.png -F image=@b.png)."
                 )  # fmt: skip
-            return [("the request body", b"".join([chunk async for chunk in body]))]
+            return [("The request body", b"".join([chunk async for chunk in body]))]
         parser = MultiPartParser(
             request.headers, body, max_files=options.max_queue, max_fields=options.max_queue,
             max_part_size=options.max_bytes,
@@ -298,6 +304,8 @@ def create_app(model: Model, options: ServeOptions) -> "FastAPI":
         try:
             form = await parser.parse()
         except MultiPartException as error:
+            if error.message.startswith("Too many files"):
+                raise too_many(f"more than {options.max_queue}") from None
             raise BadInput(400, f"The multipart form cannot be read ({error.message}).") from None
         files = []
         for key, value in form.multi_items():
@@ -317,10 +325,7 @@ def create_app(model: Model, options: ServeOptions) -> "FastAPI":
     async def scored(files: list[tuple[str, bytes]], keep_pixels: bool) -> list[dict[str, Any]]:
         """Each file decoded, batched and scored: score, normalised score, verdict, map."""
         if len(files) > options.max_queue:
-            raise BadInput(
-                413, f"The request holds {len(files)} images, more than the server's queue "
-                f"holds ({options.max_queue}, --max-queue): send fewer per request."
-            )  # fmt: skip
+            raise too_many(str(len(files)))
         try:
             batcher.reserve(len(files))
         except QueueFull as full:
