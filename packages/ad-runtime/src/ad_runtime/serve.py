@@ -206,9 +206,16 @@ def create_app(model: Model, options: ServeOptions) -> "FastAPI":
     limiters: list[anyio.CapacityLimiter] = []  # made in the event loop, at start-up
     side = model.preprocessing.output_size
 
+    failed: list[str] = []  # why the warm-up failed, if it did
+
     def warm_up() -> None:
-        for size in sorted({1, options.max_batch}):
-            model.run(np.zeros((size, side, side, 3), dtype=np.uint8))
+        try:
+            for size in sorted({1, options.max_batch}):
+                model.run(np.zeros((size, side, side, 3), dtype=np.uint8))
+        except Exception as error:  # /readyz says so; the process stays up for /healthz
+            failed.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            print(f"Warm-up failed: {failed[0]}", flush=True)
+            return
         ready.set()
 
     @asynccontextmanager
@@ -439,6 +446,8 @@ def create_app(model: Model, options: ServeOptions) -> "FastAPI":
     async def readyz() -> JSONResponse:
         if ready.is_set():
             return JSONResponse({"status": "ready"})
+        if failed:
+            return JSONResponse({"status": f"warm-up failed: {failed[0]}"}, 503)
         return JSONResponse({"status": "warming up"}, 503, headers={"Retry-After": "1"})
 
     @app.get("/metrics", dependencies=guarded)
