@@ -120,10 +120,16 @@ def metric(text: str, name: str) -> float:
     return sum(values)
 
 
-def test_concurrent_clients_get_model_predicts_and_ad_predicts_scores(bundle, images, tmp_path):
+def test_concurrent_clients_get_model_predicts_and_ad_predicts_scores(
+    bundle,
+    images,
+    gaussian_run,  # noqa: F811
+    tmp_path,
+):
     """16 clients at once (raw bodies and multipart files, in shuffled order) and one batch
     request: each image's score, normalised score and verdict equal Model.predict's and
-    ``ad predict --model``'s; the forward passes were shared (batches of more than one)."""
+    ``ad predict --model``'s, and ``ad eval``'s own scores.csv to the export's 1e-4 (PyTorch
+    against ONNX Runtime); the forward passes were shared (batches of more than one)."""
     model = Model(bundle)
     expected = {key(p): s for p, s in zip(images, model.predict(images), strict=True)}
     result = run_ad("predict", "--model", str(bundle), "--input", str(images[0].parent.parent),
@@ -131,6 +137,9 @@ def test_concurrent_clients_get_model_predicts_and_ad_predicts_scores(bundle, im
     assert result.returncode == 0, result.stderr
     rows = _rows(tmp_path / "predicted/scores.csv")
     cli_scores = {key(Path(r["path"])): float(r["score"]) for r in rows}
+    run_scores = {
+        key(Path(r["path"])): float(r["score"]) for r in _rows(gaussian_run / "plate/scores.csv")
+    }
     jobs = [images[i % len(images)] for i in np.random.default_rng(0).permutation(48)]
     answers: dict[int, tuple[str, dict]] = {}
     start = threading.Barrier(16)
@@ -164,6 +173,7 @@ def test_concurrent_clients_get_model_predicts_and_ad_predicts_scores(bundle, im
         want = expected[name]
         assert close(np.array([answer["score"]]), np.array([want.score]))
         assert close(np.array([answer["score"]]), np.array([cli_scores[name]]))
+        assert abs(answer["score"] - run_scores[name]) <= 1e-4 * max(map(abs, run_scores.values()))
         assert abs(answer["normalised_score"] - want.normalised) <= RELATIVE
         assert answer["anomalous"] == want.anomalous
     first = answers[0][1]
@@ -427,6 +437,12 @@ def test_ad_serve_runs_and_its_errors_are_one_paragraph(bundle, images, tmp_path
     assert result.returncode == 1 and "not a model bundle" in result.stderr
     assert "Traceback" not in result.stderr
     assert main(["serve", str(bundle), "--max-queue", "0"]) == 2
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = run_ad("serve", "--model", str(bundle), "--port", str(taken.getsockname()[1]))
+    assert busy.returncode == 2 and "Cannot listen on 127.0.0.1" in busy.stderr
+    assert "--port" in busy.stderr and "Traceback" not in busy.stderr
     import importlib.util
 
     real = importlib.util.find_spec

@@ -105,6 +105,8 @@ class ServeOptions:
                 raise UsageError(f"--{flag} {getattr(self, name)} is below 1.", "Pass 1 or more.")
         if self.max_delay_ms < 0:
             raise UsageError(f"--max-delay-ms {self.max_delay_ms} is negative.", "Pass 0 or more.")
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"--port {self.port} is not a TCP port.", "Pass 0 to 65535.")
         if self.log_level not in LOG_LEVELS:
             raise UsageError(
                 f"--log-level {self.log_level!r} is not a log level.",
@@ -472,6 +474,23 @@ def server(model: Model, options: ServeOptions) -> Any:
     return uvicorn.Server(config)
 
 
+def check_address(host: str, port: int) -> None:
+    """Raise ``UsageError`` when ``host:port`` cannot be listened on (taken, not this
+    machine's), before the bundle is loaded."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise UsageError(
+            f"Cannot listen on {host}:{port} ({error.strerror or error}).",
+            "Choose another --port (or stop the program using it), or a --host of this machine.",
+        ) from None
+
+
 def serve(
     folder: Path,
     options: ServeOptions,
@@ -482,6 +501,7 @@ def serve(
     """Serve the bundle in ``folder`` until Ctrl-C. Raises ``UsageError`` without the serve
     extra or for bad options, ``DataError`` for a bundle it cannot run."""
     require_serve_extra()
+    check_address(options.host, options.port)
     model = Model(folder, threshold, engine=engine, precision=precision)
     where = f"http://{options.host}:{options.port}"
     print(
