@@ -11,6 +11,7 @@ few float32 roundings (eps 1.2e-7) of the pixel model's per-pixel arithmetic.
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import pickle
@@ -284,6 +285,12 @@ def test_every_bad_input_is_a_4xx_with_one_line_and_the_server_lives_on(bundle, 
             assert got == status, (name, got, answer)
             reason = answer["detail"]
             assert words in reason and "\n" not in reason, (name, reason)
+        port = int(url.rsplit(":", 1)[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/predict", iter([content] * 4), encode_chunked=True)
+        chunked = connection.getresponse()  # no Content-Length: refused as the stream passes it
+        assert chunked.status == 413 and b"--max-bytes" in chunked.read()
+        connection.close()
         assert call("GET", f"{url}/nowhere")[0] == 404
         assert call("GET", f"{url}/predict")[0] == 405
         assert call("GET", f"{url}/healthz")[0] == 200
