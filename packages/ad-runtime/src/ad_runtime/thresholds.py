@@ -4,8 +4,10 @@ At commissioning a line has good parts and rarely labelled defects, so the image
 is set for a target false-positive rate on good images only. Each rule decides "anomalous"
 when ``score >= threshold``, on the method's raw scale:
 
-- ``fpr F``: the lowest threshold with at most ``k = floor(F n)`` of the ``n`` good scores
-  at or above it: just above the (k+1)-th highest good score;
+- ``fpr F``: the lowest threshold whose false-positive rate is at most ``F`` with 95 %
+  confidence: just above the (k+1)-th highest of the ``n`` good scores, ``k`` the most
+  false positives for which the bound below stays at ``F`` (when even ``k = 0`` does not,
+  too few images: above the highest good score, with a warning);
 - ``quantile Q``: ``numpy.quantile`` of the good scores at ``Q`` (linear interpolation);
 - ``recall R`` (needs defects): the highest threshold that keeps at least ``ceil(R m)`` of
   the ``m`` defect scores at or above it: the ``ceil(R m)``-th highest defect score;
@@ -18,8 +20,10 @@ true false-positive rate distributed as Beta(k+1, n-k) whatever the score distri
 Clopper-Pearson bound for ``k`` false positives in ``n``. So: an FPR target ``F`` is
 resolvable only from ``ceil(1/F)`` good images (below that, one false positive is already
 more than ``F``), and the 95 % bound reaches ``F`` only from ``ceil(ln 0.05 / ln(1-F))``
-images (about ``3/F``: 2995 for 0.001) with none above the threshold. Fewer images give a
-threshold with a warning that says how many are needed. Map pixels of one image are
+images (about ``3/F``: 2995 for 0.001) with none above the threshold; more images let
+``k`` grow towards ``F n``. Fewer images give the threshold above the highest good score,
+with a warning that says how many are needed. ``quantile`` is the plain empirical rule
+(no confidence asked for; warned only when ``1 - Q`` is not resolvable). Map pixels of one image are
 correlated, so the pixel threshold (the ``fpr`` rule over good images' map pixels) gets
 its achieved rate but no bound.
 
@@ -205,6 +209,17 @@ def allowed_positives(rate: float, n: int) -> int:
     return min(math.floor(round(rate * n, 9)), n - 1)
 
 
+def confident_positives(fpr: float, n: int, confidence: float = CONFIDENCE) -> int:
+    """The most false positives ``k`` of ``n`` whose upper bound stays at ``fpr`` (0 when
+    none does): the bound grows with ``k``, so a bisection over ``0 .. floor(fpr n)``."""
+    low, high = 0, allowed_positives(fpr, n)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fpr_upper_bound(middle, n, confidence) <= fpr else (
+            low, middle - 1)  # fmt: skip
+    return low
+
+
 def f1_threshold(good: np.ndarray, defects: np.ndarray) -> float:
     """F1-optimal threshold: max over distinct defect scores ``t`` of 2TP / (TP + FP + m),
     the lowest ``t`` of equal F1."""
@@ -232,7 +247,7 @@ def choose_image_threshold(
     n = good.size
     if rule.kind == "fpr":
         assert rule.target is not None
-        value = above_top(np.sort(good)[::-1], allowed_positives(rule.target, n))
+        value = above_top(np.sort(good)[::-1], confident_positives(rule.target, n))
         source = f"calibrated: fpr {rule.target:g} on {n} good images"
     elif rule.kind == "quantile":
         assert rule.target is not None
@@ -264,13 +279,18 @@ def sample_size_warnings(level: LevelThreshold, rule: Rule) -> list[str]:
         images_for_confidence(target),
     )
     if n < resolve:
+        if rule.kind == "quantile":
+            return [
+                f"{n} good images cannot resolve the quantile {rule.target:g} (one image is "
+                f"already 1/{n} of them): {resolve} good images resolve it."
+            ]
         return [
             f"{n} good images cannot resolve a false-positive rate of {target:g} (one false "
             f"positive is already 1/{n}): the threshold sits above the highest good score. "
             f"{resolve} good images resolve it, {confident} bound it at {target:g} with "
             f"{CONFIDENCE:.0%} confidence."
         ]
-    if achieved.fpr_upper is not None and achieved.fpr_upper > target:
+    if rule.kind == "fpr" and achieved.fpr_upper is not None and achieved.fpr_upper > target:
         return [
             f"On {n} good images the false-positive rate is at most {achieved.fpr_upper:.3g} "
             f"with {CONFIDENCE:.0%} confidence, above the target {target:g}: {confident} "

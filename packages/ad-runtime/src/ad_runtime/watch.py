@@ -37,7 +37,7 @@ import numpy as np
 
 from ad_runtime.calibration import Batches
 from ad_runtime.decoding import IMAGE_EXTENSIONS
-from ad_runtime.errors import DataError, OutputError
+from ad_runtime.errors import DataError, OutputError, UsageError
 from ad_runtime.mapfiles import write_map
 from ad_runtime.predictions import SCORES_HEADER, Verdicts
 
@@ -264,6 +264,14 @@ class Watcher:
             if main:
                 signal.signal(signal.SIGINT, handler)
         return WatchOutcome(self.scored, self.unreadable, self.resumed, stopped, self.out_dir)
+
+
+def check_bounds(idle_timeout: float | None, max_images: int | None, poll_s: float) -> None:
+    """Raise ``UsageError`` for a bound that would never let the watch run."""
+    for name, value in (("--watch-timeout", idle_timeout), ("--max-images", max_images),
+                        ("--poll", poll_s)):  # fmt: skip
+        if value is not None and value <= 0:
+            raise UsageError(f"{name} {value:g} is not above 0.", f"Give {name} above 0.")
 
 
 def _repair_jsonl(path: Path) -> None:
