@@ -231,3 +231,34 @@ def test_a_threshold_of_another_model_is_refused(run, data, tmp_path):  # noqa: 
     result = run_ad("predict", "--model", str(bundle), "--input", str(good), "--out",
                     str(tmp_path / "s"))  # fmt: skip
     assert result.returncode == 1 and "not a readable threshold file" in result.stderr
+
+
+def test_runtime_calibrates_and_watches_without_torch(
+    gaussian_run,  # noqa: F811
+    data,  # noqa: F811
+    tmp_path,
+    runtime_command,
+):
+    """``ad-runtime calibrate`` and ``ad-runtime predict --watch`` in the venv without torch
+    (:func:`adtest.install_runtime`): threshold.json written into the bundle, then the
+    watch's rows decided by it."""
+    from adtest import run_runtime
+
+    bundle = tmp_path / "bundle"
+    assert _export(gaussian_run, bundle).returncode == 0
+    good = data / "plate/test/good"
+    result = run_runtime(runtime_command, "calibrate", str(bundle), "--normal", str(good),
+                         "--fpr", "0.01", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed == json.loads((bundle / THRESHOLD_FILE).read_text())
+    assert printed["image"]["source"] == "calibrated: fpr 0.01 on 3 good images"
+    out = tmp_path / "out"
+    test = str(data / "plate/test")
+    result = run_runtime(runtime_command, "predict", str(bundle), "--watch", test,
+                         "--output", str(out), "--watch-timeout", "1", "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "6 images scored, 0 unreadable" in result.stdout
+    rows = _rows(out / "scores.csv")
+    assert {r["threshold_source"] for r in rows} == {printed["image"]["source"]}
+    assert all(float(r["threshold"]) == printed["image"]["value"] for r in rows)
