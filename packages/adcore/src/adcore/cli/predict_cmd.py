@@ -70,6 +70,9 @@ def predict_command(
     max_images: Annotated[
         int | None, typer.Option("--max-images", help="Stop watching after N images.")
     ] = None,
+    poll: Annotated[
+        float, typer.Option("--poll", help="Seconds between two looks at the watched folder.")
+    ] = 0.5,
 ) -> None:
     """Score new images with a fitted method saved by a run (--run) or exported to a bundle
     (--model): scores, maps and overlays; or a watched folder as images arrive (--watch)."""
@@ -84,7 +87,7 @@ def predict_command(
         )
     if watch is not None:
         watch_command(
-            watch, out, run, model, category, threshold, device, watch_timeout, max_images
+            watch, out, run, model, category, threshold, device, watch_timeout, max_images, poll
         )
         return
     assert input_ is not None
@@ -116,6 +119,7 @@ def watch_command(
     device: str | None,
     timeout: float | None,
     max_images: int | None,
+    poll: float,
 ) -> None:
     """``ad predict --watch``: one line per batch on stderr, the outcome at the end."""
     from ad_runtime.watch import describe
@@ -125,7 +129,7 @@ def watch_command(
     outcome = watch_folder(
         folder.expanduser(), out.expanduser(), run and run.expanduser(),
         model and model.expanduser(), category, threshold, device or "auto",
-        idle_timeout=timeout, max_images=max_images,
+        idle_timeout=timeout, max_images=max_images, poll_s=poll,
         report=lambda line: console.print(line, highlight=False, soft_wrap=True),
     )  # fmt: skip
     Console().print(describe(outcome), highlight=False, soft_wrap=True)
