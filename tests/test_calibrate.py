@@ -231,6 +231,14 @@ def test_a_threshold_of_another_model_is_refused(run, data, tmp_path):  # noqa: 
     result = run_ad("predict", "--model", str(bundle), "--input", str(good), "--out",
                     str(tmp_path / "s"))  # fmt: skip
     assert result.returncode == 1 and "not a readable threshold file" in result.stderr
+    # an unreadable good image stops the calibration, named, before anything is written
+    mixed = tmp_path / "mixed"
+    shutil.copytree(good, mixed)
+    (mixed / "broken.png").write_bytes(b"not an image")
+    (bundle / THRESHOLD_FILE).unlink()
+    result = run_ad("calibrate", "--model", str(bundle), "--normal", str(mixed), "--no-progress")
+    assert result.returncode == 1 and "broken.png" in result.stderr
+    assert "calibrate again" in result.stderr and not (bundle / THRESHOLD_FILE).exists()
 
 
 def test_runtime_calibrates_and_watches_without_torch(

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ad_runtime.errors import DataError
 from ad_runtime.thresholds import (
     Calibration,
     ImageSet,
@@ -72,8 +73,15 @@ def calibrate(
     per map: S x S; none when ``pixel_fpr`` is None). Raises ``DataError`` from the scoring
     (unreadable images) or for a rule without what it needs."""
     tail = None if pixel_fpr is None else PixelTail(pixel_fpr, len(normal) * map_pixels)
-    good = score_images(batches, normal, batch_size, tail, advance)
-    bad = score_images(batches, defects, batch_size, None, advance) if defects else None
+    try:
+        good = score_images(batches, normal, batch_size, tail, advance)
+        bad = score_images(batches, defects, batch_size, None, advance) if defects else None
+    except DataError as error:
+        raise DataError(
+            error.problem,
+            "Replace or remove those files and calibrate again: a threshold is set on every "
+            "image given, so none is left out silently.",
+        ) from None
     image = choose_image_threshold(good, rule, bad)
     return Calibration(
         created=now_utc(),
