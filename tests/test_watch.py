@@ -111,6 +111,12 @@ def test_files_appear_one_half_written_one_unreadable(tmp_path):
     assert [Path(r["path"]).name for r in records] == ["a.png", "b.png", "c.png"]
     assert records[1]["score"] == 200.0 and records[1]["threshold_source"] == "given"
     assert (out / "maps/b.tiff").is_file()
+    # an output folder inside the watched one: its maps (TIFF images) are not watched
+    inside = folder / "scored"
+    nested = Watcher(folder, inside, mean_batches([]), VERDICTS, 8, True, 0.5)
+    again = nested.run(idle_timeout=1.0, sleep=script.sleep, clock=script.clock)
+    assert (again.scored, again.unreadable) == (3, 1)
+    assert list((inside / "maps").rglob("*.tiff")) and not nested.listing()
     assert tuple(next(csv.reader((out / SCORES_FILE).open()))) == SCORES_HEADER
 
 

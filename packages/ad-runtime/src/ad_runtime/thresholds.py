@@ -72,9 +72,9 @@ class Rule:
     @property
     def fpr_target(self) -> float | None:
         """The false-positive rate the rule aims at (``1 - Q`` for a quantile)."""
-        if self.kind == "fpr":
-            return self.target
-        return None if self.target is None or self.kind != "quantile" else 1.0 - self.target
+        if self.kind == "quantile" and self.target is not None:
+            return 1.0 - self.target
+        return self.target if self.kind == "fpr" else None
 
 
 def parse_rule(

@@ -119,6 +119,7 @@ class Watcher:
         if not folder.is_dir():
             raise DataError(f"{folder} is not a folder to watch.", "Pass an existing folder.")
         self.folder = folder.resolve()
+        self.own = out_dir.resolve()  # an output folder inside the watched one is not watched
         self.out_dir = out_dir
         self.batches, self.verdicts = batches, verdicts
         self.batch_size, self.maps, self.poll_s = batch_size, maps, poll_s
@@ -139,7 +140,7 @@ class Watcher:
         for path in self.folder.rglob("*"):
             if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
                 continue
-            if str(path) in self.done:
+            if str(path) in self.done or self.own in path.parents:
                 continue
             try:
                 status = path.stat()
