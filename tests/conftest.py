@@ -29,6 +29,9 @@ _without_ray: list[str] = []
 SLOW_MODULES = {"test_methods_cli", "test_weights_cli", "test_sweep_paper"}
 SLOW_TESTS = {
     "test_afclip::test_ad_train_runs_miniclip_alternating_phases_then_eval_loads_the_run",
+    "test_calibrate::test_calibrated_threshold_is_used_by_predict_export_and_the_runtime",
+    "test_calibrate::test_a_threshold_of_another_model_is_refused",
+    "test_calibrate::test_runtime_calibrates_and_watches_without_torch",
     "test_contract::test_method_contract[ad-winclip:winclip]",
     "test_data_decoding::test_a_huge_image_is_a_bad_sample_with_the_fix_in_data_check_and_eval",
     "test_data_layouts::test_masks_that_vanish_at_the_input_resolution_are_counted_and_explained",

@@ -25,6 +25,7 @@ from ad_runtime.mapfiles import write_map
 from ad_runtime.predictions import Verdicts
 from ad_runtime.preprocessing import Preprocessing
 from ad_runtime.scorescale import ScoreScale
+from ad_runtime.thresholds import calibrated_bundle
 
 
 @dataclass
@@ -152,8 +153,10 @@ class Model:
     ``threshold``: the image threshold on the raw scale (default: the bundle's, with its
     source); ``providers``: ONNX Runtime execution providers (default: the CPU);
     ``engine``: ``onnxruntime`` or ``openvino`` (the ``openvino`` extra), ``precision``:
-    ``fp32``, or ``bf16``/``fp16`` with OpenVINO. Raises ``DataError`` for a missing,
-    damaged, newer or failed bundle, ``UsageError`` for an engine or precision it cannot run.
+    ``fp32``, or ``bf16``/``fp16`` with OpenVINO; ``calibrated``: the thresholds of the
+    folder's ``threshold.json`` (``ad calibrate``) replace the bundle's when there is one.
+    Raises ``DataError`` for a missing, damaged, newer or failed bundle or a threshold.json
+    of another model, ``UsageError`` for an engine or precision it cannot run.
     """
 
     def __init__(
@@ -163,9 +166,12 @@ class Model:
         providers: Sequence[str] | None = None,
         engine: str = "onnxruntime",
         precision: str = "fp32",
+        calibrated: bool = True,
     ) -> None:
         self.folder = Path(folder).expanduser()
         self.bundle = read_bundle(self.folder)
+        if calibrated:
+            self.bundle = calibrated_bundle(self.bundle, self.folder)
         self.session = open_session(self.folder, self.bundle, providers, engine, precision)
         self.preprocessing = Preprocessing(**self.bundle.preprocessing)
         self.decoding = bundle_decoding(self.bundle)

@@ -14,7 +14,9 @@ from ad_runtime.files import atomic_write_text, csv_text
 from ad_runtime.outputkeys import unique_keys
 from ad_runtime.scorescale import ScoreScale
 
-SCORES_HEADER = ("path", "score", "normalised_score", "anomalous", "threshold", "map")
+SCORES_HEADER = (
+    "path", "score", "normalised_score", "anomalous", "threshold", "map", "threshold_source",
+)  # fmt: skip
 
 
 @dataclass
@@ -77,7 +79,7 @@ def write_scores(
     ]
     rows = [
         [str(r.path), repr(r.score), repr(r.normalised), int(r.anomalous), repr(decision),
-         f"maps/{r.key}.tiff"]
+         f"maps/{r.key}.tiff", verdicts.source]
         for r in results
     ]  # fmt: skip
     atomic_write_text(out_dir / "scores.csv", csv_text(SCORES_HEADER, rows))

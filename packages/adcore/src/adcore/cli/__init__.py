@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from adcore.cli import bench_cmd, config_cmd, data_cmd, eval_cmd, plugins_cmd, sweep_cmd, train_cmd
+from adcore.cli.calibrate_cmd import calibrate_command
 from adcore.cli.export_cmd import export_command
 from adcore.cli.predict_cmd import predict_command
 from adcore.cli.report_cmd import report_command
@@ -30,6 +31,7 @@ app.command("report")(report_command)
 app.command("predict")(predict_command)
 app.command("export")(export_command)
 app.command("serve")(serve_command)
+app.command("calibrate")(calibrate_command)
 app.command("sweep")(sweep_cmd.sweep_command)
 app.command("bench")(bench_cmd.bench_command)
 app.command("train")(train_cmd.train_command)

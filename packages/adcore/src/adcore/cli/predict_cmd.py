@@ -19,11 +19,14 @@ if TYPE_CHECKING:
 
 def predict_command(
     input_: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Option(
-            "--input", "-i", help="Image file or folder to score (repeatable).", show_default=False
+            "--input",
+            "-i",
+            help="Image file or folder to score (repeatable; or give --watch).",
+            show_default=False,
         ),
-    ],
+    ] = None,
     run: Annotated[
         Path | None,
         typer.Option("--run", help="Run folder written by ad eval --save-model (or give --model)."),
@@ -39,8 +42,8 @@ def predict_command(
         float | None,
         typer.Option(
             "--threshold",
-            help="Image score at or above which an image is anomalous "
-            "(default: the F1-optimal threshold on the run's test set).",
+            help="Image score at or above which an image is anomalous (default: the "
+            "threshold.json of ad calibrate, else the F1-optimal one on the run's test set).",
         ),
     ] = None,
     category: Annotated[
@@ -52,13 +55,42 @@ def predict_command(
     device: DeviceOption = None,
     no_overlays: Annotated[bool, flag("--no-overlays", help="Write scores and maps only.")] = False,
     as_json: JsonOption = False,
+    watch: Annotated[
+        Path | None,
+        typer.Option(
+            "--watch",
+            help="Score images as they appear in this folder, appending to scores.csv and "
+            "scores.jsonl in --out (until Ctrl-C or a bound below).",
+        ),
+    ] = None,
+    watch_timeout: Annotated[
+        float | None,
+        typer.Option("--watch-timeout", help="Stop watching after SECONDS without a new image."),
+    ] = None,
+    max_images: Annotated[
+        int | None, typer.Option("--max-images", help="Stop watching after N images.")
+    ] = None,
+    poll: Annotated[
+        float, typer.Option("--poll", help="Seconds between two looks at the watched folder.")
+    ] = 0.5,
 ) -> None:
     """Score new images with a fitted method saved by a run (--run) or exported to a bundle
-    (--model): scores, maps and overlays."""
+    (--model): scores, maps and overlays; or a watched folder as images arrive (--watch)."""
     from adcore.infra.errors import UsageError
 
     if (run is None) == (model is None):
         raise UsageError("ad predict needs one model.", "Give either --run RUN or --model BUNDLE.")
+    if (watch is None) == (not input_):
+        raise UsageError(
+            "ad predict needs images or a folder to watch, not both.",
+            "Give --input FILE_OR_FOLDER, or --watch DIR.",
+        )
+    if watch is not None:
+        watch_command(
+            watch, out, run, model, category, threshold, device, watch_timeout, max_images, poll
+        )
+        return
+    assert input_ is not None
     if model is not None:
         from adcore.run.bundle_predict import predict_bundle
 
@@ -75,6 +107,32 @@ def predict_command(
         print(json.dumps(predictions_json(result), indent=2))
         return
     print_predictions(result, out)
+
+
+def watch_command(
+    folder: Path,
+    out: Path,
+    run: Path | None,
+    model: Path | None,
+    category: str | None,
+    threshold: float | None,
+    device: str | None,
+    timeout: float | None,
+    max_images: int | None,
+    poll: float,
+) -> None:
+    """``ad predict --watch``: one line per batch on stderr, the outcome at the end."""
+    from ad_runtime.watch import describe
+    from adcore.run.predict_watch import watch_folder
+
+    console = Console(stderr=True)
+    outcome = watch_folder(
+        folder.expanduser(), out.expanduser(), run and run.expanduser(),
+        model and model.expanduser(), category, threshold, device or "auto",
+        idle_timeout=timeout, max_images=max_images, poll_s=poll,
+        report=lambda line: console.print(line, highlight=False, soft_wrap=True),
+    )  # fmt: skip
+    Console().print(describe(outcome), highlight=False, soft_wrap=True)
 
 
 RANDOM_WEIGHTS_NOTE = (
@@ -98,6 +156,7 @@ def predictions_json(result: PredictOutput) -> dict[str, Any]:
     return {
         "category": result.category,
         "threshold": result.threshold,
+        "threshold_source": result.threshold_source,
         "random_weights": result.random_weights,
         "images": rows,
     }

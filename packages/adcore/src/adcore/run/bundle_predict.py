@@ -32,6 +32,8 @@ def predict_bundle(
     if overlays:
         pixel = bundle.thresholds.get("pixel")
         settings = {} if pixel is None else {"pixel_threshold": pixel.value}
+        if pixel is not None and pixel.source.startswith("calibrated"):
+            settings["pixel_label"] = "calibrated on good parts"
         write_overlays(
             results, verdicts, model.preprocessing, settings, map_range, out_dir, model.decoding
         )

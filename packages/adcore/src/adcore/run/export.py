@@ -259,14 +259,17 @@ def _describe(
     """``bundle.json``'s record: inputs, outputs, preprocessing, decoding, scale, weights."""
     import adcore
     from ad_runtime.scorescale import ScoreScale
-    from adcore.run.predict import run_map_settings, run_test_scores, run_threshold
+    from adcore.run.predict import run_decision, run_map_settings, run_test_scores
 
     side = method.geometry.output_size
-    threshold = run_threshold(run_dir, category)
+    # the category's threshold.json (ad calibrate) when there is one, else F1 on the test set
+    threshold, source, calibrated_pixel = run_decision(run_dir, category, config)
     scale = ScoreScale.from_scores(run_test_scores(run_dir, category)[0], threshold)
-    thresholds = {"image": Threshold(value=threshold, source="F1-optimal on the run's test set")}
+    thresholds = {"image": Threshold(value=threshold, source=source)}
     pixel = run_map_settings(run_dir, category).get("pixel_threshold")
-    if pixel is not None:
+    if calibrated_pixel is not None:
+        thresholds["pixel"] = calibrated_pixel
+    elif pixel is not None:
         thresholds["pixel"] = Threshold(value=float(pixel), source="the run's overlays")
     return Bundle(
         toolkit_version=adcore.__version__,

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ad_runtime.bundle import Threshold
 from ad_runtime.decoding import Decoding, category_decoding
 from ad_runtime.predictions import (
     PredictedImage,
@@ -134,6 +135,35 @@ def run_threshold(run_dir: Path, category: str) -> float:
     return threshold
 
 
+def run_identity(run_dir: Path, category: str, config: Any) -> dict[str, Any]:
+    """The model identity of a run's category: its config's fingerprint and the SHA-256 of
+    its fitted state (``model.pt``), what a ``threshold.json`` of it must record."""
+    from adcore.toolkit.weights import file_digest
+
+    fitted = file_digest(run_dir / category / "model.pt", 64)
+    return {"kind": "run", "config": config.fingerprint(), "fitted_sha256": fitted}
+
+
+def run_decision(
+    run_dir: Path, category: str, config: Any, threshold: float | None = None
+) -> tuple[float, str, Threshold | None]:
+    """(image threshold, its source, calibrated pixel threshold or None): ``threshold`` when
+    given, else the category's ``threshold.json`` (``ad calibrate``; refused when made for
+    another model), else the F1-optimal threshold on the run's test set."""
+    from ad_runtime.thresholds import as_thresholds, read_calibration
+
+    if threshold is not None:
+        return threshold, "given", None
+    calibration = read_calibration(run_dir / category, run_identity(run_dir, category, config))
+    if calibration is not None:
+        return (
+            calibration.image.value,
+            calibration.image.source,
+            as_thresholds(calibration).get("pixel"),
+        )
+    return run_threshold(run_dir, category), "F1-optimal on the run's test set", None
+
+
 def run_map_settings(run_dir: Path, category: str) -> dict[str, Any]:
     """Pixel threshold and colour scale saved with the run's overlays, if any."""
     path = run_dir / category / "overlays" / THRESHOLDS_FILE
@@ -155,9 +185,8 @@ def predict(
 
     category = pick_category(run_dir, category)
     images = find_images(inputs)
-    source = "given" if threshold is not None else "F1-optimal on the run's test set"
-    decision = threshold if threshold is not None else run_threshold(run_dir, category)
     config, method, runtime = load_method(run_dir, category, device)
+    decision, source, pixel = run_decision(run_dir, category, config, threshold)
     data = config.base.data
     samples = screened_samples(images, category, data.max_image_pixels)
     decoding = category_decoding(
@@ -176,6 +205,8 @@ def predict(
     results = write_scores(images, scores, verdicts, out_dir)
     if overlays:
         settings = run_map_settings(run_dir, category)
+        if pixel is not None:
+            settings.update(pixel_threshold=pixel.value, pixel_label="calibrated on good parts")
         write_overlays(results, verdicts, method.geometry, settings, (low, high), out_dir, decoding)
     return PredictOutput(
         category, decision, source, results, out_dir / "scores.csv", scale, config.random_weights
@@ -210,7 +241,8 @@ def write_overlays(
     decoding: Decoding | None = None,
 ) -> None:
     """One overlay per image, on the saved colour scale and pixel threshold (``settings``:
-    ``map_min``/``map_max``/``pixel_threshold``) when there are any, else the maps' own."""
+    ``map_min``/``map_max``/``pixel_threshold``, ``pixel_label`` its origin) when there are
+    any, else the maps' own."""
     from PIL import Image
 
     pixel = settings.get("pixel_threshold")
@@ -232,5 +264,5 @@ def write_overlays(
             subtitle=f"score {result.score:.4g}, image threshold {verdicts.threshold:.4g}",
         )
         name = f"{flat}_{verdict}_score{result.score:.4g}.png"
-        png = render_png(item, value_range, pixel, "run's F1-optimal")
+        png = render_png(item, value_range, pixel, settings.get("pixel_label", "run's F1-optimal"))
         atomic_write_bytes(out_dir / "overlays" / name, png)
