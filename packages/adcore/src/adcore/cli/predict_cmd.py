@@ -57,6 +57,7 @@ def predict_command(
     (--model): scores, maps and overlays."""
     from adcore.infra.errors import UsageError
 
+    out, input_ = out.expanduser(), [path.expanduser() for path in input_]  # '~/x' quoted
     if (run is None) == (model is None):
         raise UsageError("ad predict needs one model.", "Give either --run RUN or --model BUNDLE.")
     if model is not None:
@@ -99,6 +100,7 @@ def predictions_json(result: PredictOutput) -> dict[str, Any]:
         "category": result.category,
         "threshold": result.threshold,
         "random_weights": result.random_weights,
+        "notes": result.notes,
         "images": rows,
     }
 
@@ -127,4 +129,6 @@ def print_predictions(result: PredictOutput, out: Path) -> None:
         )
     if result.random_weights:
         console.print(RANDOM_WEIGHTS_NOTE)
+    for note in result.notes:
+        console.print(f"[yellow]note[/] {note}", highlight=False)
     console.print(f"Results: {out}")
