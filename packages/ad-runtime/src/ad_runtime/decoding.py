@@ -56,6 +56,7 @@ INTEGER_MODES = frozenset(
 FLOAT_MODES = frozenset({"F", "F;32", "F;32F"})
 TYPE_RANGES = dict.fromkeys(("I;16", "I;16L", "I;16B", "I;16N", "RGB;16", "RGBA;16"), 65535.0)
 LABEL_LEVELS = 16  # more distinct values than this: a grey-level (lossy) mask
+SAME_HUE = 0.99  # cosine of two colours taken as one hue (a label and its blend with black)
 ORIENTATION_TAG = 0x0112
 TRANSPOSES = {  # EXIF orientation -> the transpose that undoes it (as ImageOps.exif_transpose)
     1: None,
@@ -346,7 +347,9 @@ def _colour_labels(rgb: np.ndarray) -> np.ndarray:
 
     Labelled colours are the common ones among pixels at least a quarter as bright as the
     brightest: colours binned 32 levels a channel (JPEG's noise stays in one bin), each bin
-    over 2% of those pixels (at most :data:`LABEL_LEVELS`), as the mean colour of its pixels.
+    over 2% of those pixels (at most :data:`LABEL_LEVELS`), as the mean colour of its pixels,
+    and of those of one hue (a label and its blends towards black along a long edge) the
+    brightest.
     """
     flat = rgb.reshape(-1, 3).astype(np.float32)  # [N,3]
     lit = flat.max(axis=1)  # [N]
@@ -358,8 +361,15 @@ def _colour_labels(rgb: np.ndarray) -> np.ndarray:
     order = np.argsort(counts)[::-1][:LABEL_LEVELS]
     order = order[counts[order] >= 0.02 * bright.sum()]
     sums = np.stack([np.bincount(bins, flat[bright, c], 512) for c in range(3)], axis=1)
-    labels = sums[order] / counts[order, None]  # [K,3] mean colour of each labelled bin
+    labels = sums[order] / counts[order, None]  # [K,3] mean colour of each common bin
+    labels = labels[np.argsort(-labels.max(axis=1))]  # brightest first
     unit = labels / np.linalg.norm(labels, axis=1, keepdims=True)  # [K,3]
+    # a blend of a label towards black has its hue: keep the brightest colour of each hue
+    kept: list[int] = []
+    for i in range(len(labels)):
+        if all(float(unit[i] @ unit[j]) < SAME_HUE for j in kept):
+            kept.append(i)
+    labels, unit = labels[kept], unit[kept]
     nearest = np.argmax(flat @ unit.T, axis=1)  # [N] the label closest in hue
     defect = (lit > 0) & (lit >= labels.max(axis=1)[nearest] / 2.0)  # [N]
     return defect.reshape(rgb.shape[:2])

@@ -444,10 +444,9 @@ def check_category(
     oriented, grey, vanished = _file_warnings(found, test, resolution, warnings)
     files = dataset_files(dataset, category)
     problems_of: dict[Sample, str] = {}
-    for item in bad:
-        problems_of[item.sample] = "; ".join(
-            filter(None, [problems_of.get(item.sample), str(item)])
-        )
+    for item in bad:  # the detail alone where the file at fault is the image itself
+        told = item.detail if item.path == item.sample.image_path else str(item)
+        problems_of[item.sample] = "; ".join(filter(None, [problems_of.get(item.sample), told]))
     entries = take_inventory(category, {"train": train, "test": test}, files, problems_of)
     return CategoryCheck(
         notes=list(files.notes),

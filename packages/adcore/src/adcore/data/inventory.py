@@ -4,7 +4,8 @@ Each rule of a data set's layout was once added for the case that was reported; 
 no rule reads vanished without a word. The inventory turns that around: every file under the
 folder a data set reports for the category (:class:`~adcore.contracts.dataset.DataFiles`) is
 listed as used (split, image or mask, label, defect type, what it pairs with), bad (used, but
-the data check refuses it) or ignored with its reason, so that nothing that looks like data
+the data check refuses it) or ignored with its reason (and a file a sample names that does
+not exist, such as the mask a defective image lacks, as missing), so that nothing that looks like data
 is dropped without being named. ``ad data check`` and ``ad eval`` show the counts per reason
 and write the whole list (``inventory.csv``).
 """
@@ -23,7 +24,7 @@ from ad_runtime.decoding import IMAGE_EXTENSIONS, UNDECODABLE_EXTENSIONS
 from adcore.contracts.dataset import DataFiles, Sample
 from adcore.infra.files import atomic_write_text, csv_text
 
-Status = Literal["used", "bad", "ignored"]
+Status = Literal["used", "bad", "missing", "ignored"]
 
 HIDDEN = "hidden or system file"
 EMPTY = "empty file (0 bytes)"
@@ -132,21 +133,17 @@ def take_inventory(
                 status, reason = "ignored", left_out[sample]
             elif sample in bad:
                 status, reason = "bad", bad[sample]
-            common = {"category": category, "status": status, "reason": reason,
-                      "split": split, "label": "anomalous" if sample.label else "normal",
+            common = {"category": category, "reason": reason, "split": split,
+                      "label": "anomalous" if sample.label else "normal",
                       "defect_type": sample.defect_type}  # fmt: skip
-            entries.setdefault(
-                _key(sample.image_path),
-                InventoryEntry(
-                    path=sample.image_path, role="image", pairs_with=sample.mask_path, **common
-                ),
-            )
+            pairs = [(sample.image_path, "image", sample.mask_path)]
             if sample.mask_path is not None:
+                pairs.append((sample.mask_path, "mask", sample.image_path))
+            for path, role, other in pairs:
+                found: Status = status if path.exists() or path.is_symlink() else "missing"
                 entries.setdefault(
-                    _key(sample.mask_path),
-                    InventoryEntry(
-                        path=sample.mask_path, role="mask", pairs_with=sample.image_path, **common
-                    ),
+                    _key(path),
+                    InventoryEntry(path=path, status=found, role=role, pairs_with=other, **common),
                 )
     for path, reason in files.ignored.items():
         entries.setdefault(
@@ -166,7 +163,7 @@ def take_inventory(
 
 
 def counts(entries: Iterable[InventoryEntry]) -> dict[str, int]:
-    """'used', 'bad' and each reason of the ignored files -> files (reasons with their
+    """'used', 'bad', 'missing' and each reason of the ignored files -> files (reasons with their
     details folded: every '.txt' and '.csv' is one 'not an image')."""
     found: Counter[str] = Counter()
     for entry in entries:
@@ -174,17 +171,20 @@ def counts(entries: Iterable[InventoryEntry]) -> dict[str, int]:
             found[entry.reason.split(" (")[0].split(":")[0]] += 1
         else:
             found[entry.status] += 1
-    return dict(sorted(found.items(), key=lambda item: (item[0] not in ("used", "bad"), item[0])))
+    first = ("used", "bad", "missing")
+    return dict(sorted(found.items(), key=lambda item: (item[0] not in first, item[0])))
 
 
 def summary(entries: Sequence[InventoryEntry]) -> str:
     """'inventory: 120 files used, 5 ignored (3 hidden or system file, 2 not an image)'."""
     found = counts(entries)
-    used, broken = found.pop("used", 0), found.pop("bad", 0)
+    used, broken, missing = found.pop("used", 0), found.pop("bad", 0), found.pop("missing", 0)
     ignored = sum(found.values())
     text = f"inventory: {used} files used"
     if broken:
         text += f", {broken} bad"
+    if missing:
+        text += f", {missing} missing"
     if ignored:
         text += f", {ignored} ignored (" + ", ".join(f"{n} {r}" for r, n in found.items()) + ")"
     return text
