@@ -4,9 +4,9 @@ Each rule of a data set's layout was once added for the case that was reported; 
 no rule reads vanished without a word. The inventory turns that around: every file under the
 folder a data set reports for the category (:class:`~adcore.contracts.dataset.DataFiles`) is
 listed as used (split, image or mask, label, defect type, what it pairs with), bad (used, but
-the data check refuses it) or ignored with its reason (and a file a sample names that does
-not exist, such as the mask a defective image lacks, as missing), so that nothing that looks like data
-is dropped without being named. ``ad data check`` and ``ad eval`` show the counts per reason
+the data check refuses it) or ignored with its reason, and a file a sample names that does
+not exist (the mask a defective image lacks) as missing: nothing that looks like data is
+dropped without being named. ``ad data check`` and ``ad eval`` show the counts per reason
 and write the whole list (``inventory.csv``).
 """
 
