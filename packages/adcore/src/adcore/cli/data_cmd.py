@@ -13,6 +13,22 @@ from adcore.cli.options import CategoryOption, DataRootOption, JsonOption, SetOp
 from adcore.infra.errors import DataError, PluginError, UsageError
 
 app = typer.Typer(help="Check a data set's layout, or download one.", no_args_is_help=True)
+ResolutionOption = Annotated[
+    int | None,
+    typer.Option(
+        "--resolution",
+        min=1,
+        help="Also count anomalous masks that vanish at this input side (a method's).",
+    ),
+]
+InventoryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--inventory",
+        help="Write every file under each category's folder to this CSV: used (split, image "
+        "or mask, paired with what) or ignored with its reason.",
+    ),
+]
 
 
 @app.command("check")
@@ -22,22 +38,8 @@ def check(
     category: CategoryOption = None,
     as_json: JsonOption = False,
     assignments: SetOption = None,
-    resolution: Annotated[
-        int | None,
-        typer.Option(
-            "--resolution",
-            min=1,
-            help="Also count anomalous masks that vanish at this input side (a method's).",
-        ),
-    ] = None,
-    inventory: Annotated[
-        Path | None,
-        typer.Option(
-            "--inventory",
-            help="Write every file under each category's folder to this CSV: used (split, "
-            "image or mask, paired with what) or ignored with its reason.",
-        ),
-    ] = None,
+    resolution: ResolutionOption = None,
+    inventory: InventoryOption = None,
 ) -> None:
     """Read the layout without running a model: counts, masks, unreadable files, sizes,
     bit depths, orientation tags, grey-level masks, masks that contradict their labels,

@@ -443,11 +443,7 @@ def check_category(
     high, ranges = _intensities(samples, found, intensity_rule, max_image_pixels, warnings)
     oriented, grey, vanished = _file_warnings(found, test, resolution, warnings)
     files = dataset_files(dataset, category)
-    problems_of: dict[Sample, str] = {}
-    for item in bad:  # the detail alone where the file at fault is the image itself
-        told = item.detail if item.path == item.sample.image_path else str(item)
-        problems_of[item.sample] = "; ".join(filter(None, [problems_of.get(item.sample), told]))
-    entries = take_inventory(category, {"train": train, "test": test}, files, problems_of)
+    entries = take_inventory(category, {"train": train, "test": test}, files, told(bad))
     return CategoryCheck(
         notes=list(files.notes),
         inventory=counts(entries),
@@ -474,6 +470,16 @@ def check_category(
         problems=problems,
         warnings=warnings,
     )
+
+
+def told(bad: Sequence[BadSample]) -> dict[Sample, str]:
+    """Each bad sample's problems in one line (the detail alone where the file at fault is
+    the image itself), for the inventory."""
+    found: dict[Sample, str] = {}
+    for item in bad:
+        text = item.detail if item.path == item.sample.image_path else str(item)
+        found[item.sample] = "; ".join(filter(None, [found.get(item.sample), text]))
+    return found
 
 
 def dataset_files(dataset: Dataset, category: str) -> DataFiles:
