@@ -367,8 +367,8 @@ def test_a_good_folder_named_ok_good_or_normal_is_the_good_class_and_said(tmp_pa
     (renamed / "widget/test/good").rename(renamed / f"widget/test/{name}")
     (check,) = check_dataset(mvtec(renamed)).categories
     assert check.test_images == {"good": 3, "square": 3}
-    assert check.notes == [f"test/{name}/ is taken as the good class (normal parts; data set "
-                           "option good_names)"]  # fmt: skip
+    assert check.notes == [f"test/{name}/ is taken as the good class (normal parts; names in "
+                           "data.good_names)"]  # fmt: skip
     result = evaluate(renamed, tmp_path / "o2")
     assert_same_metrics(result, evaluate(clean, tmp_path / "o1"))
     assert any(f"test/{name}/ is taken as the good class" in n for n in result.notes)

@@ -162,7 +162,7 @@ def good_note(folder: Path, category_dir: Path) -> str | None:
     if folder.name == GOOD:
         return None
     shown = folder.relative_to(category_dir).as_posix()
-    return f"{shown}/ is taken as the good class (normal parts; data set option good_names)"
+    return f"{shown}/ is taken as the good class (normal parts; names in data.good_names)"
 
 
 def mvtec_samples(
