@@ -24,6 +24,7 @@ from ad_runtime.outputkeys import FILE_NAME_BYTES, short_name, unique_keys
 from adcore.contracts.dataset import DataFiles, Dataset, Sample, Split
 from adcore.data.datacheck import check_dataset
 from adcore.data.inventory import counts, take_inventory
+from adfixtures import AUTHORS_FOLDERS, WRITERS
 from adtest import eval_args, fast_flags, run_ad
 from test_data_decoding import (
     assert_same_metrics,
@@ -33,6 +34,7 @@ from test_data_decoding import (
     mvtec,
 )
 from test_datasets_visa import write_visa
+from test_datasets_zeroshot import open_set
 
 
 def flat(text: str) -> str:
@@ -115,6 +117,37 @@ def test_eval_writes_the_inventory_to_the_run_folder_and_counts_it(tmp_path):
     assert "4 train image outside the support set" in text and "1 not an image" in text
     (listing,) = out.rglob("widget/inventory.csv")
     assert {r["path"] for r in inventory_rows(listing)} == every_file(root)
+
+
+@pytest.mark.parametrize("name", [*WRITERS, "mvtec", "visa", "folder", "synthetic"])
+def test_every_built_in_data_set_accounts_for_every_file_of_its_folder(tmp_path, name):
+    from ad_datasets.configs import SyntheticConfig
+    from ad_datasets.synthetic import factory as synthetic
+
+    if name == "synthetic":
+        dataset = synthetic(SyntheticConfig(image_size=64, train_images=2), tmp_path)
+        folder = dataset.root
+    else:
+        if name in WRITERS:
+            WRITERS[name](tmp_path)
+            folder = tmp_path / AUTHORS_FOLDERS[name]
+        elif name == "visa":
+            folder = write_visa(tmp_path / "visa")
+        else:
+            folder = clean_tree(tmp_path)
+        (folder / "notes.txt").write_text("a stray file beside the data")
+        dataset = open_set(name, folder)
+    report = check_dataset(dataset)
+    listed = {str(e.path) for e in report.inventory_entries}
+    assert every_file(folder) <= listed, sorted(every_file(folder) - listed)[:5]
+    if name != "synthetic":  # a stray file beside the category folders is named too
+        (stray,) = [e for e in report.inventory_entries if e.path.name == "notes.txt"]
+        assert stray.status == "ignored" and "not an image" in stray.reason
+    for check in report.categories:
+        used = {e.path for e in check.inventory_entries if e.status == "used"}
+        named = {s.image_path for split in ("train", "test")
+                 for s in dataset.samples(check.category, split)}  # fmt: skip
+        assert named <= used and check.inventory["used"] == len(used)
 
 
 class PlainFolders(Dataset):

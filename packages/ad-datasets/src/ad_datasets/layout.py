@@ -267,6 +267,15 @@ class CategoryDataset(Dataset):
         self.require(category)
         return class_name(category, self._class_names, self._default_names)
 
+    def data_files(self, category: str) -> DataFiles:
+        """The category's folder (``<root>/<category>``, or the root of a one-category set)
+        for the inventory."""
+        self.require(category)
+        folder = self.root / category
+        if folder.is_dir():
+            return DataFiles(root=folder)
+        return DataFiles(root=self.root) if len(self._categories) == 1 else DataFiles()
+
 
 class MvtecTree(CategoryDataset):
     """Any root whose subfolders are categories in the MVTec-AD layout."""

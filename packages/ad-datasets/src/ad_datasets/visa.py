@@ -50,7 +50,8 @@ class VisaCsv(CategoryDataset):
 
     def data_files(self, category: str) -> DataFiles:
         self.require(category)
-        return DataFiles(root=self.root / category)
+        split = {self.root / SPLIT_CSV: "the split definition (1-class)"}
+        return DataFiles(root=self.root / category, used=split)
 
 
 def csv_path(text: str) -> str:

@@ -73,8 +73,7 @@ def check(
     if inventory is not None:
         from adcore.data.inventory import write_inventory
 
-        entries = [e for check in report.categories for e in check.inventory_entries]
-        write_inventory(inventory.expanduser(), entries)
+        write_inventory(inventory.expanduser(), report.inventory_entries)
     if as_json:
         print(report.model_dump_json(indent=2))
     else:

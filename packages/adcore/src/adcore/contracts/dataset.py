@@ -38,14 +38,16 @@ class DataFiles(BaseModel):
 
     ``root``: the folder holding every file of the category; the host lists each file in it
     that no sample names and ``ignored`` does not explain, with its own reason (hidden file,
-    not an image, format no library decodes, orphan mask, ...). ``ignored``: files the
-    data set saw and left out, each with why. ``notes``: how the layout was read, shown by
-    the data check and the run (e.g. which folder was taken as the good class).
+    not an image, format no library decodes, orphan mask, ...). ``used``: files read that
+    are no sample's image or mask (a split CSV), each with what it is. ``ignored``: files
+    the data set saw and left out, each with why. ``notes``: how the layout was read, shown
+    by the data check and the run (e.g. which folder was taken as the good class).
     """
 
     model_config = ConfigDict(frozen=True)
 
     root: Path | None = None
+    used: dict[Path, str] = {}
     ignored: dict[Path, str] = {}
     notes: list[str] = []
 

@@ -38,7 +38,13 @@ from ad_runtime.decoding import (
     read_image,
 )
 from adcore.contracts.dataset import DataFiles, Dataset, Sample
-from adcore.data.inventory import InventoryEntry, counts, summary, take_inventory
+from adcore.data.inventory import (
+    InventoryEntry,
+    counts,
+    outside_categories,
+    summary,
+    take_inventory,
+)
 from adcore.infra.errors import DataError
 
 if TYPE_CHECKING:
@@ -107,11 +113,19 @@ class DataCheckReport(BaseModel):
     """The data check of a set of categories; ``ok`` False means: do not evaluate."""
 
     categories: list[CategoryCheck]
+    outside: dict[str, int] = {}  # files under the data root outside every category, by reason
+    outside_entries: list[InventoryEntry] = Field(default=[], exclude=True)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def ok(self) -> bool:
         return all(check.ok for check in self.categories)
+
+    @property
+    def inventory_entries(self) -> list[InventoryEntry]:
+        """Every file: each category's, then those outside every category."""
+        listed = [e for check in self.categories for e in check.inventory_entries]
+        return listed + self.outside_entries
 
     @property
     def bad_samples(self) -> list[BadSample]:
@@ -506,14 +520,18 @@ def check_dataset(
     if require_masks is None:
         require_masks = bool(getattr(dataset, "requires_masks", True))
     chosen = list(categories) if categories is not None else dataset.categories()
-    return DataCheckReport(
-        categories=[
-            check_category(
-                dataset, c, require_masks, workers, max_image_pixels, intensity_rule, resolution
-            )
-            for c in chosen
-        ]
-    )
+    checks = [
+        check_category(
+            dataset, c, require_masks, workers, max_image_pixels, intensity_rule, resolution
+        )
+        for c in chosen
+    ]
+    report = DataCheckReport(categories=checks)
+    root = getattr(dataset, "root", None)
+    if categories is None and isinstance(root, Path) and root.is_dir():  # the whole data set
+        stray = outside_categories(root, report.inventory_entries)
+        report = DataCheckReport(categories=checks, outside=counts(stray), outside_entries=stray)
+    return report
 
 
 def render_report(report: DataCheckReport, console: Console, max_listed: int = 50) -> None:
@@ -551,6 +569,9 @@ def render_report(report: DataCheckReport, console: Console, max_listed: int = 5
             )
         for problem in check.problems:
             console.print(f"[red]problem[/] {check.category}: {problem}", highlight=False)
+    if report.outside:
+        listed = ", ".join(f"{n} {reason}" for reason, n in report.outside.items())
+        console.print(f"[cyan]data root[/] {listed} (ignored)", highlight=False)
         for warning in check.warnings:
             console.print(f"[yellow]warning[/] {check.category}: {warning}", highlight=False)
     verdict = "[green]Data OK.[/]" if report.ok else "[red]Data would make an evaluation wrong.[/]"

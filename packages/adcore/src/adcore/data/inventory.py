@@ -33,6 +33,7 @@ NOT_IMAGE = "not an image"
 UNDECODABLE = "image format no installed library decodes"
 ORPHAN_MASK = "mask that pairs with no image"
 UNREAD = "image in a folder the layout does not read"
+OUTSIDE = "outside every category's folder"
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
 MASK_FOLDERS = frozenset({"masks", "mask", "ground_truth", "groundtruth", "gt", "label", "labels"})
 COLUMNS = (
@@ -145,6 +146,10 @@ def take_inventory(
                     _key(path),
                     InventoryEntry(path=path, status=found, role=role, pairs_with=other, **common),
                 )
+    for path, what in files.used.items():
+        entries.setdefault(
+            _key(path), InventoryEntry(path=path, category=category, status="used", reason=what)
+        )
     for path, reason in files.ignored.items():
         entries.setdefault(
             _key(path),
@@ -160,6 +165,17 @@ def take_inventory(
                     reason=why_ignored(path, files.root),
                 )
     return sorted(entries.values(), key=lambda e: str(e.path))
+
+
+def outside_categories(root: Path, entries: Iterable[InventoryEntry]) -> list[InventoryEntry]:
+    """Files under the data root ``root`` that no category's inventory lists (a stray file
+    beside the category folders), each ignored with its reason."""
+    listed = {_key(e.path) for e in entries}
+    return [
+        InventoryEntry(path=p, category="", status="ignored", reason=f"{OUTSIDE}: {why}")
+        for p in walk_files(root)
+        if _key(p) not in listed and (why := why_ignored(p, root))
+    ]
 
 
 def counts(entries: Iterable[InventoryEntry]) -> dict[str, int]:
