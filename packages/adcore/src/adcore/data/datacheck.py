@@ -569,10 +569,10 @@ def render_report(report: DataCheckReport, console: Console, max_listed: int = 5
             )
         for problem in check.problems:
             console.print(f"[red]problem[/] {check.category}: {problem}", highlight=False)
+        for warning in check.warnings:
+            console.print(f"[yellow]warning[/] {check.category}: {warning}", highlight=False)
     if report.outside:
         listed = ", ".join(f"{n} {reason}" for reason, n in report.outside.items())
         console.print(f"[cyan]data root[/] {listed} (ignored)", highlight=False)
-        for warning in check.warnings:
-            console.print(f"[yellow]warning[/] {check.category}: {warning}", highlight=False)
     verdict = "[green]Data OK.[/]" if report.ok else "[red]Data would make an evaluation wrong.[/]"
     console.print(verdict)
