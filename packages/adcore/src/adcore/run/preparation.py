@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from adcore.data.datacheck import BadSample
     from adcore.data.inventory import InventoryEntry
 
+OUTSIDE_SUPPORT = "train image outside the support set"
+
 
 @dataclass
 class CategoryData:
@@ -104,8 +106,8 @@ def prepare_category(dataset: Dataset, category: str, data: DataSection, seed: i
     inventory = category_inventory(
         dataset, category, train, all_test, support, [*bad_support, *bad_test], data
     )
-    if any(entry.status != "used" for entry in inventory):
-        from adcore.data.inventory import summary
+    if any(e.status != "used" and not e.reason.startswith(OUTSIDE_SUPPORT) for e in inventory):
+        from adcore.data.inventory import summary  # files lost beyond the k-shot protocol
 
         notes.append(f"{summary(inventory)}, every file in inventory.csv")
     return CategoryData(support, test, skipped, notes, decoding, inventory)
@@ -126,7 +128,7 @@ def category_inventory(
     from adcore.data.inventory import take_inventory
 
     chosen = set(support)
-    left_out = {s: f"train image outside the support set (k_shot={data.k_shot})" for s in train
+    left_out = {s: f"{OUTSIDE_SUPPORT} (k_shot={data.k_shot})" for s in train
                 if s not in chosen}  # fmt: skip
     for bad in skipped:
         left_out[bad.sample] = f"bad sample left out by --skip-bad-samples: {bad}"
