@@ -196,6 +196,17 @@ def test_a_third_party_data_set_reports_through_the_contract_or_not_at_all(tmp_p
     assert check.notes == ["read as plain folders"]
 
 
+def test_the_example_third_party_plugin_reports_its_category_folder(tmp_path):
+    for name in ("train/000.png", "good/000.png", "bad/001.png", "masks/001.png"):
+        path = tmp_path / "widget" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16), 255 * name.startswith("masks"), np.uint8)).save(path)
+    (tmp_path / "widget/masks/002.png").write_bytes(b"\x89PNG")  # a mask of no image
+    dataset = open_set("flat-folders", tmp_path)
+    (check,) = check_dataset(dataset).categories
+    assert check.inventory == {"used": 4, "mask that pairs with no image": 1}
+
+
 def test_the_inventory_of_samples_alone_pairs_images_and_masks(tmp_path):
     image, mask = tmp_path / "a.png", tmp_path / "a_mask.png"
     image.write_bytes(b"x"), mask.write_bytes(b"x")
