@@ -479,3 +479,13 @@ def test_a_tilde_in_path_options_is_the_home_folder(tmp_path):
     result = run_ad(*args, *fast_flags(), env=env, cwd=work)
     assert result.returncode == 0, result.stderr
     assert (home / "x/mvtec").is_dir() and not (work / "~").exists()
+
+
+def test_a_tilde_in_the_runtime_path_options_is_the_home_folder(monkeypatch, tmp_path):
+    from ad_runtime.cli import parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = parser().parse_args(["predict", "~/bundle", "~/in", "--output", "~/out"])
+    assert (args.bundle, args.images, args.output) == (
+        tmp_path / "bundle", [tmp_path / "in"], tmp_path / "out",
+    )  # fmt: skip
