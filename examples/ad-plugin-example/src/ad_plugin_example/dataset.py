@@ -7,7 +7,7 @@ a data set only lists files.
 
 from pathlib import Path
 
-from adcore.api import IMAGE_EXTENSIONS, DataError, Dataset, Sample, Split
+from adcore.api import IMAGE_EXTENSIONS, DataError, DataFiles, Dataset, Sample, Split
 
 
 def _images(folder: Path) -> list[Path]:
@@ -40,3 +40,7 @@ class FlatFolders(Dataset):
             for p in _images(folder / "bad")
         ]
         return sorted(good + bad, key=lambda s: s.image_path)
+
+    def data_files(self, category: str) -> DataFiles:
+        # every file under the category's folder is listed by the host's inventory
+        return DataFiles(root=self.root / category)

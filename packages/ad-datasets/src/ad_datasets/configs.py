@@ -5,13 +5,22 @@ from __future__ import annotations
 from pydantic import Field
 
 from ad_datasets.names import class_names_field
-from adcore.api import PluginConfig
+from adcore.api import GOOD_NAMES, PluginConfig
+
+
+def good_names_field() -> list[str]:
+    return Field(
+        list(GOOD_NAMES),
+        min_length=1,
+        description="Names of the test folder of good parts, compared case-insensitively.",
+    )
 
 
 class MvtecConfig(PluginConfig):
     """Settings of the MVTec-AD reader."""
 
     class_names: dict[str, str] = class_names_field()
+    good_names: list[str] = good_names_field()
 
 
 class VisaConfig(PluginConfig):
@@ -34,6 +43,7 @@ class FolderConfig(PluginConfig):
         description="Share of normal/ used as good test images when there is no normal_test/.",
     )
     split_seed: int = Field(0, description="Seed of the normal/ train-test split.")
+    good_names: list[str] = good_names_field()
 
 
 class SyntheticConfig(PluginConfig):

@@ -23,12 +23,13 @@ from ad_datasets.layout import (
     CategoryDataset,
     is_mvtec_category,
     layout_error,
+    mvtec_files,
     mvtec_samples,
     require_root,
     subfolders,
     tree_images,
 )
-from adcore.api import IMAGE_EXTENSIONS, Sample, Split
+from adcore.api import IMAGE_EXTENSIONS, DataFiles, Sample, Split
 
 NORMAL, NORMAL_TEST, ABNORMAL, MASKS = "normal", "normal_test", "abnormal", "masks"
 
@@ -43,7 +44,7 @@ def is_normal_abnormal(folder: Path) -> bool:
     return (folder / NORMAL).is_dir() and (folder / ABNORMAL).is_dir()
 
 
-def mask_key(path: Path, base: Path) -> tuple[str, str]:
+def pair_key(path: Path, base: Path) -> tuple[str, str]:
     """(relative folder, stem without ``_mask``): masks pair with images by these."""
     stem = path.stem[: -len(MASK_SUFFIX)] if path.stem.endswith(MASK_SUFFIX) else path.stem
     return str(path.parent.relative_to(base)), stem
@@ -71,9 +72,16 @@ class FolderDataset(CategoryDataset):
         folder = self._folders[category]
         if is_mvtec_category(folder):
             has_masks = (folder / "ground_truth").is_dir()
-            samples = mvtec_samples(folder, split, masks_required=has_masks)
+            samples = mvtec_samples(folder, split, has_masks, self.config.good_names)
             return [s.model_copy(update={"category": category}) for s in samples]
         return self._normal_abnormal(folder, category, split)
+
+    def data_files(self, category: str) -> DataFiles:
+        self.require(category)
+        folder = self._folders[category]
+        if is_mvtec_category(folder):
+            return mvtec_files(folder, self.config.good_names)
+        return DataFiles(root=folder)
 
     def _normal_abnormal(self, folder: Path, category: str, split: Split) -> list[Sample]:
         normal = tree_images(folder / NORMAL)
@@ -95,7 +103,7 @@ class FolderDataset(CategoryDataset):
         masks: dict[tuple[str, str], Path] = {}
         by_stem: dict[str, list[Path]] = {}
         for path in tree_images(masks_dir):
-            key = mask_key(path, masks_dir)
+            key = pair_key(path, masks_dir)
             masks.setdefault(key, path)
             by_stem.setdefault(key[1], []).append(path)
         samples = []
@@ -104,7 +112,7 @@ class FolderDataset(CategoryDataset):
             defect = relative.parts[0] if len(relative.parts) > 1 else ABNORMAL
             if path.suffix.lower() not in IMAGE_EXTENSIONS:  # a dangling link to a folder
                 defect = path.name
-            mask = masks.get(mask_key(path, abnormal))
+            mask = masks.get(pair_key(path, abnormal))
             if mask is None and len(by_stem.get(path.stem, [])) == 1:
                 mask = by_stem[path.stem][0]
             if mask is None and masks_dir.is_dir():  # masks given, this one absent: name it

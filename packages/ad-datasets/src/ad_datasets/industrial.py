@@ -38,7 +38,7 @@ def open_btad(config: BenchmarkConfig, root: Path | None) -> MvtecTree:
     found = locate(root, "btad", lambda p: bool(mvtec_categories(p)))
     if found is None:
         raise layout_error(root, "BTAD", BTAD_LAYOUT)
-    return MvtecTree(found, config.class_names, dataset="BTAD", good="ok", layout=BTAD_LAYOUT)
+    return MvtecTree(found, config.class_names, dataset="BTAD", good=("ok",), layout=BTAD_LAYOUT)
 
 
 def open_dtd(config: BenchmarkConfig, root: Path | None) -> MvtecTree:

@@ -6,12 +6,22 @@ Every reader here lists paths only; pixels are decoded later by :mod:`adcore.dat
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ad_datasets.guides import MVTEC_LAYOUT
 from ad_datasets.names import class_name
-from adcore.api import GOOD, IMAGE_EXTENSIONS, ConfigError, DataError, Dataset, Sample, Split
+from adcore.api import (
+    GOOD,
+    GOOD_NAMES,
+    IMAGE_EXTENSIONS,
+    ConfigError,
+    DataError,
+    DataFiles,
+    Dataset,
+    Sample,
+    Split,
+)
 
 MASK_SUFFIX = "_mask"
 
@@ -122,42 +132,68 @@ def mvtec_categories(root: Path) -> list[str]:
     return [p.name for p in subfolders(root) if is_mvtec_category(p)]
 
 
+def mask_key(path: Path, base: Path) -> str:
+    """``path`` below ``base`` without its extension and ``_mask``: masks pair with images
+    by this (``lineA/000`` for ``lineA/000_mask.png``)."""
+    relative = path.relative_to(base).with_suffix("")
+    stem = relative.name
+    stem = stem[: -len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem
+    return relative.with_name(stem).as_posix()
+
+
 def mask_index(folder: Path) -> dict[str, Path]:
-    """Masks in ``folder`` keyed by the stem of the image they belong to.
+    """Masks anywhere under ``folder`` keyed by the image they belong to (:func:`mask_key`).
 
     Accepts MVTec's ``<stem>_mask.png`` and converted sets' ``<stem>.png``.
     """
     index: dict[str, Path] = {}
-    for path in image_files(folder):
-        stem = path.stem
-        key = stem[: -len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem
-        index.setdefault(key, path)
+    for path in tree_images(folder):
+        index.setdefault(mask_key(path, folder), path)
     return index
 
 
-def mvtec_samples(
-    category_dir: Path, split: Split, masks_required: bool = True, good: str = GOOD
-) -> list[Sample]:
-    """Samples of one MVTec-layout category; ``good`` names the normal folder (BTAD: ``ok``).
+def is_good(name: str, good: Sequence[str]) -> bool:
+    """Whether a folder's name is one of the good class's names (case-insensitive)."""
+    return name.casefold() in {g.casefold() for g in good}
 
-    A defective test image without a mask gets the path its mask should have when masks are
-    required, so the data check names the missing file instead of treating it as normal.
+
+def good_note(folder: Path, category_dir: Path) -> str | None:
+    """'test/OK is taken as the good class' for a good folder not named ``good``."""
+    if folder.name == GOOD:
+        return None
+    shown = folder.relative_to(category_dir).as_posix()
+    return f"{shown}/ is taken as the good class (normal parts; names in data.good_names)"
+
+
+def mvtec_samples(
+    category_dir: Path,
+    split: Split,
+    masks_required: bool = True,
+    good: Sequence[str] = GOOD_NAMES,
+) -> list[Sample]:
+    """Samples of one MVTec-layout category; a test folder named as in ``good`` (any case:
+    ``good``, ``ok``, ``OK``, ``normal``) holds the normal parts.
+
+    Images are read anywhere below ``train/`` and each ``test/<defect>/`` (sub-folders per
+    production line or lot), as the folder layout reads them. A defective test image
+    without a mask gets the path its mask should have when masks are required, so the data
+    check names the missing file instead of treating it as normal.
     """
     category = category_dir.name
     if split == "train":
-        paths = image_files(category_dir / "train" / good) + image_files(category_dir / "train")
-        return [Sample(image_path=p, label=0, category=category) for p in sorted(paths)]
+        paths = tree_images(category_dir / "train")
+        return [Sample(image_path=p, label=0, category=category) for p in paths]
     samples: list[Sample] = []
     for link in dangling_entries(category_dir / "test"):  # a linked defect folder that moved
-        label = int(link.name != GOOD)
+        label = int(not is_good(link.name, good))
         samples.append(
             Sample(image_path=link, label=label, category=category, defect_type=link.name)
         )
     for defect_dir in subfolders(category_dir / "test"):
         defect = defect_dir.name
-        if defect == good:
+        if is_good(defect, good):
             samples += [
-                Sample(image_path=p, label=0, category=category) for p in image_files(defect_dir)
+                Sample(image_path=p, label=0, category=category) for p in tree_images(defect_dir)
             ]
             continue
         masks_dir = category_dir / "ground_truth" / defect
@@ -165,16 +201,28 @@ def mvtec_samples(
         # a missing mask is named as the folder's other masks are: with or without _mask
         plain = bool(masks) and not any(p.stem.endswith(MASK_SUFFIX) for p in masks.values())
         suffix = "" if plain else MASK_SUFFIX
-        for path in image_files(defect_dir):
-            mask = masks.get(path.stem)
+        for path in tree_images(defect_dir):
+            key = mask_key(path, defect_dir)
+            mask = masks.get(key)
             if mask is None and masks_required:
-                mask = masks_dir / f"{path.stem}{suffix}.png"
+                mask = masks_dir / f"{key}{suffix}.png"
             samples.append(
                 Sample(
                     image_path=path, label=1, category=category, defect_type=defect, mask_path=mask
                 )
             )
     return sorted(samples, key=lambda s: s.image_path)
+
+
+def mvtec_files(category_dir: Path, good: Sequence[str] = GOOD_NAMES) -> DataFiles:
+    """The inventory report of an MVTec-layout category: its folder, and the good folders
+    whose name is not ``good``."""
+    notes = [
+        note
+        for folder in subfolders(category_dir / "test")
+        if is_good(folder.name, good) and (note := good_note(folder, category_dir))
+    ]
+    return DataFiles(root=category_dir, notes=notes)
 
 
 class CategoryDataset(Dataset):
@@ -219,6 +267,15 @@ class CategoryDataset(Dataset):
         self.require(category)
         return class_name(category, self._class_names, self._default_names)
 
+    def data_files(self, category: str) -> DataFiles:
+        """The category's folder (``<root>/<category>``, or the root of a one-category set)
+        for the inventory."""
+        self.require(category)
+        folder = self.root / category
+        if folder.is_dir():
+            return DataFiles(root=folder)
+        return DataFiles(root=self.root) if len(self._categories) == 1 else DataFiles()
+
 
 class MvtecTree(CategoryDataset):
     """Any root whose subfolders are categories in the MVTec-AD layout."""
@@ -230,10 +287,10 @@ class MvtecTree(CategoryDataset):
         default_names: Mapping[str, str] | None = None,
         dataset: str = "MVTec-AD",
         masks_required: bool = True,
-        good: str = GOOD,
+        good: Sequence[str] = GOOD_NAMES,
         layout: str = MVTEC_LAYOUT,
     ) -> None:
-        self.good = good
+        self.good = tuple(good)
         categories = mvtec_categories(root)
         if not categories:
             hint = ""
@@ -246,6 +303,10 @@ class MvtecTree(CategoryDataset):
     def samples(self, category: str, split: Split) -> list[Sample]:
         self.require(category)
         return mvtec_samples(self.root / category, split, self.requires_masks, self.good)
+
+    def data_files(self, category: str) -> DataFiles:
+        self.require(category)
+        return mvtec_files(self.root / category, self.good)
 
 
 def locate(root: Path, folder: str, looks_right: Callable[[Path], bool]) -> Path | None:

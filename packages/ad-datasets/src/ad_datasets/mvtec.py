@@ -10,4 +10,5 @@ from ad_datasets.names import MVTEC_NAMES
 
 
 def factory(config: MvtecConfig, root: Path | None) -> MvtecTree:
-    return MvtecTree(require_root(root, "mvtec"), config.class_names, MVTEC_NAMES)
+    root = require_root(root, "mvtec")
+    return MvtecTree(root, config.class_names, MVTEC_NAMES, good=config.good_names)

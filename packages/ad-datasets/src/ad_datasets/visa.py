@@ -22,7 +22,7 @@ from ad_datasets.layout import (
 )
 from ad_datasets.layout import mvtec_categories as find_mvtec_categories
 from ad_datasets.names import VISA_NAMES
-from adcore.api import GOOD, DataError, Dataset, Sample, Split
+from adcore.api import GOOD, DataError, DataFiles, Dataset, Sample, Split
 
 SPLIT_CSV = Path("split_csv") / "1cls.csv"
 COLUMNS = ("object", "split", "label", "image", "mask")
@@ -48,6 +48,11 @@ class VisaCsv(CategoryDataset):
         self.require(category)
         return list(self._samples[category][split])
 
+    def data_files(self, category: str) -> DataFiles:
+        self.require(category)
+        split = {self.root / SPLIT_CSV: "the split definition (1-class)"}
+        return DataFiles(root=self.root / category, used=split)
+
 
 def csv_path(text: str) -> str:
     """A relative path of the CSV with Windows separators (``candle\\Data\\...``) as ``/``."""
@@ -69,7 +74,18 @@ def read_split_csv(root: Path) -> dict[str, dict[str, list[Sample]]]:
                 "Use the split_csv/1cls.csv shipped in VisA_20220922.tar.",
             )
         table: dict[str, dict[str, list[Sample]]] = defaultdict(lambda: {"train": [], "test": []})
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num
+            absent = [c for c in COLUMNS if row.get(c) is None]
+            if absent:
+                raise DataError(
+                    f"{path}, line {line}: the row has no {', '.join(absent)} field "
+                    f"({len([v for v in row.values() if v is not None])} of "
+                    f"{len(reader.fieldnames)} fields; a comma lost when the file was edited?).",
+                    "Give that row every column of the header (an empty mask field is fine: "
+                    "write the comma), or use the split_csv/1cls.csv shipped in "
+                    "VisA_20220922.tar.",
+                )
             split, label = row["split"].strip(), row["label"].strip()
             if split not in ("train", "test") or label not in LABELS:
                 raise DataError(

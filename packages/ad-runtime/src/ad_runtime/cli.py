@@ -17,6 +17,11 @@ from ad_runtime.model import Model
 from ad_runtime.predictions import find_images, write_scores
 
 
+def home_path(text: str) -> Path:
+    """A path option with ``~`` expanded (``--output '~/x'`` quoted reaches us unexpanded)."""
+    return Path(text).expanduser()
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line: ``ad-runtime predict``."""
     top = argparse.ArgumentParser(
@@ -26,12 +31,12 @@ def parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="Score images with a bundle: scores.csv and maps/ as ad predict."
     )
-    predict.add_argument("bundle", type=Path, help="Bundle folder written by ad export.")
+    predict.add_argument("bundle", type=home_path, help="Bundle folder written by ad export.")
     predict.add_argument(
-        "images", type=Path, nargs="*", help="Image files or folders (searched recursively)."
+        "images", type=home_path, nargs="*", help="Image files or folders (searched recursively)."
     )
     predict.add_argument(
-        "--output", type=Path, default=Path("predictions"),
+        "--output", type=home_path, default=Path("predictions"),
         help="Folder for scores.csv and maps/ (default: predictions).",
     )  # fmt: skip
     predict.add_argument(

@@ -48,8 +48,12 @@ def find_images(inputs: list[Path]) -> list[tuple[Path, str]]:
     for given in inputs:
         if given.is_dir():
             files = sorted(
-                p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
+                p
+                for p in given.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(given).parts)
+            )  # hidden files (macOS's ._000.png) are not images
             found += [(p, p.relative_to(given).with_suffix("").as_posix()) for p in files]
         elif given.is_file():
             found.append((given, given.stem))

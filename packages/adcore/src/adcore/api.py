@@ -50,6 +50,9 @@ _EXPORTS: dict[str, str] = {
     "Sample": "adcore.contracts.dataset",
     "Split": "adcore.contracts.dataset",
     "GOOD": "adcore.contracts.dataset",
+    "GOOD_NAMES": "adcore.contracts.dataset",
+    "DataFiles": "adcore.contracts.dataset",
+    "UNDECODABLE_EXTENSIONS": "ad_runtime.decoding",
     "IMAGE_EXTENSIONS": "ad_runtime.decoding",
     # metrics
     "EvalData": "adcore.metrics.evaldata",
@@ -106,6 +109,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors; never executed
+    from ad_runtime.decoding import IMAGE_EXTENSIONS, UNDECODABLE_EXTENSIONS  # noqa: F401
     from ad_runtime.preprocessing import (  # noqa: F401
         CLIP_MEAN,
         CLIP_STD,
@@ -113,7 +117,7 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         IMAGENET_STD,
         Preprocessing,
     )
-    from adcore.contracts.dataset import GOOD, Dataset, Sample, Split  # noqa: F401
+    from adcore.contracts.dataset import GOOD, GOOD_NAMES, DataFiles, Dataset, Sample, Split  # noqa: F401
     from adcore.contracts.hookspecs import hookimpl  # noqa: F401
     from adcore.contracts.method import (  # noqa: F401
         ExportableMethod,
@@ -136,7 +140,6 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
         PluginConfig,
         ReporterSpec,
     )
-    from adcore.data.loading import IMAGE_EXTENSIONS  # noqa: F401
     from adcore.infra.captured import captured_output  # noqa: F401
     from adcore.infra.errors import (  # noqa: F401
         AdError,

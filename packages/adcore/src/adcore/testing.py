@@ -347,9 +347,10 @@ def check_dataset(
 ) -> Dataset | None:
     """The record and its config; with a ``root`` (or a data set that needs none), the data
     set's categories and samples: sorted, of that category, labels 0/1, train all normal,
-    a mask for every anomalous test image when ``requires_masks``, every path present.
+    a mask for every anomalous test image when ``requires_masks``, every path present, and
+    what ``data_files`` reports for the inventory a ``DataFiles``.
     Returns the data set, or None when it could not be read without a root."""
-    from adcore.contracts.dataset import Dataset, Sample
+    from adcore.contracts.dataset import DataFiles, Dataset, Sample
 
     _require(isinstance(spec, DatasetSpec), f"{spec!r} is not a DatasetSpec.")
     check_config(spec.config, spec.name)
@@ -364,6 +365,11 @@ def check_dataset(
     )
     for category in categories:
         _require(isinstance(dataset.class_name(category), str), f"{spec.name}: class_name")
+        files = dataset.data_files(category)
+        _require(
+            isinstance(files, DataFiles),
+            f"{spec.name}: data_files({category!r}) must return a DataFiles (got {files!r}).",
+        )
         for split in ("train", "test"):
             samples = dataset.samples(category, split)
             where = f"{spec.name}: {category}/{split}"

@@ -13,6 +13,22 @@ from adcore.cli.options import CategoryOption, DataRootOption, JsonOption, SetOp
 from adcore.infra.errors import DataError, PluginError, UsageError
 
 app = typer.Typer(help="Check a data set's layout, or download one.", no_args_is_help=True)
+ResolutionOption = Annotated[
+    int | None,
+    typer.Option(
+        "--resolution",
+        min=1,
+        help="Also count anomalous masks that vanish at this input side (a method's).",
+    ),
+]
+InventoryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--inventory",
+        help="Write every file under each category's folder to this CSV: used (split, image "
+        "or mask, paired with what) or ignored with its reason.",
+    ),
+]
 
 
 @app.command("check")
@@ -22,17 +38,13 @@ def check(
     category: CategoryOption = None,
     as_json: JsonOption = False,
     assignments: SetOption = None,
-    resolution: Annotated[
-        int | None,
-        typer.Option(
-            "--resolution",
-            min=1,
-            help="Also count anomalous masks that vanish at this input side (a method's).",
-        ),
-    ] = None,
+    resolution: ResolutionOption = None,
+    inventory: InventoryOption = None,
 ) -> None:
     """Read the layout without running a model: counts, masks, unreadable files, sizes,
-    bit depths, orientation tags, grey-level masks, masks that contradict their labels.
+    bit depths, orientation tags, grey-level masks, masks that contradict their labels,
+    and the inventory: every file used or ignored, counted per reason (--inventory FILE
+    lists each one).
 
     Exits 1 when anything would make an evaluation wrong. --set data.max_image_pixels=N and
     --set data.intensity_range=... apply as in ad eval.
@@ -58,6 +70,10 @@ def check(
         intensity_rule=base.data.intensity_range,
         resolution=resolution,
     )
+    if inventory is not None:
+        from adcore.data.inventory import write_inventory
+
+        write_inventory(inventory.expanduser(), report.inventory_entries)
     if as_json:
         print(report.model_dump_json(indent=2))
     else:
@@ -86,5 +102,5 @@ def download(
             re.sub(r"\bR\b", str(to), guide),
         )
     with Progress() as progress:
-        spec.download(to, progress)
+        spec.download(to.expanduser(), progress)
     Console().print(f"{spec.name} is ready under {to}")

@@ -78,6 +78,7 @@ def predict_command(
     (--model): scores, maps and overlays; or a watched folder as images arrive (--watch)."""
     from adcore.infra.errors import UsageError
 
+    out, input_ = out.expanduser(), [path.expanduser() for path in input_]  # '~/x' quoted
     if (run is None) == (model is None):
         raise UsageError("ad predict needs one model.", "Give either --run RUN or --model BUNDLE.")
     if (watch is None) == (not input_):
@@ -158,6 +159,7 @@ def predictions_json(result: PredictOutput) -> dict[str, Any]:
         "threshold": result.threshold,
         "threshold_source": result.threshold_source,
         "random_weights": result.random_weights,
+        "notes": result.notes,
         "images": rows,
     }
 
@@ -186,4 +188,6 @@ def print_predictions(result: PredictOutput, out: Path) -> None:
         )
     if result.random_weights:
         console.print(RANDOM_WEIGHTS_NOTE)
+    for note in result.notes:
+        console.print(f"[yellow]note[/] {note}", highlight=False)
     console.print(f"Results: {out}")

@@ -36,6 +36,7 @@ def report_command(
     ] = Layout.comparison,
 ) -> None:
     """Compare runs side by side: tables, charts and overlays in Markdown, CSV and HTML."""
+    out, run_dirs = out.expanduser(), [path.expanduser() for path in run_dirs]  # '~/x' quoted
     if layout is Layout.paper:
         from adcore.outputs.report.paper import write_paper_report
 

@@ -32,6 +32,11 @@ class ExperimentSection(Section):
     seed: int = Field(0, description="Seed of the support set and of any randomness.")
     output_root: Path = Field(Path("results"), description="Root of the results layout.")
 
+    @field_validator("output_root")
+    @classmethod
+    def _home(cls, value: Path) -> Path:
+        return value.expanduser()  # '~/x' quoted on the command line reaches us unexpanded
+
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
@@ -47,6 +52,12 @@ class DataSection(Section):
 
     dataset: str = Field("synthetic", description="Data set plugin name (or dist:name).")
     root: Path | None = Field(None, description="Data set root folder.")
+
+    @field_validator("root")
+    @classmethod
+    def _home(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
     categories: list[str] | None = Field(None, description="Categories to run; all if unset.")
     batch_size: int = Field(8, ge=1, description="Test images per predict batch.")
     k_shot: int | Literal["all"] | None = Field(

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict
 
 Split = Literal["train", "test"]
 GOOD = "good"
+# folder names taken as the good class, compared case-insensitively (data sets may add more)
+GOOD_NAMES = ("good", "ok", "normal")
 
 
 class Sample(BaseModel):
@@ -28,6 +30,26 @@ class Sample(BaseModel):
     category: str
     defect_type: str = GOOD
     mask_path: Path | None = None
+
+
+class DataFiles(BaseModel):
+    """What a data set says about one category's files, for the host's inventory (every
+    file under the data root used, or ignored with its reason). All fields are optional.
+
+    ``root``: the folder holding every file of the category; the host lists each file in it
+    that no sample names and ``ignored`` does not explain, with its own reason (hidden file,
+    not an image, format no library decodes, orphan mask, ...). ``used``: files read that
+    are no sample's image or mask (a split CSV), each with what it is. ``ignored``: files
+    the data set saw and left out, each with why. ``notes``: how the layout was read, shown
+    by the data check and the run (e.g. which folder was taken as the good class).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    root: Path | None = None
+    used: dict[Path, str] = {}
+    ignored: dict[Path, str] = {}
+    notes: list[str] = []
 
 
 class Dataset(abc.ABC):
@@ -54,3 +76,8 @@ class Dataset(abc.ABC):
     def class_name(self, category: str) -> str:
         """Natural-language name of the object, used in CLIP prompts."""
         return category.replace("_", " ")
+
+    def data_files(self, category: str) -> DataFiles:
+        """The category's files beyond its samples, for the inventory (see :class:`DataFiles`);
+        a data set that reports nothing gets an inventory of the files its samples name."""
+        return DataFiles()

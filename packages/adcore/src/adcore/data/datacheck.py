@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from ad_runtime.decoding import (
     DEFAULT_MAX_IMAGE_PIXELS,
     Decoding,
+    EmptyFileError,
     ImageTooLargeError,
     IntensityRule,
     Probe,
@@ -36,7 +37,14 @@ from ad_runtime.decoding import (
     probe_open,
     read_image,
 )
-from adcore.contracts.dataset import Dataset, Sample
+from adcore.contracts.dataset import DataFiles, Dataset, Sample
+from adcore.data.inventory import (
+    InventoryEntry,
+    counts,
+    outside_categories,
+    summary,
+    take_inventory,
+)
 from adcore.infra.errors import DataError
 
 if TYPE_CHECKING:
@@ -46,7 +54,9 @@ Problem = Literal[
     "image_missing",
     "image_unreadable",
     "image_too_large",
+    "file_empty",
     "mask_missing",
+    "mask_ambiguous",
     "mask_unreadable",
     "size_mismatch",
     "mask_empty",
@@ -84,10 +94,14 @@ class CategoryCheck(BaseModel):
     intensity_range: dict[str, list[float]] = {}  # "integer"/"float" -> [low, high] -> 0..255
     oriented_images: int = 0  # images (and masks) carrying an EXIF orientation tag
     grey_level_masks: list[Path] = []  # thresholded at half their maximum
+    lossy_masks: dict[str, int] = {}  # thresholded masks that drop labelled pixels -> pixels
     vanishing_masks: int = 0  # anomalous masks left empty at the checked resolution
     bad_samples: list[BadSample] = []
     problems: list[str] = []  # split-level faults: e.g. a test split without anomalies
     warnings: list[str] = []  # worth knowing, but an evaluation can still be right
+    notes: list[str] = []  # how the data set read its layout (e.g. the good-class folder)
+    inventory: dict[str, int] = {}  # "used", "bad" and each reason of the ignored -> files
+    inventory_entries: list[InventoryEntry] = Field(default=[], exclude=True)  # every file
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -99,11 +113,19 @@ class DataCheckReport(BaseModel):
     """The data check of a set of categories; ``ok`` False means: do not evaluate."""
 
     categories: list[CategoryCheck]
+    outside: dict[str, int] = {}  # files under the data root outside every category, by reason
+    outside_entries: list[InventoryEntry] = Field(default=[], exclude=True)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def ok(self) -> bool:
         return all(check.ok for check in self.categories)
+
+    @property
+    def inventory_entries(self) -> list[InventoryEntry]:
+        """Every file: each category's, then those outside every category."""
+        listed = [e for check in self.categories for e in check.inventory_entries]
+        return listed + self.outside_entries
 
     @property
     def bad_samples(self) -> list[BadSample]:
@@ -118,6 +140,7 @@ class _Inspection:
     mode: str = ""
     oriented: bool = False
     grey_mask: Path | None = None
+    lost_pixels: int = 0  # labelled pixels the mask's thresholding drops
     vanishes: bool = False  # the mask loses every defect pixel at the checked resolution
 
 
@@ -164,6 +187,9 @@ def _inspect(
         return found
     try:
         shown = probe_image(image_path, max_image_pixels)
+    except EmptyFileError:
+        bad("file_empty", image_path, "image file is empty (0 bytes)")
+        return found
     except ImageTooLargeError as error:
         bad("image_too_large", image_path, str(error))
         return found
@@ -203,6 +229,9 @@ def _inspect_mask(
         return
     try:
         decoded = decode_mask(mask_path, max_image_pixels)
+    except EmptyFileError:
+        bad("file_empty", mask_path, f"mask of {image_path.name} is empty (0 bytes)")
+        return
     except Exception as error:
         bad("mask_unreadable", mask_path, f"mask does not decode ({_reason(error)})")
         return
@@ -210,6 +239,7 @@ def _inspect_mask(
     found.oriented = found.oriented or decoded.oriented
     if decoded.thresholded:
         found.grey_mask = mask_path
+        found.lost_pixels = decoded.lost
     height, width = decoded.mask.shape
     size = shown.size
     if (width, height) != size:
@@ -240,6 +270,32 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
+def shared_masks(samples: Sequence[Sample]) -> dict[Sample, BadSample]:
+    """Samples whose mask file is also another sample's: a mask pairs with one image at
+    most, so each is a bad sample naming every image involved (a flat ``masks/000.png``
+    beside ``scratch/000.png`` and ``stain/000.png``)."""
+    by_mask: dict[str, list[Sample]] = {}
+    for sample in samples:
+        if sample.mask_path is not None:
+            key = os.path.normcase(os.path.abspath(sample.mask_path))
+            by_mask.setdefault(key, []).append(sample)
+    found: dict[Sample, BadSample] = {}
+    for group in by_mask.values():
+        images = sorted({s.image_path for s in group})
+        if len(images) < 2:
+            continue
+        listed = ", ".join(str(p) for p in images)
+        detail = (
+            f"mask would pair with {len(images)} images ({listed}): name each mask after its "
+            "image's folder (masks/<defect>/<stem>.png) or its own stem"
+        )
+        for sample in group:
+            found[sample] = BadSample(
+                sample=sample, problem="mask_ambiguous", path=sample.mask_path, detail=detail
+            )
+    return found
+
+
 def _inspect_all(
     samples: Sequence[Sample],
     require_masks: bool,
@@ -247,15 +303,22 @@ def _inspect_all(
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     resolution: int | None = None,
 ) -> list[_Inspection]:
+    """One inspection per sample (in a thread pool), masks shared by two images included."""
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
 
     def one(sample: Sample) -> _Inspection:
         return _inspect(sample, require_masks, max_image_pixels, resolution)
 
     if len(samples) < 2 or workers == 1:
-        return [one(s) for s in samples]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, samples))
+        found = [one(s) for s in samples]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            found = list(pool.map(one, samples))
+    shared = shared_masks(samples)
+    for sample, inspection in zip(samples, found, strict=True):
+        if sample in shared:
+            inspection.bad.append(shared[sample])
+    return found
 
 
 def find_bad_samples(
@@ -264,8 +327,9 @@ def find_bad_samples(
     workers: int | None = None,
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> list[BadSample]:
-    """Every problem of ``samples``: missing, undecodable or too large files, missing,
-    mis-sized or empty masks of anomalous images, and masks with defects on normal images.
+    """Every problem of ``samples``: missing, empty, undecodable or too large files, missing,
+    mis-sized or empty masks of anomalous images, masks with defects on normal images, and
+    masks that would pair with several images.
 
     A mask path that names no file is always a problem (benchmark readers name the mask a
     defective image should have). ``require_masks`` also flags defective samples with no
@@ -340,8 +404,17 @@ def _file_warnings(
     if grey:
         listed = ", ".join(str(p) for p in grey[:10]) + (" ..." if len(grey) > 10 else "")
         warnings.append(
-            f"{len(grey)} masks have many grey levels (lossy compression or anti-aliasing) and "
-            f"are thresholded at half their maximum: {listed}"
+            f"{len(grey)} masks are in a lossy format (JPEG) or have many grey levels or "
+            f"colours (anti-aliasing) and are thresholded at half of their labels' value: "
+            f"{listed}"
+        )
+    losing = [(f.grey_mask, f.lost_pixels) for f in found if f.grey_mask and f.lost_pixels]
+    if losing:
+        listed = ", ".join(f"{p} ({n} px)" for p, n in losing[:10])
+        warnings.append(
+            f"{len(losing)} masks lose labelled (non-zero) pixels in thresholding, below half "
+            f"of their label's value (anti-aliased edges, or a label much darker than the "
+            f"others): {listed}{' ...' if len(losing) > 10 else ''}"
         )
     vanished = sum(f.vanishes for f in found)
     if vanished:
@@ -383,7 +456,15 @@ def check_category(
         problems.append("the train split holds anomalous images")
     high, ranges = _intensities(samples, found, intensity_rule, max_image_pixels, warnings)
     oriented, grey, vanished = _file_warnings(found, test, resolution, warnings)
+    files = dataset_files(dataset, category)
+    entries = take_inventory(category, {"train": train, "test": test}, files, told(bad))
     return CategoryCheck(
+        notes=list(files.notes),
+        inventory=counts(entries),
+        inventory_entries=entries,
+        lossy_masks={
+            str(f.grey_mask): f.lost_pixels for f in found if f.grey_mask and f.lost_pixels
+        },
         category=category,
         vanishing_masks=vanished,
         train_images=len(train),
@@ -405,6 +486,24 @@ def check_category(
     )
 
 
+def told(bad: Sequence[BadSample]) -> dict[Sample, str]:
+    """Each bad sample's problems in one line (the detail alone where the file at fault is
+    the image itself), for the inventory."""
+    found: dict[Sample, str] = {}
+    for item in bad:
+        text = item.detail if item.path == item.sample.image_path else str(item)
+        found[item.sample] = "; ".join(filter(None, [found.get(item.sample), text]))
+    return found
+
+
+def dataset_files(dataset: Dataset, category: str) -> DataFiles:
+    """What the data set reports about ``category``'s files; nothing for one written
+    before the contract had :meth:`~adcore.contracts.dataset.Dataset.data_files`."""
+    report = getattr(dataset, "data_files", None)
+    files = report(category) if report is not None else None
+    return files if isinstance(files, DataFiles) else DataFiles()
+
+
 def check_dataset(
     dataset: Dataset,
     categories: Sequence[str] | None = None,
@@ -421,14 +520,18 @@ def check_dataset(
     if require_masks is None:
         require_masks = bool(getattr(dataset, "requires_masks", True))
     chosen = list(categories) if categories is not None else dataset.categories()
-    return DataCheckReport(
-        categories=[
-            check_category(
-                dataset, c, require_masks, workers, max_image_pixels, intensity_rule, resolution
-            )
-            for c in chosen
-        ]
-    )
+    checks = [
+        check_category(
+            dataset, c, require_masks, workers, max_image_pixels, intensity_rule, resolution
+        )
+        for c in chosen
+    ]
+    report = DataCheckReport(categories=checks)
+    root = getattr(dataset, "root", None)
+    if categories is None and isinstance(root, Path) and root.is_dir():  # the whole data set
+        stray = outside_categories(root, report.inventory_entries)
+        report = DataCheckReport(categories=checks, outside=counts(stray), outside_entries=stray)
+    return report
 
 
 def render_report(report: DataCheckReport, console: Console, max_listed: int = 50) -> None:
@@ -458,9 +561,18 @@ def render_report(report: DataCheckReport, console: Console, max_listed: int = 5
     if len(bad) > max_listed:
         console.print(f"... and {len(bad) - max_listed} more bad samples (see --json)")
     for check in report.categories:
+        for note in check.notes:
+            console.print(f"[cyan]note[/] {check.category}: {note}", highlight=False)
+        if check.inventory:
+            console.print(
+                f"[cyan]{check.category}[/] {summary(check.inventory_entries)}", highlight=False
+            )
         for problem in check.problems:
             console.print(f"[red]problem[/] {check.category}: {problem}", highlight=False)
         for warning in check.warnings:
             console.print(f"[yellow]warning[/] {check.category}: {warning}", highlight=False)
+    if report.outside:
+        listed = ", ".join(f"{n} {reason}" for reason, n in report.outside.items())
+        console.print(f"[cyan]data root[/] {listed} (ignored)", highlight=False)
     verdict = "[green]Data OK.[/]" if report.ok else "[red]Data would make an evaluation wrong.[/]"
     console.print(verdict)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 from pathlib import Path
 from typing import Any
 
+from ad_runtime.decoding import Decoding
 from adcore.contracts.method import Method
-from adcore.infra.files import atomic_write_bytes
+from adcore.infra.files import atomic_write_bytes, atomic_write_text
 from adcore.toolkit.weights import stamp_fitted_state
+
+DECODING_FILE = "decoding.json"  # beside model.pt: the category's intensity range
 
 
 def save_fitted_state(method: Method, path: Path) -> None:
@@ -26,3 +31,29 @@ def read_fitted_state(path: Path) -> dict[str, Any]:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def decoding_path(model_state: Path) -> Path:
+    """``<category>/decoding.json`` beside the fitted state ``<category>/model.pt``."""
+    return model_state.with_name(DECODING_FILE)
+
+
+def save_decoding(decoding: Decoding, model_state: Path) -> None:
+    """The category's decoding (its >8-bit intensity ranges, the pixel limit) beside its
+    fitted state: part of the fitted model, so ``ad predict`` maps a 16-bit image as the
+    run did instead of by its own inputs' range."""
+    record = {key: list(v) if isinstance(v, tuple) else v
+              for key, v in dataclasses.asdict(decoding).items()}  # fmt: skip
+    atomic_write_text(decoding_path(model_state), json.dumps(record, indent=2) + "\n")
+
+
+def read_decoding(model_state: Path) -> Decoding | None:
+    """What :func:`save_decoding` wrote; None for a run saved before it was written."""
+    path = decoding_path(model_state)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    spans = {
+        k: tuple(record[k]) if record.get(k) else None for k in ("integer_range", "float_range")
+    }
+    return Decoding(max_image_pixels=record.get("max_image_pixels"), **spans)

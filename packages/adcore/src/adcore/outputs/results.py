@@ -137,6 +137,10 @@ class RunLayout:
     def model_state(self, category: str) -> Path:
         return self.category(category) / "model.pt"
 
+    def inventory(self, category: str) -> Path:
+        """``<category>/inventory.csv``: every file of the category, used or ignored."""
+        return self.category(category) / "inventory.csv"
+
     def interrupted(self, categories: list[str]) -> Interrupted:
         """What Ctrl-C left behind: finished categories are kept on disk, and a rerun resumes."""
         done = [c for c in categories if self.metrics(c).exists()]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ad_runtime.bundle import Threshold
-from ad_runtime.decoding import Decoding, category_decoding
+from ad_runtime.decoding import FLOAT_MODES, Decoding, category_decoding, extrema
 from ad_runtime.predictions import (
     PredictedImage,
     Verdicts,
@@ -54,6 +54,7 @@ class PredictOutput:
     scores_csv: Path
     scale: ScoreScale | None = None
     random_weights: bool = False  # the run's models were randomly initialised
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. inputs outside the range
 
 
 def run_categories(run_dir: Path) -> list[str]:
@@ -189,9 +190,7 @@ def predict(
     decision, source, pixel = run_decision(run_dir, category, config, threshold)
     data = config.base.data
     samples = screened_samples(images, category, data.max_image_pixels)
-    decoding = category_decoding(
-        [p for p, _ in images], data.intensity_range, data.max_image_pixels
-    )
+    decoding, notes = fitted_decoding(run_dir, category, [p for p, _ in images], data)
     scores = np.empty(len(samples), dtype=np.float64)
     low, high = math.inf, -math.inf
     name = config.method.spec.name
@@ -209,8 +208,48 @@ def predict(
             settings.update(pixel_threshold=pixel.value, pixel_label="calibrated on good parts")
         write_overlays(results, verdicts, method.geometry, settings, (low, high), out_dir, decoding)
     return PredictOutput(
-        category, decision, source, results, out_dir / "scores.csv", scale, config.random_weights
+        category,
+        decision,
+        source,
+        results,
+        out_dir / "scores.csv",
+        scale,
+        config.random_weights,
+        notes,
     )
+
+
+def fitted_decoding(
+    run_dir: Path, category: str, paths: list[Path], data: Any
+) -> tuple[Decoding, list[str]]:
+    """The category's decoding saved with its fitted model (its >8-bit intensity range, so
+    an image maps as it did in the run, not by the range of the images given now), and a
+    note naming the inputs outside that range (clipped to it). A run saved before the range
+    was stored maps by the inputs' own range, and says so when any input has >8 bits."""
+    from adcore.outputs.fitted import read_decoding
+
+    stored = read_decoding(run_dir / category / "model.pt")
+    found = {p: e for p in paths if (e := extrema(p, data.max_image_pixels)) is not None}
+    if stored is None:
+        decoding = category_decoding(paths, data.intensity_range, data.max_image_pixels)
+        if not found:
+            return decoding, []
+        return decoding, [
+            f"the run saved no intensity range with its model, so the {len(found)} images of "
+            "more than 8 bits are mapped by their own range (scores may differ from the "
+            "run's): rerun ad eval --save-model to store it"
+        ]
+    outside = []
+    for path, (mode, low, high) in found.items():
+        span = stored.float_range if mode in FLOAT_MODES else stored.integer_range
+        if span is not None and (low < span[0] or high > span[1]):
+            outside.append(f"{path.name} ({low:g}..{high:g}, fitted {span[0]:g}..{span[1]:g})")
+    if not outside:
+        return stored, []
+    return stored, [
+        f"{len(outside)} inputs fall outside the intensity range the model was fitted with "
+        f"and are clipped to it: {', '.join(outside[:10])}{' ...' if len(outside) > 10 else ''}"
+    ]
 
 
 def screened_samples(

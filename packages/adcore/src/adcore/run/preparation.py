@@ -15,6 +15,9 @@ from adcore.infra.errors import DataError
 
 if TYPE_CHECKING:
     from adcore.data.datacheck import BadSample
+    from adcore.data.inventory import InventoryEntry
+
+OUTSIDE_SUPPORT = "train image outside the support set"
 
 
 @dataclass
@@ -26,6 +29,7 @@ class CategoryData:
     num_skipped: int
     notes: list[str] = field(default_factory=list)  # shown with the category's result
     decoding: Decoding = field(default_factory=Decoding)  # the category's bit-depth range
+    inventory: list[InventoryEntry] = field(default_factory=list)  # every file, used or not
 
 
 def screen_samples(
@@ -64,6 +68,13 @@ def skipped_note(bad: Sequence[BadSample], shown: int = 10) -> str:
     return f"skipped {samples} bad sample{plural}: {listed}{more}"
 
 
+def dataset_notes(dataset: Dataset, category: str) -> list[str]:
+    """How the data set read the category's layout (e.g. which folder is the good class)."""
+    from adcore.data.datacheck import dataset_files
+
+    return [note.replace(";", ",") for note in dataset_files(dataset, category).notes]
+
+
 def prepare_category(dataset: Dataset, category: str, data: DataSection, seed: int) -> CategoryData:
     """The support set chosen by ``seed`` and the test samples, both screened."""
     train = dataset.samples(category, "train")
@@ -78,6 +89,7 @@ def prepare_category(dataset: Dataset, category: str, data: DataSection, seed: i
     )
     skipped = screened - len(support) + len(all_test) - len(test)
     notes = [skipped_note([*bad_support, *bad_test])] if skipped else []
+    notes += dataset_notes(dataset, category)
     if not test:
         found = (
             f"all {len(all_test)} of its test images are bad samples ({skipped_note(bad_test)})"
@@ -91,4 +103,34 @@ def prepare_category(dataset: Dataset, category: str, data: DataSection, seed: i
         )
     paths = [s.image_path for s in (*support, *test)]
     decoding = category_decoding(paths, data.intensity_range, data.max_image_pixels)
-    return CategoryData(support, test, skipped, notes, decoding)
+    inventory = category_inventory(
+        dataset, category, train, all_test, support, [*bad_support, *bad_test], data
+    )
+    if any(e.status != "used" and not e.reason.startswith(OUTSIDE_SUPPORT) for e in inventory):
+        from adcore.data.inventory import summary  # files lost beyond the k-shot protocol
+
+        notes.append(f"{summary(inventory)}, every file in inventory.csv")
+    return CategoryData(support, test, skipped, notes, decoding, inventory)
+
+
+def category_inventory(
+    dataset: Dataset,
+    category: str,
+    train: list[Sample],
+    test: list[Sample],
+    support: list[Sample],
+    skipped: Sequence[BadSample],
+    data: DataSection,
+) -> list[InventoryEntry]:
+    """Every file of the category: used, or left out with why (bad files skipped, train
+    images outside the k-shot support set, files no rule of the layout reads)."""
+    from adcore.data.datacheck import dataset_files
+    from adcore.data.inventory import take_inventory
+
+    chosen = set(support)
+    left_out = {s: f"{OUTSIDE_SUPPORT} (k_shot={data.k_shot})" for s in train
+                if s not in chosen}  # fmt: skip
+    for bad in skipped:
+        left_out[bad.sample] = f"bad sample left out by --skip-bad-samples: {bad}"
+    splits = {"train": train, "test": test}
+    return take_inventory(category, splits, dataset_files(dataset, category), left_out=left_out)

@@ -52,14 +52,13 @@ class RunModel:
         """(positions in ``paths``, raw scores [b], raw maps [b,S,S]) batch by batch, as
         :meth:`ad_runtime.model.Model.batches`. Raises ``DataError`` naming every
         unreadable file before any is scored."""
-        from ad_runtime.decoding import category_decoding
-        from adcore.run.predict import screened_samples
+        from adcore.run.predict import fitted_decoding, screened_samples
         from adcore.run.prediction_pass import predicted_batches
 
         data = self.config.base.data
         images = [(Path(p), str(i)) for i, p in enumerate(paths)]
         samples = screened_samples(images, self.category, data.max_image_pixels)
-        decoding = category_decoding(list(paths), data.intensity_range, data.max_image_pixels)
+        decoding, _ = fitted_decoding(self.run_dir, self.category, list(paths), data)
         name = self.config.method.spec.name
         for batch in predicted_batches(
             self.method, self.runtime, samples, batch_size, 0, name, decoding

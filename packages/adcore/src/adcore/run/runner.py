@@ -250,7 +250,7 @@ class Evaluation:
         )
         write_category_files(
             self.layout, result, method, test, predicted.scores, predicted.maps,
-            self.metric_names, self.options.save_maps, self.options.save_model,
+            self.metric_names, self.options.save_maps, self.options.save_model, prepared,
         )  # fmt: skip
         for note in result.notes:
             self.progress.note(f"{category}: {note}")

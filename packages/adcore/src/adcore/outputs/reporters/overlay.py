@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ad_runtime.decoding import Decoding
+from ad_runtime.outputkeys import FILE_NAME_BYTES, short_name
 from ad_runtime.preprocessing import Preprocessing
 from adcore.infra.files import atomic_write_bytes, atomic_write_text
 from adcore.metrics import image_f1_threshold, pixel_f1_threshold
@@ -225,9 +226,12 @@ def overlay_name(rank: int, key: str, label: str, score: float) -> str:
     """``03_scratch_017_anomalous_score0.8123.png``: order, the image's output key (its path
     below the split folder: ``scratch/017``, ``abnormal/lineA/000``), label, score.
 
-    The rank makes names unique within a category whatever the keys become once sanitised.
+    The rank makes names unique within a category whatever the keys become once sanitised;
+    a long key is cut with a digest, so the name stays within the filesystem's limit.
     """
-    return safe_name(f"{rank:02d}_{key}_{label}_score{score:.4g}") + ".png"
+    tail = safe_name(f"_{label}_score{score:.4g}")
+    head = short_name(safe_name(f"{rank:02d}_{key}"), FILE_NAME_BYTES - len(tail) - 8)
+    return f"{head}_{tail}.png"
 
 
 def read_at_geometry(
