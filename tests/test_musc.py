@@ -204,6 +204,12 @@ def test_eval_and_predict_on_the_synthetic_set(tmp_path: Path):
     )  # fmt: skip
     assert refused.returncode == 2 and "transductive" in refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "b").exists()
+    watched = run_ad(
+        "predict", "--run", str(run), "--watch", str(folder), "--out", str(tmp_path / "w"),
+        "--watch-timeout", "1", env=env,
+    )  # fmt: skip
+    assert watched.returncode == 2 and "transductive" in watched.stderr
+    assert "Traceback" not in watched.stderr
 
 
 def test_list_plugins_says_why_musc_does_not_export():

@@ -78,7 +78,7 @@ def predict_command(
     (--model): scores, maps and overlays; or a watched folder as images arrive (--watch)."""
     from adcore.infra.errors import UsageError
 
-    out, input_ = out.expanduser(), [path.expanduser() for path in input_]  # '~/x' quoted
+    out, input_ = out.expanduser(), [path.expanduser() for path in input_ or []]  # '~/x' quoted
     if (run is None) == (model is None):
         raise UsageError("ad predict needs one model.", "Give either --run RUN or --model BUNDLE.")
     if (watch is None) == (not input_):
@@ -88,10 +88,18 @@ def predict_command(
         )
     if watch is not None:
         watch_command(
-            watch, out, run, model, category, threshold, device, watch_timeout, max_images, poll
+            watch.expanduser(),
+            out,
+            run,
+            model,
+            category,
+            threshold,
+            device,
+            watch_timeout,
+            max_images,
+            poll,
         )
         return
-    assert input_ is not None
     if model is not None:
         from adcore.run.bundle_predict import predict_bundle
 

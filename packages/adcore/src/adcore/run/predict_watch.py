@@ -35,10 +35,20 @@ def watch_folder(
         model = Model(bundle, threshold)
         batches, verdicts = model.batches, model.verdicts
     else:
+        from adcore.contracts.method import TransductiveMethod
+        from adcore.infra.errors import UsageError
         from adcore.run.run_model import RunModel
 
         assert run_dir is not None
         fitted = RunModel(run_dir, category, device)
+        if isinstance(fitted.method, TransductiveMethod):
+            raise UsageError(
+                f"{fitted.config.method.spec.name} is transductive: it scores a set of images "
+                "jointly, so images scored batch by batch as they arrive would get other "
+                "scores than ad eval gives them.",
+                "Collect the images in a folder and score them together with "
+                "ad predict --run RUN --input FOLDER.",
+            )
         batches, verdicts = fitted.batches, fitted.verdicts(threshold)
     watcher = Watcher(folder, out_dir, batches, verdicts, batch_size, True, poll_s, report)
     return watcher.run(idle_timeout, max_images)
