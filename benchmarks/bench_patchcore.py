@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from _common import print_machine
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -80,6 +82,7 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(measure(args.child, args)))
         return
+    print_machine("before")
     rows = []
     for count in args.counts:
         command = [sys.executable, __file__, "--child", str(count)]
@@ -106,6 +109,7 @@ def main() -> None:
             f"fit memory growth x{after['fit_growth_mb'] / before['fit_growth_mb']:.1f}, "
             f"bank x{after['bank_mb'] / before['bank_mb']:.1f}"
         )
+    print_machine("after")
     print(json.dumps(rows, indent=1))
 
 

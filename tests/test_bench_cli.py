@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adcore.outputs.env import busy_machine_note
+from adcore.outputs.env import busy_machine_note, machine_summary
 from adtest import run_ad
 
 
@@ -80,3 +80,21 @@ def test_busy_machine_note_compares_free_cpus_with_the_threads(cpus, threads, lo
     machine = {"cpus_usable": cpus, "torch_threads": threads, "load_average": [load] * 3}
     assert bool(busy_machine_note(machine)) is busy
     assert busy_machine_note({**machine, "load_average": None}) == ""  # no load average here
+
+
+def test_machine_summary_names_the_cpu_its_extensions_threads_and_load():
+    machine = {
+        "cpu_model": "Some CPU",
+        "vector_extensions": ["AVX2", "AMX"],
+        "cpu_count": 4,
+        "cpus_usable": 2,
+        "torch_threads": 2,
+        "load_average": [1.25, 0.5, 0.25],
+    }
+    line = machine_summary({"machine": machine})
+    assert line == "Some CPU (AVX2, AMX), 2 of 4 CPUs, 2 threads, load 1.2 / 0.5 / 0.2 (1/5/15 min)"
+    bare = machine_summary({"machine": {**machine, "vector_extensions": []}})
+    assert bare.startswith("Some CPU (no AVX2/AVX-512/AMX), ")
+    assert machine_summary(
+        {"machine": {k: v for k, v in machine.items() if k != "vector_extensions"}}
+    ).startswith("Some CPU, 2 of 4")
