@@ -176,6 +176,17 @@ def test_evaluation_figures_from_the_pass_and_a_budgeted_probe():
     assert figures["latency_ms_median"] >= PER_IMAGE_S * 1e3
     assert len(probe_latency(method, runtime, 0.0, min_iters=3, warmup_iters=0)) == 3
     assert len(probe_latency(method, runtime, 0.0, 3, warmup_iters=0, measure_iters=7)) == 7
+    # the pass's one-image calls are batch-1 calls already made: they count, and cost nothing
+    method.calls.clear()
+    reused = probe_latency(method, runtime, 0.0, min_iters=2, warmup_iters=0, timed=[0.5, 0.7])
+    assert reused.tolist() == [0.5, 0.7] and method.calls == []
+    topped_up = probe_latency(method, runtime, 0.0, min_iters=3, warmup_iters=0, timed=[0.5])
+    assert len(topped_up) == 3 and topped_up[0] == 0.5 and method.calls == [1, 1]
+    method.calls.clear()
+    sizes, seconds = np.array([4, 4, 1]), np.array([0.4, 0.8, 0.3])
+    one = LatencySettings(budget_fraction=0.05, min_iters=1, warmup_iters=0)
+    figures = evaluation_figures(method, runtime, one, sizes, seconds, 123.0, cost)
+    assert figures["latency_ms_median"] == pytest.approx(300.0) and method.calls == []
 
 
 def test_eval_counts_size_and_flops_once_and_says_how(mvtec_root, tmp_path, monkeypatch):

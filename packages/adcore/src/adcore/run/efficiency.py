@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,7 +45,8 @@ MIB = 2**20
 # how ``ad eval`` obtains each figure (written to env.json as ``efficiency_sources``)
 EVALUATION_SOURCES = {
     "latency_ms_median": "batch-1 probe after the prediction pass: median of device-"
-    "synchronised predict calls on synthetic images, at least min_iters, then until the "
+    "synchronised predict calls, the pass's own one-image calls (a last batch of one) "
+    "first, then calls on synthetic images, at least min_iters, then until the "
     "median is known to within 5 % (a distribution-free 75 % interval of the median from "
     "order statistics) or evaluation.latency.budget_fraction of the category's predict time "
     "is spent (measure_iters exactly when set), after warmup_iters (default: none on the "
@@ -60,8 +61,10 @@ EVALUATION_SOURCES = {
     "params_total": "counted once per method over method.modules()",
     "memory_bank_mb": "method.memory_bank_bytes() after fitting the category",
     "gflops": "counted once per method: one batch-1 predict under FlopCounterMode",
-    "latency_probe_iters": "timed iterations of the batch-1 probe",
-    "efficiency_seconds": "wall time spent on the figures beyond the prediction pass",
+    "latency_probe_iters": "batch-1 calls the latency figures are made of (the pass's "
+    "one-image calls included)",
+    "efficiency_seconds": "wall time spent on the figures beyond the prediction pass: the "
+    "parameter and FLOP count (first category only), the batch-1 probe and its warm-up",
 }
 
 
@@ -380,11 +383,15 @@ def probe_latency(
     warmup_iters: int | None = None,
     measure_iters: int | None = None,
     advance: Callable[..., None] | None = None,
+    timed: Sequence[float] = (),
 ) -> np.ndarray:
     """Seconds of batch-1 ``predict`` calls [n]: ``measure_iters`` when given; else at
     least ``min_iters``, then until the median is known to within :data:`STABLE_WITHIN`
     (:func:`median_spread`), ``budget_seconds`` are spent, or :func:`probe_iters`'s most.
-    ``advance(1, status=...)`` is called after each timed call (a progress display)."""
+    ``timed`` holds seconds of one-image calls already made (the prediction pass's): they
+    count as the first calls, and the budget is what the new calls spend (ignored with
+    ``measure_iters`` or a transductive method). ``advance(1, status=...)`` is called after
+    each new timed call (a progress display)."""
     import torch
 
     default_warmup, most = probe_iters(runtime.device)
@@ -392,14 +399,18 @@ def probe_latency(
     per_call = probe_set_size(method)
     single = synthetic_images(per_call, method.geometry.output_size, runtime.device)  # [k,3,S,S]
     sync = synchronizer(runtime.device)
-    times: list[float] = []
+    reused = list(timed) if measure_iters is None and per_call == 1 else []
+    times: list[float] = list(reused)
+    budget = budget_seconds + sum(reused)  # what the reused calls took was spent by the pass
+    if reused and _probe_done(times, budget, min_iters, most):
+        return np.asarray(times)
     with torch.no_grad(), runtime.autocast():
         for _ in range(warmup):
             method.predict(single)
         while not (
             len(times) >= measure_iters
             if measure_iters is not None
-            else _probe_done(times, budget_seconds, min_iters, most)
+            else _probe_done(times, budget, min_iters, most)
         ):
             sync()
             start = time.perf_counter()
@@ -444,6 +455,7 @@ def evaluation_figures(
         warmup_iters=settings.warmup_iters,
         measure_iters=settings.measure_iters,
         advance=advance,
+        timed=batch_seconds[batch_sizes == 1].tolist(),  # the pass's one-image calls
     )  # [n] seconds
     figures = {
         "latency_ms_median": float(np.median(latency) * 1e3),
