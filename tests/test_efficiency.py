@@ -295,3 +295,17 @@ def test_plain_progress_says_when_every_step_finished():
     assert lines[3].startswith("pill: efficiency: finished, 2 done, ")
     assert lines[3].endswith(", median 5 ms ± 2 %")
     assert lines[5].startswith("pill: predict: 2/2 (100%), ") and len(lines) == 6
+
+
+def test_fused_attention_on_the_cpu_is_counted():
+    """PyTorch's counter has no formula for the CPU's fused attention kernel: QK^T and AV,
+    2 x B*H*L*L*d multiply-adds, 2 FLOPs each, must be counted."""
+    import torch
+    import torch.nn.functional as F
+
+    from adcore.run.efficiency import count_gflops
+
+    batch, heads, length, dim = 2, 3, 50, 16
+    q = torch.randn(batch, heads, length, dim)
+    expected = 2 * 2 * batch * heads * length * length * dim / 1e9
+    assert count_gflops(lambda: F.scaled_dot_product_attention(q, q, q)) == expected

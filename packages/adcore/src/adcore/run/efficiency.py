@@ -139,19 +139,33 @@ def time_calls(call: Callable[[], Any], device: str, warmup: int, iters: int) ->
     return times
 
 
+def _attention_flops(
+    query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any
+) -> int:
+    """FLOPs of fused attention on [B, H, L, d] shapes (PyTorch's formula for the others)."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def count_gflops(call: Callable[[], Any]) -> float:
     """GFLOPs of one call, multiply-add = 2 FLOPs (FlopCounterMode's convention).
 
     PyTorch's fused ``nn.MultiheadAttention`` fast path hides its projections from the
-    counter, so it is switched off while counting: every ViT is counted whole.
+    counter, so it is switched off while counting: every ViT is counted whole. The CPU's
+    fused attention kernel (``scaled_dot_product_attention`` on a CPU tensor) has no formula
+    in PyTorch's counter, so it gets the one of the other fused kernels (QK^T and AV).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     fast_path = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(
+            display=False, custom_mapping={cpu_attention: _attention_flops}
+        ) as counter:
             call()
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_path)
