@@ -57,7 +57,10 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=518)
     parser.add_argument("--repeats", type=int, default=3, help="timed predict calls")
     parser.add_argument("--rows", type=int, default=12, help="operators shown per profile")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print_machine("before")
     peak = fp32_peak_gflops()
     print(f"fp32 peak, torch.mm 4096x4096 on {torch.get_num_threads()} threads: {peak:.0f} GFLOP/s")

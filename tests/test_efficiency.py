@@ -217,7 +217,7 @@ def test_eval_counts_size_and_flops_once_and_says_how(mvtec_root, tmp_path, monk
     assert set(env["efficiency_sources"]) == set(EFFICIENCY_COLUMNS)
     with (run.run_dir / "widget/metrics.csv").open() as stream:
         row = next(csv.DictReader(stream))
-    assert float(row["latency_probe_iters"]) >= 3
+    assert float(row["latency_probe_iters"]) >= 1
     assert float(row["throughput_ips"]) > 0 and float(row["efficiency_seconds"]) > 0
 
 
