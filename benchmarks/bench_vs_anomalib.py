@@ -126,10 +126,11 @@ for line in sys.stdin:
         answer({"winclip_score": result.pred_score.tolist(),
                 "winclip_map": result.anomaly_map.flatten().tolist()})
         continue
-    started = time.perf_counter()
+    clock = time.process_time if command.get("cpu_time") else time.perf_counter
+    started = clock()
     with torch.no_grad():
         steps[command["step"]]()
-    answer({"seconds": time.perf_counter() - started})
+    answer({"seconds": clock() - started})
 """
 
 
@@ -174,11 +175,13 @@ class Anomalib:
         self.process.wait()
 
 
-def timed(step: Callable[[], object]) -> float:
-    started = time.perf_counter()
+def timed(step: Callable[[], object], cpu_time: bool = False) -> float:
+    """Seconds of one call: wall time, or this process's CPU time (all its threads)."""
+    clock = time.process_time if cpu_time else time.perf_counter
+    started = clock()
     with torch.no_grad():
         step()
-    return time.perf_counter() - started
+    return clock() - started
 
 
 def build_ours(
@@ -261,6 +264,12 @@ def main() -> None:
     )
     parser.add_argument("--steps", nargs="+", default=None, choices=STEPS, help="default: all")
     parser.add_argument("--no-bf16", action="store_true", help="skip our bf16 WinCLIP")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="each side's process CPU time instead of wall time (steadier on a shared "
+        "machine; with OMP_NUM_THREADS=1 it leaves out threads spinning at barriers)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.no_bf16 and "winclip_predict_bf16" in (args.steps or []):
@@ -291,10 +300,11 @@ def main() -> None:
         times: dict[str, dict[str, list[float]]] = {n: {"ad": [], "anomalib": []} for n in names}
         for repeat in range(args.repeats + 1):  # the first round is the warm-up
             for name in names:
-                ours_time = timed(ours[name])
+                ours_time = timed(ours[name], args.cpu_time)
                 their_time = None
                 if theirs is not None and not name.endswith("_bf16"):
-                    their_time = theirs.ask(op="time", step=name)["seconds"]
+                    reply = theirs.ask(op="time", step=name, cpu_time=args.cpu_time)
+                    their_time = reply["seconds"]
                 if repeat:
                     times[name]["ad"].append(ours_time)
                     if their_time is not None:
@@ -321,7 +331,8 @@ def main() -> None:
     machine_after = print_machine("after")
     print(
         f"torch {torch.__version__}; anomalib {version}; {args.repeats} alternating pairs "
-        f"after one warm-up pair; WinCLIP {args.winclip_images} image(s) a call\n"
+        f"after one warm-up pair; WinCLIP {args.winclip_images} image(s) a call; "
+        f"{'process CPU time' if args.cpu_time else 'wall time'}\n"
     )
     print(
         "| step | ad s (median) | anomalib s (median) | anomalib / ad per pair: median "
