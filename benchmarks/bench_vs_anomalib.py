@@ -10,6 +10,16 @@ one once, with the same torch as ours:
     /tmp/anomalib-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
     /tmp/anomalib-venv/bin/pip install anomalib "open_clip_torch>=2.23.0,<2.26.1" timm
 
+or, without a second torch, an environment that sees ours for everything but anomalib and
+its open_clip (a ``.pth`` line puts our site-packages after its own):
+
+    python -m venv /tmp/anomalib-venv
+    site() { "$1" -c "import site; print(site.getsitepackages()[0])"; }
+    site .venv/bin/python > "$(site /tmp/anomalib-venv/bin/python)/ad.pth"
+    /tmp/anomalib-venv/bin/pip install --no-deps anomalib==2.7.0 open_clip_torch==2.24.0
+    /tmp/anomalib-venv/bin/pip install jsonargparse omegaconf lightning kornia tifffile \
+        pandas platformdirs scikit-image einops FrEIA
+
 open_clip stays inside anomalib's own pin (``<2.26.1``): anomalib 2.7.0 reorders each window's
 tokens to sequence-first before calling the transformer, and open_clip 2.26 and later run it
 batch-first, so attention mixes windows and every window embedding comes out the same
