@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from adcore.infra.precision import cpu_vector_extensions
 from adcore.outputs.env import busy_machine_note, machine_summary
 from adtest import run_ad
 
@@ -56,7 +57,10 @@ def test_bench_prints_the_load_and_warns_when_the_machine_is_busy(mvtec_root, tm
                     "--batch", "2", env={**load_average_env(tmp_path / "site", load),
                                          "COLUMNS": "400"})  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert f"load {load:.1f}" in next(li for li in result.stdout.splitlines() if "Machine:" in li)
+    machine = next(li for li in result.stdout.splitlines() if "Machine:" in li)
+    assert f"load {load:.1f}" in machine
+    extensions = cpu_vector_extensions()  # the CPU's vector units, as ad bench names them
+    assert f"({', '.join(extensions)})" in machine if extensions else "(no AVX2" in machine
     assert f"Warning: the machine was busy (load {load:.1f} on {usable_cpus()} usable CPUs" in (
         result.stdout
     )
