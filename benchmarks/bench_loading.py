@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from _common import print_machine
 
 from ad_runtime.preprocessing import Preprocessing
 from adcore.contracts.dataset import Sample
@@ -91,6 +92,7 @@ def main() -> None:
         f"{len(paths)} PNGs of {args.image_size}px ({megabytes / len(paths):.2f} MB each) in "
         f"{folder} (ready in {prepared:.1f} s)"
     )
+    print_machine("before")
     results = {}
     for workers in args.workers:
         rate, first = images_per_second(paths, args.output_size, args.batch_size, workers)
@@ -99,8 +101,8 @@ def main() -> None:
             f"num_workers={workers}: {rate:.1f} images/s at {args.output_size}px "
             f"(batch {args.batch_size}, first batch after {first:.2f} s)"
         )
-    summary = {"cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0]}
-    print(json.dumps({**summary, "images_per_second": results}))
+    machine = print_machine("after")
+    print(json.dumps({"machine": machine, "images_per_second": results}))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from _common import print_machine
+
 
 def rss_mib() -> float:
     """Current resident memory of this process, MiB (Linux ``/proc/self/statm``)."""
@@ -77,6 +79,7 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(one_set(args.one, args.backbone, args.resolution)))
         return
+    print_machine("before")
     print(
         "| set size | RSS loaded, MiB | peak RSS, MiB | peak - loaded | MiB per added image | s |"
     )
@@ -95,6 +98,7 @@ def main() -> None:
             flush=True,
         )
         previous = (size, grown)
+    print_machine("after")
 
 
 if __name__ == "__main__":

@@ -32,10 +32,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from _common import pair_ratios, print_machine, shown_ratios
 
     import ad_patchcore.model as patch_model
     from ad_patchcore.backbone import build_backbone
 
+    print_machine("before")
     backbone, _ = build_backbone(args.backbone, "none", ["layer2", "layer3"], seed=0)
     images = torch.randn(args.batch_size, 3, args.size, args.size)
     original = patch_model.local_aggregation
@@ -69,12 +71,14 @@ def main() -> None:
                 times[name].append(time.perf_counter() - started)
     reference = outputs["unfold, contiguous"]
     scale = reference.abs().max()
+    print_machine("after")
     print(f"{args.backbone}, {args.size} px, batch {args.batch_size}, {args.rounds} rounds")
-    print(f"{'variant':32} {'ms/image':>9} {'max rel diff':>13}")
+    print(f"{'variant':32} {'ms/image':>9} {'max rel diff':>13}  first / this, per round")
     for name, spent in times.items():
         per_image = 1000 * statistics.median(spent) / args.batch_size
         difference = ((outputs[name] - reference).abs().max() / scale).item()
-        print(f"{name:32} {per_image:9.1f} {difference:13.1e}")
+        speedup = shown_ratios(pair_ratios(times["unfold, contiguous"], spent))
+        print(f"{name:32} {per_image:9.1f} {difference:13.1e}  {speedup}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from _common import print_machine
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -32,7 +34,11 @@ def measure(count: int, args: argparse.Namespace) -> dict[str, float]:
     from adcore.contracts.method import FitContext, Runtime
 
     config = PatchCoreConfig(
-        backbone=args.backbone, pretrained="none", resolution=args.size, crop=None
+        backbone=args.backbone,
+        pretrained="none",
+        resolution=args.size,
+        crop=None,
+        feature_store=args.feature_store,
     )
     method = factory(config, Runtime(device="cpu", seed=0))
     generator = torch.Generator().manual_seed(0)
@@ -75,16 +81,21 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--test-images", type=int, default=16)
+    parser.add_argument(
+        "--feature-store", choices=["memory", "disk"], default="memory", help="model.feature_store"
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(measure(args.child, args)))
         return
+    print_machine("before")
     rows = []
     for count in args.counts:
         command = [sys.executable, __file__, "--child", str(count)]
         command += ["--backbone", args.backbone, "--size", str(args.size)]
         command += ["--batch-size", str(args.batch_size), "--test-images", str(args.test_images)]
+        command += ["--feature-store", args.feature_store]
         result = subprocess.run(command, check=True, capture_output=True, text=True)
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
         row = rows[-1]
@@ -106,6 +117,7 @@ def main() -> None:
             f"fit memory growth x{after['fit_growth_mb'] / before['fit_growth_mb']:.1f}, "
             f"bank x{after['bank_mb'] / before['bank_mb']:.1f}"
         )
+    print_machine("after")
     print(json.dumps(rows, indent=1))
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from typing import Any
 
 import torch
+from _common import pair_ratios, print_machine, shown_ratios
 
 from adcore.config.problems import validate_base
 from adcore.config.resolve import resolve
@@ -145,7 +145,7 @@ def compare(name: str, args: argparse.Namespace) -> dict[str, Any]:
     low = args.low
     result["maps_relative_difference"] = relative(cat["fp32"]["maps"], cat[low]["maps"])
     result["scores_relative_difference"] = relative(cat["fp32"]["scores"], cat[low]["scores"])
-    result["speedup"] = result["fp32"]["ms_per_image"] / result[low]["ms_per_image"]
+    result["speedup"] = pair_ratios(seconds["fp32"], seconds[low])
     return result
 
 
@@ -162,18 +162,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.k_shot is not None and args.k_shot != "all":
         args.k_shot = int(args.k_shot)
-    load_before = os.getloadavg()
+    machine_before = print_machine("before")
     results = []
     for name in args.methods:
         results.append(compare(name, args))
         print(json.dumps(results[-1]), flush=True)
-    load_after = os.getloadavg()
     low = args.low
-    print(
-        f"\nload average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/"
-        f"{load_before[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/"
-        f"{load_after[2]:.1f}; {os.cpu_count()} CPUs; torch {torch.__version__}; {args.device}\n"
-    )
+    print()
+    machine_after = print_machine("after")
+    print(f"torch {torch.__version__}; {args.device}; speed-up: fp32 / {low} per batch pair\n")
     print(
         f"| method (k) | images | maps rel. diff | scores rel. diff | image AUROC fp32 / {low} "
         f"| pixel AUROC fp32 / {low} | ms/img fp32 / {low} | speed-up |"
@@ -186,11 +183,14 @@ def main() -> None:
             f"| {r['maps_relative_difference']:.1e} | {r['scores_relative_difference']:.1e} "
             f"| {full['image_auroc']:.2f} / {half['image_auroc']:.2f} "
             f"| {full['pixel_auroc']:.2f} / {half['pixel_auroc']:.2f} "
-            f"| {full['ms_per_image']:.0f} / {half['ms_per_image']:.0f} | {r['speedup']:.2f}x |"
+            f"| {full['ms_per_image']:.0f} / {half['ms_per_image']:.0f} "
+            f"| {shown_ratios(r['speedup'])} |"
         )
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"load": [load_before, load_after], "results": results}, handle, indent=2)
+            json.dump(
+                {"machine": [machine_before, machine_after], "results": results}, handle, indent=2
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,16 @@ one once, with the same torch as ours:
     /tmp/anomalib-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
     /tmp/anomalib-venv/bin/pip install anomalib "open_clip_torch>=2.23.0,<2.26.1" timm
 
+or, without a second torch, an environment that sees ours for everything but anomalib and
+its open_clip (a ``.pth`` line puts our site-packages after its own):
+
+    python -m venv /tmp/anomalib-venv
+    site() { "$1" -c "import site; print(site.getsitepackages()[0])"; }
+    site .venv/bin/python > "$(site /tmp/anomalib-venv/bin/python)/ad.pth"
+    /tmp/anomalib-venv/bin/pip install --no-deps anomalib==2.7.0 open_clip_torch==2.24.0
+    /tmp/anomalib-venv/bin/pip install jsonargparse omegaconf lightning kornia tifffile \
+        pandas platformdirs scikit-image einops FrEIA
+
 open_clip stays inside anomalib's own pin (``<2.26.1``): anomalib 2.7.0 reorders each window's
 tokens to sequence-first before calling the transformer, and open_clip 2.26 and later run it
 batch-first, so attention mixes windows and every window embedding comes out the same
@@ -20,8 +30,11 @@ Without ``--anomalib-python`` (or when that interpreter cannot import anomalib) 
 is timed. anomalib's side runs in a worker process of that interpreter; both sides get the
 same random weights (our models' state dicts, loaded into anomalib's ``WinClipModel`` and
 ``PatchcoreModel``) and the same inputs, and the steps alternate - ours, theirs, ours, ... -
-within one run, so a shared, busy machine slows both alike. Figures are medians over
-``--repeats`` after one warm-up call each; the load average before and after is printed.
+within one run, so a shared, busy machine slows both alike. Each step is reported as the
+medians of ``--repeats`` pairs after one warm-up pair, and as the min / median / max of the
+per-pair ratios anomalib / ad; the machine (CPU, vector extensions, threads, load) is printed
+before and after. Only the models the chosen ``--steps`` need are built (PatchCore steps
+alone build no WinCLIP, on either side).
 
 Steps (CPU, fp32 unless marked):
 - ``winclip_predict``: zero-shot, ViT-B-16-plus-240 at 240 px, ``--winclip-images`` images a
@@ -52,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import pair_ratios, print_machine, shown_ratios
 
 # anomalib's side, run by the other interpreter: reads one JSON command a line, answers one.
 WORKER = r"""
@@ -85,18 +99,22 @@ def same_random_weights(name, pretrained=None, **kwargs):
     model.load_state_dict(load("clip"))
     return model, train, test
 open_clip.create_model_and_transforms = same_random_weights
-winclip = WinClipModel(class_name=inputs["class_name"]).eval()
-patchcore = PatchcoreModel(layers=["layer2", "layer3"], pre_trained=False).eval()
-missing, _ = patchcore.feature_extractor.feature_extractor.load_state_dict(
-    load("backbone"), strict=False)
-assert not missing, missing
-with torch.no_grad():
-    patchcore.train()
-    embedding = patchcore(inputs["patch_images"])
-    patchcore.eval()
-rows = torch.randperm(len(embedding), generator=torch.Generator().manual_seed(0))
-patchcore.memory_bank = embedding[rows[: inputs["bank_size"]]].contiguous()
-features = load("features")
+wanted = set(inputs["steps"])
+if "winclip_predict" in wanted:
+    winclip = WinClipModel(class_name=inputs["class_name"]).eval()
+if wanted & {"patchcore_features", "patchcore_predict"}:
+    patchcore = PatchcoreModel(layers=["layer2", "layer3"], pre_trained=False).eval()
+    missing, _ = patchcore.feature_extractor.feature_extractor.load_state_dict(
+        load("backbone"), strict=False)
+    assert not missing, missing
+    with torch.no_grad():
+        patchcore.train()
+        embedding = patchcore(inputs["patch_images"])
+        patchcore.eval()
+    rows = torch.randperm(len(embedding), generator=torch.Generator().manual_seed(0))
+    patchcore.memory_bank = embedding[rows[: inputs["bank_size"]]].contiguous()
+if "patchcore_coreset" in wanted:
+    features = load("features")
 def features_step():
     patchcore.train()
     with torch.no_grad():
@@ -118,10 +136,11 @@ for line in sys.stdin:
         answer({"winclip_score": result.pred_score.tolist(),
                 "winclip_map": result.anomaly_map.flatten().tolist()})
         continue
-    started = time.perf_counter()
+    clock = time.process_time if command.get("cpu_time") else time.perf_counter
+    started = clock()
     with torch.no_grad():
         steps[command["step"]]()
-    answer({"seconds": time.perf_counter() - started})
+    answer({"seconds": clock() - started})
 """
 
 
@@ -166,15 +185,20 @@ class Anomalib:
         self.process.wait()
 
 
-def timed(step: Callable[[], object]) -> float:
-    started = time.perf_counter()
+def timed(step: Callable[[], object], cpu_time: bool = False) -> float:
+    """Seconds of one call: wall time, or this process's CPU time (all its threads)."""
+    clock = time.process_time if cpu_time else time.perf_counter
+    started = clock()
     with torch.no_grad():
         step()
-    return time.perf_counter() - started
+    return clock() - started
 
 
-def build_ours(args: argparse.Namespace, folder: Path) -> dict[str, Callable[[], object]]:
-    """Our methods on random weights; writes the weights and inputs anomalib's side loads."""
+def build_ours(
+    args: argparse.Namespace, names: list[str], folder: Path
+) -> dict[str, Callable[[], object]]:
+    """Our methods for the steps ``names``, on random weights; writes the weights and inputs
+    anomalib's side loads for them."""
     from ad_patchcore.config import PatchCoreConfig
     from ad_patchcore.coreset import approximate_greedy_coreset
     from ad_patchcore.plugin import factory as patchcore_factory
@@ -189,14 +213,24 @@ def build_ours(args: argparse.Namespace, folder: Path) -> dict[str, Callable[[],
         return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
 
     class_name = "bottle"
-    winclip_config = WinClipConfig(pretrained="none")
-    winclip = winclip_factory(winclip_config, Runtime(seed=0))
-    winclip_bf16 = None
-    if not args.no_bf16:
-        winclip_bf16 = winclip_factory(winclip_config, Runtime(precision="bf16", seed=0))
-    for method in filter(None, (winclip, winclip_bf16)):
-        method.fit(FitContext("bottle", class_name, 0))
-    winclip_image = images(args.winclip_images, winclip_config.resolution)
+    inputs: dict[str, Any] = {"class_name": class_name, "steps": names}
+    steps: dict[str, Callable[[], object]] = {}
+    if {"winclip_predict", "winclip_predict_bf16"} & set(names):
+        winclip_config = WinClipConfig(pretrained="none")
+        winclip = winclip_factory(winclip_config, Runtime(seed=0))
+        winclip.fit(FitContext("bottle", class_name, 0))
+        winclip_image = images(args.winclip_images, winclip_config.resolution)
+        torch.save(winclip.model.clip.state_dict(), folder / "clip.pt")
+        inputs["winclip_image"] = winclip.geometry.normalize(winclip_image)
+        steps["winclip_predict"] = lambda: winclip.predict(winclip_image)
+        steps["_winclip_outputs"] = lambda: winclip.predict(winclip_image)
+        if "winclip_predict_bf16" in names:
+            winclip_bf16 = winclip_factory(winclip_config, Runtime(precision="bf16", seed=0))
+            winclip_bf16.fit(FitContext("bottle", class_name, 0))
+            steps["winclip_predict_bf16"] = lambda: winclip_bf16.predict(winclip_image)
+    if not {"patchcore_features", "patchcore_coreset", "patchcore_predict"} & set(names):
+        torch.save(inputs, folder / "inputs.pt")
+        return steps
 
     patch_config = PatchCoreConfig(pretrained="none", resolution=224, crop=None)
     patchcore = patchcore_factory(patch_config, Runtime(seed=0))
@@ -208,34 +242,21 @@ def build_ours(args: argparse.Namespace, folder: Path) -> dict[str, Callable[[],
     patchcore.fit(FitContext("bottle", class_name, len(train), batches))
     patch_batch, patch_image = train[: args.feature_batch], images(1, 224)
 
-    torch.save(winclip.model.clip.state_dict(), folder / "clip.pt")
     torch.save(patchcore.model.backbone.state_dict(), folder / "backbone.pt")
     torch.save(features, folder / "features.pt")
-    torch.save(
-        {
-            "class_name": class_name,
-            "winclip_image": winclip.geometry.normalize(winclip_image),
-            "patch_images": patchcore.geometry.normalize(patch_batch),
-            "patch_image": patchcore.geometry.normalize(patch_image),
-            "bank_size": len(patchcore.bank),
-        },
-        folder / "inputs.pt",
-    )
+    inputs["patch_images"] = patchcore.geometry.normalize(patch_batch)
+    inputs["patch_image"] = patchcore.geometry.normalize(patch_image)
+    inputs["bank_size"] = len(patchcore.bank)
+    torch.save(inputs, folder / "inputs.pt")
 
     def coreset() -> object:
         return approximate_greedy_coreset(
             patchcore._project(features), 0.1, 0, patch_config.coreset_starting_points
         )
 
-    steps: dict[str, Callable[[], object]] = {
-        "winclip_predict": lambda: winclip.predict(winclip_image),
-        "patchcore_features": lambda: patchcore._features(patch_batch),
-        "patchcore_coreset": coreset,
-        "patchcore_predict": lambda: patchcore.predict(patch_image),
-    }
-    if winclip_bf16 is not None:
-        steps["winclip_predict_bf16"] = lambda: winclip_bf16.predict(winclip_image)
-    steps["_winclip_outputs"] = lambda: winclip.predict(winclip_image)
+    steps["patchcore_features"] = lambda: patchcore._features(patch_batch)
+    steps["patchcore_coreset"] = coreset
+    steps["patchcore_predict"] = lambda: patchcore.predict(patch_image)
     return steps
 
 
@@ -253,6 +274,12 @@ def main() -> None:
     )
     parser.add_argument("--steps", nargs="+", default=None, choices=STEPS, help="default: all")
     parser.add_argument("--no-bf16", action="store_true", help="skip our bf16 WinCLIP")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="each side's process CPU time instead of wall time (steadier on a shared "
+        "machine; with OMP_NUM_THREADS=1 it leaves out threads spinning at barriers)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.no_bf16 and "winclip_predict_bf16" in (args.steps or []):
@@ -262,11 +289,12 @@ def main() -> None:
             f"--anomalib-python {args.anomalib_python}: no such executable; make the environment "
             "as this script's docstring says, or leave the option out to time our side only"
         )
-    load_before = os.getloadavg()
+    names = args.steps or [s for s in STEPS if not (args.no_bf16 and s.endswith("_bf16"))]
+    machine_before = print_machine("before")
     with tempfile.TemporaryDirectory(prefix="ad-vs-anomalib-") as tmp:
         folder = Path(tmp)
-        ours = build_ours(args, folder)
-        outputs = ours.pop("_winclip_outputs")
+        ours = build_ours(args, names, folder)
+        outputs = ours.pop("_winclip_outputs", None)
         theirs: Anomalib | None = None
         if args.anomalib_python:
             try:
@@ -279,14 +307,14 @@ def main() -> None:
                 "docstring for how to make that environment).",
                 file=sys.stderr,
             )
-        names = args.steps or list(ours)
         times: dict[str, dict[str, list[float]]] = {n: {"ad": [], "anomalib": []} for n in names}
         for repeat in range(args.repeats + 1):  # the first round is the warm-up
             for name in names:
-                ours_time = timed(ours[name])
+                ours_time = timed(ours[name], args.cpu_time)
                 their_time = None
                 if theirs is not None and not name.endswith("_bf16"):
-                    their_time = theirs.ask(op="time", step=name)["seconds"]
+                    reply = theirs.ask(op="time", step=name, cpu_time=args.cpu_time)
+                    their_time = reply["seconds"]
                 if repeat:
                     times[name]["ad"].append(ours_time)
                     if their_time is not None:
@@ -294,7 +322,7 @@ def main() -> None:
                     shown = "-" if their_time is None else f"{their_time:.3f}"
                     print(f"  {repeat} {name}: ad {ours_time:.3f} s, anomalib {shown} s")
         agreement = None
-        if theirs is not None:
+        if theirs is not None and outputs is not None:
             reply = theirs.ask(op="outputs")
             with torch.no_grad():
                 mine = outputs()
@@ -306,30 +334,35 @@ def main() -> None:
                     (mine.maps.flatten() - torch.tensor(reply["winclip_map"])).abs().max()
                 ),
             }
+        if theirs is not None:
             theirs.close()
-    load_after = os.getloadavg()
     version = theirs.version if theirs is not None else "absent"
+    print()
+    machine_after = print_machine("after")
     print(
-        f"\nload average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/"
-        f"{load_before[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/"
-        f"{load_after[2]:.1f}; {os.cpu_count()} CPUs; torch {torch.__version__}; "
-        f"anomalib {version}; medians of {args.repeats}\n"
+        f"torch {torch.__version__}; anomalib {version}; {args.repeats} alternating pairs "
+        f"after one warm-up pair; WinCLIP {args.winclip_images} image(s) a call; "
+        f"{'process CPU time' if args.cpu_time else 'wall time'}\n"
     )
-    print("| step | ad s | anomalib s | anomalib / ad |\n|---|---|---|---|")
+    print(
+        "| step | ad s (median) | anomalib s (median) | anomalib / ad per pair: median "
+        "(min-max) |\n|---|---|---|---|"
+    )
     summary = {}
     for name in names:
         ad = statistics.median(times[name]["ad"])
         base = "winclip_predict" if name == "winclip_predict_bf16" else name
         other = times.get(base, {}).get("anomalib") or []
         anomalib = statistics.median(other) if other else None
-        summary[name] = {"ad_s": ad, "anomalib_s": anomalib}
-        ratio = f"{anomalib / ad:.2f}x" if anomalib else "-"
+        ratios = pair_ratios(other, times[name]["ad"]) if other else None
+        summary[name] = {"ad_s": ad, "anomalib_s": anomalib, "anomalib_over_ad": ratios}
         shown = f"{anomalib:.3f}" if anomalib else "-"
-        print(f"| {name} | {ad:.3f} | {shown} | {ratio} |")
+        print(f"| {name} | {ad:.3f} | {shown} | {shown_ratios(ratios)} |")
     if agreement:
         print(f"\nWinCLIP outputs, ad against anomalib on the same weights: {agreement}")
     if args.json:
-        record = {"load": [load_before, load_after], "steps": summary, "times": times}
+        machines = {"before": machine_before, "after": machine_after}
+        record = {"machine": machines, "steps": summary, "times": times}
         Path(args.json).write_text(json.dumps({**record, "agreement": agreement}, indent=2))
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _common import pair_ratios, print_machine, shown_ratios
 from torch.utils.flop_counter import FlopCounterMode
 
 from ad_winclip.config import WinClipConfig
@@ -29,10 +30,11 @@ from ad_winclip.plugin import factory
 from adcore.contracts.method import FitContext, Runtime
 
 
-def median_seconds(
+def round_seconds(
     steps: list[Callable[[], object]], repeats: int, clock: Callable[[], float]
-) -> list[float]:
-    """Median time of each step; steps alternate so that a busy machine slows all alike."""
+) -> list[list[float]]:
+    """Each step's time in every round; steps alternate so that a busy machine slows all
+    alike, and the times of one round are compared with each other."""
     for step in steps:
         step()  # warm-up
     times: list[list[float]] = [[] for _ in steps]
@@ -41,7 +43,7 @@ def median_seconds(
             start = clock()
             step()
             record.append(clock() - start)
-    return [statistics.median(record) for record in times]
+    return times
 
 
 def flops(step: Callable[[], object], fast_path: bool = True) -> int:
@@ -84,6 +86,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     clock = time.process_time if args.cpu_time else time.perf_counter
+    print_machine("before")
 
     config = WinClipConfig(backbone=args.backbone, pretrained="none", resolution=args.resolution)
     method = factory(config, Runtime(device=args.device))
@@ -116,12 +119,14 @@ def main() -> None:
         ):
             ours = method.model.window_embeddings(tokens, k, qkv)[0]
             torch.testing.assert_close(ours, reference, atol=1e-3, rtol=1e-3)
-        t_predict, t_bare, t_base = median_seconds([predict, bare, baseline], args.repeats, clock)
+        rounds = round_seconds([predict, bare, baseline], args.repeats, clock)
+        t_predict, t_bare, t_base = (statistics.median(r) for r in rounds)
         f_predict, f_bare, f_base = flops(predict), flops(bare), flops(baseline)
         g_predict, g_bare, g_base = (
             flops(step, fast_path=False) for step in (predict, bare, baseline)
         )
     kind = "CPU time" if args.cpu_time else "wall time"
+    print_machine("after")
     print(
         f"backbone {args.backbone} at {size} px, {args.device}, "
         f"threads {torch.get_num_threads()}, {kind}, median of {args.repeats}"
@@ -134,11 +139,11 @@ def main() -> None:
     ):
         print(f"{name:15s} {t * 1e3:8.1f} ms  {f / 1e9:13.1f}  {g / 1e9:18.1f}")
     print(
-        f"winclip predict:        time ratio {t_predict / t_bare:5.2f}  "
+        f"winclip predict:        time ratio {shown_ratios(pair_ratios(rounds[0], rounds[1]))}  "
         f"FLOP ratio {f_predict / f_bare:5.2f} as run, {g_predict / g_bare:5.2f} all counted"
     )
     print(
-        f"straightforward windows: time ratio {t_base / t_bare:5.2f}  "
+        f"straightforward windows: time ratio {shown_ratios(pair_ratios(rounds[2], rounds[1]))}  "
         f"FLOP ratio {f_base / f_bare:5.2f} as run, {g_base / g_bare:5.2f} all counted"
     )
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from adcore.outputs.env import busy_machine_note
+from adcore.infra.precision import cpu_vector_extensions
+from adcore.outputs.env import busy_machine_note, machine_summary
 from adtest import run_ad
 
 
@@ -56,7 +57,10 @@ def test_bench_prints_the_load_and_warns_when_the_machine_is_busy(mvtec_root, tm
                     "--batch", "2", env={**load_average_env(tmp_path / "site", load),
                                          "COLUMNS": "400"})  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert f"load {load:.1f}" in next(li for li in result.stdout.splitlines() if "Machine:" in li)
+    machine = next(li for li in result.stdout.splitlines() if "Machine:" in li)
+    assert f"load {load:.1f}" in machine
+    extensions = cpu_vector_extensions()  # the CPU's vector units, as ad bench names them
+    assert f"({', '.join(extensions)})" in machine if extensions else "(no AVX2" in machine
     assert f"Warning: the machine was busy (load {load:.1f} on {usable_cpus()} usable CPUs" in (
         result.stdout
     )
@@ -80,3 +84,21 @@ def test_busy_machine_note_compares_free_cpus_with_the_threads(cpus, threads, lo
     machine = {"cpus_usable": cpus, "torch_threads": threads, "load_average": [load] * 3}
     assert bool(busy_machine_note(machine)) is busy
     assert busy_machine_note({**machine, "load_average": None}) == ""  # no load average here
+
+
+def test_machine_summary_names_the_cpu_its_extensions_threads_and_load():
+    machine = {
+        "cpu_model": "Some CPU",
+        "vector_extensions": ["AVX2", "AMX"],
+        "cpu_count": 4,
+        "cpus_usable": 2,
+        "torch_threads": 2,
+        "load_average": [1.25, 0.5, 0.25],
+    }
+    line = machine_summary({"machine": machine})
+    assert line == "Some CPU (AVX2, AMX), 2 of 4 CPUs, 2 threads, load 1.2 / 0.5 / 0.2 (1/5/15 min)"
+    bare = machine_summary({"machine": {**machine, "vector_extensions": []}})
+    assert bare.startswith("Some CPU (no AVX2/AVX-512/AMX), ")
+    assert machine_summary(
+        {"machine": {k: v for k, v in machine.items() if k != "vector_extensions"}}
+    ).startswith("Some CPU, 2 of 4")

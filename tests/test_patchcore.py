@@ -217,6 +217,21 @@ def test_full_ratio_bank_is_every_patch_feature(fitted):
     assert len(set(nearest.indices.tolist())) == len(method.bank)
 
 
+@pytest.mark.parametrize("ratio", [0.25, 1.0])
+def test_features_kept_on_disk_give_the_same_bank(ratio):
+    """``feature_store: disk`` keeps the fit's features in a mapped temporary file: the same
+    values go through the same products, so the bank is the in-memory fit's, bit for bit."""
+    train = images(6, seed=1)
+    banks = []
+    for store in ("memory", "disk"):
+        method = factory(small_config(coreset_ratio=ratio, feature_store=store), Runtime(seed=0))
+        method.fit(FitContext("toy", "toy", 6, [train[:4], train[4:]]))
+        banks.append(method.bank)
+    assert torch.equal(banks[0], banks[1])
+    with pytest.raises(PluginError, match="no training images"):
+        method.fit(FitContext("toy", "toy", 0, []))
+
+
 def test_fit_without_images_is_a_plugin_error(fitted):
     method, _ = fitted
     with pytest.raises(PluginError, match="no training images"):

@@ -26,7 +26,7 @@ from ad_winclip.config import WinClipConfig
 from ad_winclip.plugin import factory as winclip_factory
 from adcore.contracts.method import FitContext, Method, Runtime
 from adcore.infra.errors import ConfigError
-from adcore.infra.precision import check_precision, cpu_bf16_flags
+from adcore.infra.precision import check_precision, cpu_bf16_flags, cpu_vector_extensions
 from adtest import eval_args, fast_flags, run_ad
 
 TINY_CLIP = "ad-test-precision-vit"
@@ -99,6 +99,10 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert cpu_bf16_flags(str(arm)) == ("bf16",)
     assert cpu_bf16_flags(str(old)) == ()
     assert cpu_bf16_flags(str(tmp_path / "absent")) == ()
+    assert cpu_vector_extensions(str(amx)) == ("AVX-512", "AMX")
+    assert cpu_vector_extensions(str(arm)) == ("NEON", "BF16")
+    assert cpu_vector_extensions(str(old)) == ("AVX2", "AVX-512")
+    assert cpu_vector_extensions(str(tmp_path / "absent")) == ()
 
 
 def test_cpu_without_native_bf16_is_refused_with_the_fix(monkeypatch):

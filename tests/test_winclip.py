@@ -203,7 +203,7 @@ def test_window_embedding_equals_open_clip_on_the_window_alone(method) -> None:
 
 
 def test_own_block_arithmetic_equals_open_clips_blocks(method, monkeypatch) -> None:
-    """Plain blocks run through ``WinClip._block``; any other block runs as open_clip's own
+    """Plain blocks run through ``residual_block``; any other block runs as open_clip's own
     module. Treating every block as not plain must give the same embeddings."""
     import ad_winclip.model as winclip_model
 
@@ -212,7 +212,7 @@ def test_own_block_arithmetic_equals_open_clips_blocks(method, monkeypatch) -> N
         tokens = model.embed_tokens(method.geometry.normalize(random_images(2, seed=4)))
         own = {k: model.window_embeddings(tokens, k) for k in (2, 3)}
         image, patches = model.encode_full(tokens)
-        monkeypatch.setattr(winclip_model, "_plain_block", lambda block: False)
+        monkeypatch.setattr(winclip_model, "plain_block", lambda block: False)
         assert model.first_block_qkv(tokens) is None
         for k in (2, 3):
             torch.testing.assert_close(

@@ -21,7 +21,7 @@ from torch import nn
 from ad_afclip.adaptor import Adaptor
 from ad_afclip.aggregation import aggregation_weights, spatial_aggregation
 from ad_afclip.prompts import StatePrompts
-from adcore.api import ConfigError, anomaly_map, nearest_neighbours
+from adcore.api import ConfigError, anomaly_map, nearest_neighbours, plain_block, residual_block
 
 TEMPERATURE = 0.07
 
@@ -40,6 +40,9 @@ def interpolate_positional_embedding(position: torch.Tensor, grid: int) -> torch
 
 class FrozenVisualTower(nn.Module):
     """An open_clip ViT run at ``resolution``, returning tokens after chosen blocks.
+
+    Plain blocks run as ``residual_block`` (the same arithmetic, attention through the
+    fused kernel, which at 1,370 tokens never builds the [L, L] matrices); others as they are.
 
     The patch grid is ``resolution // patch``; a remainder (518 px with 16 px patches) is the
     right and bottom border the strided patch convolution never covers, as in the authors' code.
@@ -90,7 +93,7 @@ class FrozenVisualTower(nn.Module):
         x = visual.ln_pre(x)
         taken = []
         for index, block in enumerate(visual.transformer.resblocks[: self.layers[-1]], start=1):
-            x = block(x)
+            x = residual_block(block, x) if plain_block(block) else block(x)  # fused attention
             if index in self.layers:
                 taken.append(x)
         return torch.stack(taken)

@@ -51,6 +51,13 @@ class PatchCoreConfig(PluginConfig):
     reweight_neighbors: int = Field(9, ge=1, description="b of eq. 7 (scoring: reweighted).")
     smoothing_sigma: float = Field(4.0, ge=0.0, description="Gaussian sigma on anomaly maps.")
     extract_chunk: int = Field(8, ge=1, description="Images per backbone forward pass.")
+    feature_store: Literal["memory", "disk"] = Field(
+        "memory",
+        description="Where the fit keeps every patch feature until the coreset is taken: "
+        "memory (fastest), or disk, a temporary file mapped into memory, so that resident "
+        "memory holds the 128-d projections and the bank (1/8 of the features) and the "
+        "page cache the rest; for large training sets (3 MiB a 224 px image).",
+    )
     coreset_chunk: int = Field(
         65536,
         ge=1,

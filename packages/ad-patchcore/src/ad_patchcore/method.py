@@ -10,7 +10,13 @@ from torch import nn
 
 from ad_patchcore.backbone import authors_batchnorm_step, build_backbone
 from ad_patchcore.coreset import approximate_greedy_coreset, project, random_projection
-from ad_patchcore.model import LocallyAwarePatchFeatures, MemoryBank, PatchCoreGraph, gather_rows
+from ad_patchcore.model import (
+    DiskRows,
+    LocallyAwarePatchFeatures,
+    MemoryBank,
+    PatchCoreGraph,
+    gather_rows,
+)
 from adcore.api import (
     ExportableMethod,
     FitContext,
@@ -117,26 +123,37 @@ class PatchCore(ExportableMethod):
         """Stream the support images into patch features, then take the coreset."""
         cfg = self.config
         kept: list[torch.Tensor] = []  # [n_i, D] on the CPU
+        disk = DiskRows() if cfg.feature_store == "disk" else None
         started = time.perf_counter()
-        for batch in context.batches:
-            features, _ = self._features(batch)
-            kept.append(features.reshape(-1, features.shape[-1]).cpu())
-        if not kept:
-            raise PluginError(
-                f"PatchCore got no training images for category {context.category!r}.",
-                "It needs normal images to build its memory bank: use k_shot >= 1 or 'all', "
-                "and check that the category's train split holds images.",
-            )
-        features = gather_rows(kept)  # [N, D]
-        extracted = time.perf_counter()
-        if cfg.coreset_ratio < 1.0:
-            chosen = approximate_greedy_coreset(
-                self._project(features),
-                cfg.coreset_ratio,
-                self.runtime.seed,
-                cfg.coreset_starting_points,
-            ).cpu()
-            features = features[chosen]
+        try:
+            for batch in context.batches:
+                features, _ = self._features(batch)
+                rows = features.reshape(-1, features.shape[-1])
+                if disk is None:
+                    kept.append(rows.cpu())
+                else:
+                    disk.append(rows)
+            if not kept and (disk is None or not disk.rows):
+                raise PluginError(
+                    f"PatchCore got no training images for category {context.category!r}.",
+                    "It needs normal images to build its memory bank: use k_shot >= 1 or "
+                    "'all', and check that the category's train split holds images.",
+                )
+            features = gather_rows(kept) if disk is None else disk.tensor()  # [N, D]
+            extracted = time.perf_counter()
+            if cfg.coreset_ratio < 1.0:
+                chosen = approximate_greedy_coreset(
+                    self._project(features),
+                    cfg.coreset_ratio,
+                    self.runtime.seed,
+                    cfg.coreset_starting_points,
+                ).cpu()
+                features = features[chosen]
+            elif disk is not None:
+                features = features.clone()  # the bank outlives the file
+        finally:
+            if disk is not None:
+                disk.close()
         self._use_bank(features, f"the memory bank of category {context.category!r}")
         self.fit_seconds = {
             "features": extracted - started,

@@ -290,3 +290,42 @@ def gather_rows(chunks: list[torch.Tensor]) -> torch.Tensor:
         out[offset : offset + len(chunk)] = chunk
         offset += len(chunk)
     return out
+
+
+class DiskRows:
+    """Feature rows appended to a temporary file, read back as one memory-mapped tensor.
+
+    Resident memory holds one batch at a time while rows are added; :meth:`tensor` maps the
+    file (pages come from the page cache, which the kernel may reclaim), so a fit over a
+    large training set does not hold every feature in anonymous memory. The file is removed
+    by :meth:`close` (or when the object is collected).
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        # owned by this object, closed (and so removed) by close()
+        self.file = tempfile.TemporaryFile(prefix="ad-patchcore-features-")  # noqa: SIM115
+        self.rows, self.dim = 0, 0
+
+    def append(self, rows: torch.Tensor) -> None:
+        # [n, D] -> the file
+        rows = rows.detach().to("cpu", torch.float32).contiguous()
+        self.dim = rows.shape[1]
+        self.file.write(rows.numpy().tobytes())
+        self.rows += rows.shape[0]
+
+    def tensor(self) -> torch.Tensor:
+        """The rows written so far as a read-only mapped [N, D] float32 tensor."""
+        import warnings
+
+        import numpy as np
+
+        self.file.flush()
+        mapped = np.memmap(self.file, dtype=np.float32, mode="r", shape=(self.rows, self.dim))
+        with warnings.catch_warnings():  # read-only on purpose: nothing writes to it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(mapped)
+
+    def close(self) -> None:
+        self.file.close()

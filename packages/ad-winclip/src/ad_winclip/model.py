@@ -73,7 +73,7 @@ from ad_winclip.windows import (
     harmonic_mean,
     window_indices,
 )
-from adcore.api import PluginError, nearest_neighbours, upsample
+from adcore.api import PluginError, nearest_neighbours, plain_block, residual_block, upsample
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 Autocast = Callable[[], contextlib.AbstractContextManager[Any]]
@@ -95,19 +95,6 @@ def visual_association(query: torch.Tensor, bank: torch.Tensor, chunk: int = 819
     """
     distance, _ = nearest_neighbours(query, bank, 1, "cosine", bank_chunk=chunk)
     return (distance[..., 0] / 2.0).clamp_min(0.0)
-
-
-def _plain_block(block: nn.Module) -> bool:
-    """An open_clip ``ResidualAttentionBlock`` on a standard ``nn.MultiheadAttention``."""
-    attn = getattr(block, "attn", None)
-    return (
-        isinstance(attn, nn.MultiheadAttention)
-        and attn._qkv_same_embed_dim
-        and attn.bias_k is None
-        and not attn.add_zero_attn
-        and all(hasattr(block, name) for name in ("ln_1", "ln_2", "ls_1", "ls_2", "mlp"))
-        and not hasattr(block, "ln_1_kv")
-    )
 
 
 @dataclass
@@ -226,26 +213,9 @@ class WinClip(nn.Module):
         ``nn.MultiheadAttention`` block (the windows then run the block as it is).
         """
         block = self.clip.visual.transformer.resblocks[0]
-        if not _plain_block(block):
+        if not plain_block(block):
             return None
         return F.linear(block.ln_1(tokens), block.attn.in_proj_weight, block.attn.in_proj_bias)
-
-    @staticmethod
-    def _block(block: nn.Module, x: torch.Tensor, qkv: torch.Tensor | None = None) -> torch.Tensor:
-        """A plain residual block on batch-first tokens [N, L, C] -> [N, L, C].
-
-        open_clip's ``ResidualAttentionBlock`` arithmetic: pre-norm attention, then pre-norm
-        MLP, each with its layer scale. ``qkv`` [N, L, 3C], when given, stands in for the
-        block's own input projection (the first block's shared projections).
-        """
-        attn = block.attn
-        n, length, width = x.shape
-        if qkv is None:
-            qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-        q, k, v = qkv.view(n, length, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # [N, H, L, C/H]
-        x = x + block.ls_1(attn.out_proj(out.transpose(1, 2).reshape(n, length, width)))
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
 
     @staticmethod
     def _class_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -270,7 +240,7 @@ class WinClip(nn.Module):
     ) -> torch.Tensor:
         """Batch-first tokens [N, L, C] through the transformer -> [N, L, C] or class [N, C].
 
-        Plain blocks run through ``_block`` (``_class_block`` for the last one when only the
+        Plain blocks run through ``residual_block`` (``_class_block`` for the last one when only the
         class token is read); any other block runs as it is, in the layout open_clip gives
         it (``transformer.batch_first``): feeding [N, L, C] to sequence-first blocks, or the
         reverse, mixes tokens of different sequences. ``qkv`` is the first block's
@@ -280,12 +250,12 @@ class WinClip(nn.Module):
         seq_first = not getattr(transformer, "batch_first", True)
         blocks = list(transformer.resblocks)
         for index, block in enumerate(blocks):
-            if not _plain_block(block):
+            if not plain_block(block):
                 x = block(x.transpose(0, 1)).transpose(0, 1) if seq_first else block(x)
             elif class_only and index == len(blocks) - 1:
                 return self._class_block(block, x)
             else:
-                x = self._block(block, x, qkv if index == 0 else None)
+                x = residual_block(block, x, qkv if index == 0 else None)
         return x[:, 0] if class_only else x
 
     def _project(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,8 @@ _EXPORTS: dict[str, str] = {
     "load_open_clip": "adcore.toolkit.openclip",
     "QuickGelu": "adcore.toolkit.openclip",
     "QUICK_GELU_HELP": "adcore.toolkit.openclip",
+    "plain_block": "adcore.toolkit.vit_blocks",
+    "residual_block": "adcore.toolkit.vit_blocks",
     # training
     "checkpoint_metadata": "adcore.run.training",
 }
@@ -157,6 +159,7 @@ if TYPE_CHECKING:  # for type checkers and editors; never executed
     from adcore.toolkit.neighbors import FlatL2Index, nearest_neighbours  # noqa: F401
     from adcore.toolkit.openclip import QUICK_GELU_HELP, QuickGelu, load_open_clip  # noqa: F401
     from adcore.toolkit.trained import checkpoint_metadata  # noqa: F401
+    from adcore.toolkit.vit_blocks import plain_block, residual_block  # noqa: F401
     from adcore.toolkit.weights import (  # noqa: F401
         WeightsIdentity,
         backbone_identity,

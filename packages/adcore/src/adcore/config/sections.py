@@ -126,7 +126,10 @@ class LatencySettings(Section):
         0.05, gt=0, le=1, description="Batch-1 probe budget, a fraction of the predict time."
     )
     min_iters: int = Field(
-        3, ge=1, description="Timed batch-1 calls at least, whatever the budget."
+        1,
+        ge=1,
+        description="Timed batch-1 calls at least, whatever the budget (the pass's one-image "
+        "calls count).",
     )
     throughput_batch: int = Field(16, ge=1, description="Batch size of ad bench's throughput run.")
 

@@ -29,19 +29,44 @@ Precision = Literal["fp32", "bf16", "fp16"]
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 
 
+# /proc/cpuinfo flags of the vector units matmul speed depends on, and the names people know
+# them by (x86 AVX2, AVX-512, AVX512-BF16, AMX; Arm NEON and BF16).
+VECTOR_EXTENSIONS = (
+    ("avx2", "AVX2"),
+    ("avx512f", "AVX-512"),
+    ("avx512_bf16", "AVX512-BF16"),
+    ("amx_tile", "AMX"),
+    ("asimd", "NEON"),
+    ("bf16", "BF16"),
+)
+
+
 @functools.cache
-def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
-    """The native-bf16 flags this CPU reports (empty when none, or not on Linux)."""
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """Every flag of the ``flags`` (x86) or ``Features`` (Arm) lines; empty off Linux."""
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
-        return ()
+        return frozenset()
     flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip().lower() in ("flags", "features"):
             flags.update(value.split())
+    return frozenset(flags)
+
+
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
+    """The native-bf16 flags this CPU reports (empty when none, or not on Linux)."""
+    flags = cpu_flags(cpuinfo)
     return tuple(flag for flag in BF16_CPU_FLAGS if flag in flags)
+
+
+def cpu_vector_extensions(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
+    """The vector extensions of :data:`VECTOR_EXTENSIONS` this CPU reports, by their names
+    (``("AVX2", "AVX-512", "AVX512-BF16", "AMX")``); empty when unknown."""
+    flags = cpu_flags(cpuinfo)
+    return tuple(name for flag, name in VECTOR_EXTENSIONS if flag in flags)
 
 
 def precision_note(precision: str | None) -> str:

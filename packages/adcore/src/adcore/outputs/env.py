@@ -52,16 +52,20 @@ def cpu_model() -> str:
 
 
 def describe_machine() -> dict[str, Any]:
-    """What latency figures depend on besides the method: CPU, threads, load, GPU.
+    """What latency figures depend on besides the method: CPU, its vector extensions
+    (AVX2, AVX-512, AVX512-BF16, AMX), threads, load, GPU.
 
     The load average (1, 5, 15 minutes) is taken when the run starts; figures from runs
     made under different loads are not comparable.
     """
     import torch
 
+    from adcore.infra.precision import cpu_vector_extensions
+
     affinity = getattr(os, "sched_getaffinity", None)
     machine: dict[str, Any] = {
         "cpu_model": cpu_model(),
+        "vector_extensions": list(cpu_vector_extensions()),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(affinity(0)) if affinity else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -75,17 +79,25 @@ def describe_machine() -> dict[str, Any]:
 
 
 def machine_summary(env: dict[str, Any]) -> str:
-    """One line from a run's ``env.json``: ``CPU model, 2 of 4 CPUs, 2 threads, load 3.1``."""
+    """One line from a run's ``env.json``:
+    ``CPU model (AVX2, AVX-512), 2 of 4 CPUs, 2 threads, load 3.1 / 2.0 / 1.5``.
+
+    The vector extensions read "no AVX2/AVX-512/AMX" when the CPU reports none of them, and
+    are left out for records made before they were recorded.
+    """
     machine = env.get("machine") or {}
     if not machine:
         return "not recorded"
     parts = [str(machine.get("cpu_model", "?"))]
+    if "vector_extensions" in machine:
+        found = machine["vector_extensions"]
+        parts[0] += f" ({', '.join(found)})" if found else " (no AVX2/AVX-512/AMX)"
     usable, count = machine.get("cpus_usable"), machine.get("cpu_count")
     parts.append(f"{usable} of {count} CPUs" if usable != count else f"{count} CPUs")
     parts.append(f"{machine.get('torch_threads', '?')} threads")
     load = machine.get("load_average")
     if load:
-        parts.append(f"load {load[0]:.1f}")
+        parts.append("load " + " / ".join(f"{x:.1f}" for x in load) + " (1/5/15 min)")
     gpus = machine.get("gpus")
     if gpus:
         parts.append("GPU " + ", ".join(gpus))

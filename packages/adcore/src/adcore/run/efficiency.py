@@ -24,9 +24,10 @@ Conventions, so numbers compare across methods and papers:
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,7 +46,8 @@ MIB = 2**20
 # how ``ad eval`` obtains each figure (written to env.json as ``efficiency_sources``)
 EVALUATION_SOURCES = {
     "latency_ms_median": "batch-1 probe after the prediction pass: median of device-"
-    "synchronised predict calls on synthetic images, at least min_iters, then until the "
+    "synchronised predict calls, the pass's own one-image calls (a last batch of one) "
+    "first, then calls on synthetic images, at least min_iters, then until the "
     "median is known to within 5 % (a distribution-free 75 % interval of the median from "
     "order statistics) or evaluation.latency.budget_fraction of the category's predict time "
     "is spent (measure_iters exactly when set), after warmup_iters (default: none on the "
@@ -60,8 +62,10 @@ EVALUATION_SOURCES = {
     "params_total": "counted once per method over method.modules()",
     "memory_bank_mb": "method.memory_bank_bytes() after fitting the category",
     "gflops": "counted once per method: one batch-1 predict under FlopCounterMode",
-    "latency_probe_iters": "timed iterations of the batch-1 probe",
-    "efficiency_seconds": "wall time spent on the figures beyond the prediction pass",
+    "latency_probe_iters": "batch-1 calls the latency figures are made of (the pass's "
+    "one-image calls included)",
+    "efficiency_seconds": "wall time spent on the figures beyond the prediction pass: the "
+    "parameter and FLOP count (first category only), the batch-1 probe and its warm-up",
 }
 
 
@@ -136,19 +140,33 @@ def time_calls(call: Callable[[], Any], device: str, warmup: int, iters: int) ->
     return times
 
 
+def _attention_flops(
+    query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any
+) -> int:
+    """FLOPs of fused attention on [B, H, L, d] shapes (PyTorch's formula for the others)."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def count_gflops(call: Callable[[], Any]) -> float:
     """GFLOPs of one call, multiply-add = 2 FLOPs (FlopCounterMode's convention).
 
     PyTorch's fused ``nn.MultiheadAttention`` fast path hides its projections from the
-    counter, so it is switched off while counting: every ViT is counted whole.
+    counter, so it is switched off while counting: every ViT is counted whole. The CPU's
+    fused attention kernel (``scaled_dot_product_attention`` on a CPU tensor) has no formula
+    in PyTorch's counter, so it gets the one of the other fused kernels (QK^T and AV).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     fast_path = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(
+            display=False, custom_mapping={cpu_attention: _attention_flops}
+        ) as counter:
             call()
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_path)
@@ -347,11 +365,12 @@ def median_interval(times: np.ndarray) -> tuple[float, float]:
     """Distribution-free interval of the median of ``times`` [n]: order statistics
     ``[x_(j), x_(n+1-j)]`` with the largest ``j`` whose coverage ``1 - 2 P(Bin(n, 1/2) < j)``
     is at least :data:`MEDIAN_CONFIDENCE`; ``(-inf, inf)`` while ``n`` is too small (< 3)."""
-    from scipy.stats import binom
-
     n = len(times)
     ranks = np.arange(1, n // 2 + 1)
-    ranks = ranks[1 - 2 * binom.cdf(ranks - 1, n, 0.5) >= MEDIAN_CONFIDENCE]
+    # P(Bin(n, 1/2) <= r - 1) for each rank r, exactly (n is a few hundred at most); no scipy
+    # import, which costs more than a probe call on a busy machine
+    below = np.cumsum([math.comb(n, i) for i in range(n // 2)]) / 2.0**n
+    ranks = ranks[1 - 2 * below >= MEDIAN_CONFIDENCE]
     if not len(ranks):
         return -np.inf, np.inf
     ordered = np.sort(times)
@@ -380,11 +399,15 @@ def probe_latency(
     warmup_iters: int | None = None,
     measure_iters: int | None = None,
     advance: Callable[..., None] | None = None,
+    timed: Sequence[float] = (),
 ) -> np.ndarray:
     """Seconds of batch-1 ``predict`` calls [n]: ``measure_iters`` when given; else at
     least ``min_iters``, then until the median is known to within :data:`STABLE_WITHIN`
     (:func:`median_spread`), ``budget_seconds`` are spent, or :func:`probe_iters`'s most.
-    ``advance(1, status=...)`` is called after each timed call (a progress display)."""
+    ``timed`` holds seconds of one-image calls already made (the prediction pass's): they
+    count as the first calls, and the budget is what the new calls spend (ignored with
+    ``measure_iters`` or a transductive method). ``advance(1, status=...)`` is called after
+    each new timed call (a progress display)."""
     import torch
 
     default_warmup, most = probe_iters(runtime.device)
@@ -392,14 +415,18 @@ def probe_latency(
     per_call = probe_set_size(method)
     single = synthetic_images(per_call, method.geometry.output_size, runtime.device)  # [k,3,S,S]
     sync = synchronizer(runtime.device)
-    times: list[float] = []
+    reused = list(timed) if measure_iters is None and per_call == 1 else []
+    times: list[float] = list(reused)
+    budget = budget_seconds + sum(reused)  # what the reused calls took was spent by the pass
+    if reused and _probe_done(times, budget, min_iters, most):
+        return np.asarray(times)
     with torch.no_grad(), runtime.autocast():
         for _ in range(warmup):
             method.predict(single)
         while not (
             len(times) >= measure_iters
             if measure_iters is not None
-            else _probe_done(times, budget_seconds, min_iters, most)
+            else _probe_done(times, budget, min_iters, most)
         ):
             sync()
             start = time.perf_counter()
@@ -444,6 +471,7 @@ def evaluation_figures(
         warmup_iters=settings.warmup_iters,
         measure_iters=settings.measure_iters,
         advance=advance,
+        timed=batch_seconds[batch_sizes == 1].tolist(),  # the pass's one-image calls
     )  # [n] seconds
     figures = {
         "latency_ms_median": float(np.median(latency) * 1e3),
