@@ -242,3 +242,28 @@ def test_original_resolution_compares_maps_at_each_masks_own_size(mvtec_root, tm
         truths.append(np.asarray(mask, bool).ravel())
     expected = roc_auc_score(np.concatenate(truths), np.concatenate(values))
     assert result.categories[0].metrics["pixel_auroc"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_failing_picture_writer_loses_no_metrics_and_is_named(mvtec_root, tmp_path, monkeypatch):
+    """A reporter that fails (here the overlay writer on a full disk) neither stops the
+    other reporters nor the other categories: the metrics, scores and summaries are all
+    written, and the run ends with one OutputError naming the reporter and category."""
+    from adcore.outputs.reporters.overlay import OverlayReporter
+
+    def full_disk(self, result, outputs, context):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(OverlayReporter, "on_category", full_disk)
+    monkeypatch.delenv("AD_DEBUG", raising=False)
+    config = _config(mvtec_root, tmp_path / "out")
+    with pytest.raises(OutputError) as error:
+        _run(config)
+    message = str(error.value)
+    assert "OverlayReporter on plate" in message and "OverlayReporter on widget" in message
+    assert "No space left on device" in message and "--overwrite" in message
+    run_dir = tmp_path / "out/mvtec/pixel-gaussian/default"
+    for name in ("summary_metrics.csv", "summary_metrics_pretty.md", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    for category in ("plate", "widget"):
+        assert (run_dir / category / "metrics.csv").is_file()
+        assert (run_dir / category / "scores.csv").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,53 @@ class Reporter:
 
     def on_run(self, result: RunResult, context: RunContext) -> None:
         """Called once after every category is done."""
+
+
+class ReporterCalls:
+    """Calls every reporter's hooks, one failing reporter never stopping the others.
+
+    A reporter that raises (a full disk while writing overlays, a broken third-party
+    reporter) is recorded, and the other reporters and categories go on, so the metrics,
+    scores and the summary are always written; :meth:`raise_failures` then names each
+    failure in one paragraph (``OutputError``). With ``AD_DEBUG=1`` the first failure
+    raises at once, with its traceback."""
+
+    def __init__(self, reporters: list[Reporter]) -> None:
+        self.reporters = reporters
+        self.failures: list[str] = []
+
+    def _call(self, where: str, call: Any) -> None:
+        try:
+            call()
+        except Exception as error:  # any reporter failure is told after the run
+            if os.environ.get("AD_DEBUG") == "1":
+                raise
+            self.failures.append(f"{where}: {type(error).__name__}: {error}")
+
+    def on_category(
+        self, result: CategoryResult, outputs: CategoryOutputs | None, context: RunContext
+    ) -> None:
+        for reporter in self.reporters:
+            where = f"{type(reporter).__name__} on {result.category}"
+            self._call(where, lambda r=reporter: r.on_category(result, outputs, context))
+
+    def on_run(self, result: RunResult, context: RunContext) -> None:
+        for reporter in self.reporters:
+            self._call(type(reporter).__name__, lambda r=reporter: r.on_run(result, context))
+
+    def raise_failures(self, run_dir: Path) -> None:
+        """``OutputError`` naming every reporter that failed; nothing when none did."""
+        from adcore.infra.errors import OutputError
+
+        if self.failures:
+            raise OutputError(
+                f"{len(self.failures)} reporter call(s) failed while writing files into "
+                f"{run_dir}: {'; '.join(self.failures)}. The metrics, scores and every other "
+                "reporter's files are written.",
+                "Fix the cause (free disk space, a writable folder, or the reporter plugin) "
+                "and rerun the same command with --overwrite to write the files again, or "
+                "leave the failing reporter out with --reporter.",
+            )
 
 
 DEFAULT_REPORTERS = "default"  # in a list of reporter names: every default reporter

@@ -17,7 +17,13 @@ from adcore.contracts.method import FitContext, Method
 from adcore.data.loading import images_on_device, make_loader
 from adcore.infra.files import ensure_writable
 from adcore.infra.progress import Progress
-from adcore.outputs.reporting import CategoryOutputs, Reporter, RunContext, chosen_reporters
+from adcore.outputs.reporting import (
+    CategoryOutputs,
+    Reporter,
+    ReporterCalls,
+    RunContext,
+    chosen_reporters,
+)
 from adcore.outputs.results import (
     CategoryResult,
     RunLayout,
@@ -161,6 +167,7 @@ class Evaluation:
         else:
             self.env = json.loads(self.layout.env.read_text())
         context = RunContext(self.layout, self.config, self.env)
+        reporters = ReporterCalls(self.reporters)
         results = []
         for category in self.categories:
             if self.finished(category):
@@ -169,12 +176,11 @@ class Evaluation:
                 self.progress.note(f"{category}: finished earlier, kept (use --overwrite to redo)")
             else:
                 result, outputs = self.run_category(category, prepared[category])
-            for reporter in self.reporters:
-                reporter.on_category(result, outputs, context)
+            reporters.on_category(result, outputs, context)
             results.append(result)
         run = run_result(self.config, self.layout, results, self.env)
-        for reporter in self.reporters:
-            reporter.on_run(run, context)
+        reporters.on_run(run, context)
+        reporters.raise_failures(self.layout.root)
         return run
 
     def predict(self, category: str, method: Method, prepared: CategoryData) -> PredictionPass:
