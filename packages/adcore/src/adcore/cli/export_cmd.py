@@ -20,7 +20,11 @@ def export_command(
     ],
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Bundle folder to write (model.onnx, bundle.json)."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Bundle folder to write (model.onnx or model.xml/.bin, bundle.json).",
+        ),
     ],
     category: Annotated[
         str | None,
@@ -29,8 +33,20 @@ def export_command(
         ),
     ] = None,
     export_format: Annotated[
-        str, typer.Option("--format", help="Graph format: onnx (ONNX Runtime).")
+        str,
+        typer.Option(
+            "--format", help="Graph format: onnx (ONNX Runtime) or openvino (OpenVINO IR)."
+        ),
     ] = "onnx",
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="fp32 (parity within 1e-4 or the export fails); onnx: int8 (dynamic "
+            "quantisation); openvino: bf16 or fp16 (OpenVINO's inference precision). Reduced "
+            "precisions report their deltas.",
+        ),
+    ] = "fp32",
     parity_images: Annotated[
         int | None,
         typer.Option(
@@ -41,24 +57,30 @@ def export_command(
     ] = None,
     no_progress: NoProgressOption = False,
 ) -> None:
-    """Export a run's fitted method as a bundle: an fp32 ONNX graph (preprocessed images in,
-    raw scores and maps out) and bundle.json (preprocessing, decoding, score scale,
-    thresholds, weights, and its parity with PyTorch on the run's test images)."""
-    from adcore.infra.errors import UsageError
+    """Export a run's fitted method as a bundle: an ONNX graph or OpenVINO IR (preprocessed
+    images in, raw scores and maps out) and bundle.json (preprocessing, decoding, score
+    scale, thresholds, weights, and its parity with PyTorch on the run's test images)."""
     from adcore.infra.progress import Progress
-    from adcore.run.export import export_run
+    from adcore.run.export import check_format, export_run
 
-    if export_format != "onnx":
-        raise UsageError(f"Unknown export format {export_format!r}.", "Use --format onnx.")
+    check_format(export_format, precision)
     with Progress(enabled=not no_progress) as progress:
         report = export_run(
-            run.expanduser(), output.expanduser(), category, parity_images, progress
-        )
-    parity = report.bundle.parity
+            run.expanduser(), output.expanduser(), category, parity_images, progress,
+            export_format, precision,
+        )  # fmt: skip
+    bundle = report.bundle
+    parity = bundle.parity
+    limit = (
+        f"limit {parity.tolerance:g}"
+        if parity.tolerance is not None
+        else f"{bundle.precision}: reported, no limit"
+    )
+    engine = "OpenVINO" if bundle.format == "openvino" else "ONNX Runtime"
     Console().print(
         f"Parity on {parity.images} test images: scores {parity.score_max_rel:.2g}, maps "
         f"{parity.map_max_rel:.2g} (largest difference relative to the largest output; "
-        f"limit {parity.tolerance:g}); image AUROC {parity.auroc_torch} (PyTorch) vs "
-        f"{parity.auroc_bundle} (ONNX).\nBundle: {report.folder}",
+        f"{limit}); image AUROC {parity.auroc_torch} (PyTorch fp32) vs "
+        f"{parity.auroc_bundle} ({engine} {bundle.precision}).\nBundle: {report.folder}",
         highlight=False,
     )
