@@ -92,8 +92,8 @@ def export_run(
     name = config.method.spec.name
     _check_exportable(method, name, config.method.spec.not_exportable)
     output.mkdir(parents=True, exist_ok=True)
-    for old in (GRAPH_FILE, IR_FILE, Path(IR_FILE).with_suffix(".bin").name):
-        (output / old).unlink(missing_ok=True)  # a bundle holds one graph
+    for old in (BUNDLE_FILE, GRAPH_FILE, IR_FILE, Path(IR_FILE).with_suffix(".bin").name):
+        (output / old).unlink(missing_ok=True)  # a bundle holds one graph, described once
     progress.note(f"export: {name} / {category} -> {output} ({export_format}, {precision})")
     graph = _write_bundle_graph(method, name, output, export_format, precision)
     hint = precision if export_format == "openvino" else "fp32"
