@@ -334,11 +334,11 @@ def _bundle_row(
         exported = (target / BUNDLE_FILE).is_file() and not read_bundle(target).parity.passed
         status = PARITY_FAILED if exported else FAILED
         where = str(target) if exported else ""
-        return FormatRow(**failed, status=status, reason=error.problem, bundle=where)
+        return FormatRow(**failed, status=status, reason=str(error), bundle=where)
     try:
         return measure_bundle(target, paths, labels, batch, warmup, iters)
     except AdError as error:
-        return FormatRow(**failed, status=FAILED, reason=error.problem)
+        return FormatRow(**failed, status=FAILED, reason=str(error))
 
 
 def _torch_row(
@@ -368,7 +368,7 @@ def _torch_row(
             warmup, iters,
         )  # fmt: skip
     except AdError as error:
-        return FormatRow(format="torch", precision=precision, status=FAILED, reason=error.problem)
+        return FormatRow(format="torch", precision=precision, status=FAILED, reason=str(error))
     return _row("torch", precision, figures, labels, file_mb=figures["file_bytes"] / 2**20)
 
 
