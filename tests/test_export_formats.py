@@ -115,9 +115,10 @@ def test_a_damaged_ir_or_a_newer_bundle_is_one_paragraph(gaussian_run, tmp_path,
         json.dumps({**description, "format_version": BUNDLE_FORMAT_VERSION + 1})
     )
     assert "Upgrade the toolkit" in fails(newer)
-    result = run_ad("bench", "--model", str(newer))
-    assert result.returncode == 1 and "Upgrade the toolkit" in result.stderr
-    assert "Traceback" not in result.stderr
+    from adcore.run.format_bench import bench_model
+
+    with pytest.raises(DataError, match="Upgrade the toolkit"):
+        bench_model(newer)
     # what the runtime cannot read past the hashes (a graph written elsewhere) is a DataError
     from ad_runtime.model import engine_session
 
@@ -130,16 +131,15 @@ def test_bench_model_measures_the_bundle(gaussian_run, data, tmp_path):  # noqa:
     scores (the bundle gives them to 1e-4), on the run's images or on the data set named."""
     bundle_dir = tmp_path / "onnx"
     assert _export(gaussian_run, bundle_dir).returncode == 0
+    from adcore.run.format_bench import bench_model
+
     _, scores, labels = _run_scores(gaussian_run)
-    result = run_ad("bench", "--model", str(bundle_dir), "--json", "--iters", "3")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    (row,) = report["rows"]
-    assert (row["format"], row["precision"], row["status"]) == ("onnx", "fp32", "ok")
-    assert row["file_mb"] == (bundle_dir / "model.onnx").stat().st_size / 2**20
-    assert row["images"] == len(labels) and row["auroc"] == image_auroc(scores, labels)
-    assert row["latency_ms"] > 0 and row["throughput_ips"] > 0
-    assert row["peak_memory_mb"] > 0 and "VmHWM" in row["peak_memory_source"]
+    (row,) = bench_model(bundle_dir, warmup=1, iters=3).rows
+    assert (row.format, row.precision, row.status) == ("onnx", "fp32", "ok")
+    assert row.file_mb == (bundle_dir / "model.onnx").stat().st_size / 2**20
+    assert row.images == len(labels) and row.auroc == image_auroc(scores, labels)
+    assert row.latency_ms > 0 and row.throughput_ips > 0
+    assert row.peak_memory_mb > 0 and "VmHWM" in row.peak_memory_source
     result = run_ad(
         "bench", "--model", str(bundle_dir), "--dataset", "mvtec", "--data-root", str(data),
         "--category", "widget", "--iters", "2",
