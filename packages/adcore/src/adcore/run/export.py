@@ -172,7 +172,8 @@ def check_format(export_format: str, precision: str) -> None:
     if export_format == "onnx":
         raise UsageError(
             f"ad export writes ONNX graphs in fp32 or int8, not {precision}: ONNX Runtime's "
-            f"CPU kernels have no {precision} path worth deploying.",
+            f"CPU execution provider has few {precision} kernels, so such a graph would run "
+            "mostly through casts.",
             f"Use --format openvino --precision {precision} (OpenVINO computes in {precision} "
             "on CPUs with it), or --format onnx with --precision fp32 or int8.",
         )
