@@ -27,6 +27,65 @@ if TYPE_CHECKING:
     from adcore.run.bench import BenchReport
     from adcore.run.format_bench import FormatReport
 
+WarmupOption = Annotated[
+    int | None, typer.Option("--warmup", help="Warm-up iterations (default: by device).")
+]
+ItersOption = Annotated[
+    int | None, typer.Option("--iters", help="Timed iterations (default: by device).")
+]
+BatchOption = Annotated[
+    int | None,
+    typer.Option(
+        "--batch",
+        help="Batch size of the throughput run (default: evaluation.latency.throughput_batch; "
+        "16 for bundles).",
+    ),
+]
+ModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        help="Measure an exported bundle (ad export) instead of a method: latency, "
+        "throughput, peak memory, file size and image AUROC (on --dataset/--data-root/"
+        "--category, or the bundle's run's test images).",
+        show_default=False,
+    ),
+]
+RunOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--run",
+        help="Compare the formats of a run saved with --save-model: one table over "
+        "--formats x --precision (exports each bundle, then measures it).",
+        show_default=False,
+    ),
+]
+BenchCategoryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--category", help="Category of --run to export, or of the data set to score --model on."
+    ),
+]
+FormatsOption = Annotated[
+    str, typer.Option("--formats", help="With --run: comma-separated torch, onnx, openvino.")
+]
+PrecisionsOption = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="With --run: comma-separated precisions (fp32, bf16, fp16, int8); a pair a "
+        "format does not make is a failed row with the reason.",
+    ),
+]
+BundlesOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--bundles",
+        help="With --run: keep the exported bundles in this folder (default: a temporary one).",
+        show_default=False,
+    ),
+]
+
 
 def bench_command(
     config: ConfigOption = None,
@@ -37,65 +96,15 @@ def bench_command(
     device: DeviceOption = None,
     data_root: DataRootOption = None,
     random_weights: RandomWeightsOption = False,
-    warmup: Annotated[
-        int | None, typer.Option("--warmup", help="Warm-up iterations (default: by device).")
-    ] = None,
-    iters: Annotated[
-        int | None, typer.Option("--iters", help="Timed iterations (default: by device).")
-    ] = None,
-    batch: Annotated[
-        int | None,
-        typer.Option(
-            "--batch",
-            help="Batch size of the throughput run (default: evaluation.latency.throughput_batch).",
-        ),
-    ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model",
-            help="Measure an exported bundle (ad export) instead of a method: latency, "
-            "throughput, peak memory, file size and image AUROC (on --dataset/--data-root/"
-            "--category, or the bundle's run's test images).",
-            show_default=False,
-        ),
-    ] = None,
-    run: Annotated[
-        Path | None,
-        typer.Option(
-            "--run",
-            help="Compare the formats of a run saved with --save-model: one table over "
-            "--formats x --precision (exports each bundle, then measures it).",
-            show_default=False,
-        ),
-    ] = None,
-    category: Annotated[
-        str | None,
-        typer.Option(
-            "--category",
-            help="Category of --run to export, or of the data set to score --model on.",
-        ),
-    ] = None,
-    formats: Annotated[
-        str,
-        typer.Option("--formats", help="With --run: comma-separated torch, onnx, openvino."),
-    ] = "torch,onnx,openvino",
-    precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            help="With --run: comma-separated precisions (fp32, bf16, fp16, int8); a pair a "
-            "format does not make is a failed row with the reason.",
-        ),
-    ] = "fp32",
-    bundles: Annotated[
-        Path | None,
-        typer.Option(
-            "--bundles",
-            help="With --run: keep the exported bundles in this folder (default: a temporary one).",
-            show_default=False,
-        ),
-    ] = None,
+    warmup: WarmupOption = None,
+    iters: ItersOption = None,
+    batch: BatchOption = None,
+    model: ModelOption = None,
+    run: RunOption = None,
+    category: BenchCategoryOption = None,
+    formats: FormatsOption = "torch,onnx,openvino",
+    precision: PrecisionsOption = "fp32",
+    bundles: BundlesOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Time a fitted method against a bare forward of its backbone (the floor), or an

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from adcore.cli.options import NoProgressOption
+
+if TYPE_CHECKING:
+    from ad_runtime.bundle import Bundle
+
+FormatOption = Annotated[
+    str,
+    typer.Option("--format", help="Graph format: onnx (ONNX Runtime) or openvino (OpenVINO IR)."),
+]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="fp32 (parity within 1e-4 or the export fails); onnx: int8 (dynamic "
+        "quantisation); openvino: bf16 or fp16 (OpenVINO's inference precision). Reduced "
+        "precisions report their deltas.",
+    ),
+]
 
 
 def export_command(
@@ -32,21 +49,8 @@ def export_command(
             "--category", help="Category whose fitted model to export (if the run has several)."
         ),
     ] = None,
-    export_format: Annotated[
-        str,
-        typer.Option(
-            "--format", help="Graph format: onnx (ONNX Runtime) or openvino (OpenVINO IR)."
-        ),
-    ] = "onnx",
-    precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            help="fp32 (parity within 1e-4 or the export fails); onnx: int8 (dynamic "
-            "quantisation); openvino: bf16 or fp16 (OpenVINO's inference precision). Reduced "
-            "precisions report their deltas.",
-        ),
-    ] = "fp32",
+    export_format: FormatOption = "onnx",
+    precision: PrecisionOption = "fp32",
     parity_images: Annotated[
         int | None,
         typer.Option(
@@ -69,7 +73,11 @@ def export_command(
             run.expanduser(), output.expanduser(), category, parity_images, progress,
             export_format, precision,
         )  # fmt: skip
-    bundle = report.bundle
+    Console().print(f"{parity_line(report.bundle)}\nBundle: {report.folder}", highlight=False)
+
+
+def parity_line(bundle: Bundle) -> str:
+    """The parity figures in one sentence: deltas, the limit (or none), both AUROCs."""
     parity = bundle.parity
     limit = (
         f"limit {parity.tolerance:g}"
@@ -77,10 +85,9 @@ def export_command(
         else f"{bundle.precision}: reported, no limit"
     )
     engine = "OpenVINO" if bundle.format == "openvino" else "ONNX Runtime"
-    Console().print(
+    return (
         f"Parity on {parity.images} test images: scores {parity.score_max_rel:.2g}, maps "
         f"{parity.map_max_rel:.2g} (largest difference relative to the largest output; "
         f"{limit}); image AUROC {parity.auroc_torch} (PyTorch fp32) vs "
-        f"{parity.auroc_bundle} ({engine} {bundle.precision}).\nBundle: {report.folder}",
-        highlight=False,
+        f"{parity.auroc_bundle} ({engine} {bundle.precision})."
     )

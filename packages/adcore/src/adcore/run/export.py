@@ -121,6 +121,12 @@ def export_run(
         **dataclasses.asdict(decoding),
     }
     atomic_write_text(output / BUNDLE_FILE, bundle.model_dump_json(indent=2) + "\n")
+    _refuse_failed(parity, name, precision, output)
+    return ExportReport(output, bundle)
+
+
+def _refuse_failed(parity: BundleParity, name: str, precision: str, output: Path) -> None:
+    """``PluginError`` with the figures when the bundle failed its parity check."""
     if not parity.passed and parity.tolerance is None:
         raise PluginError(
             f"The exported {name} graph in {precision} gives non-finite scores or maps on "
@@ -137,7 +143,6 @@ def export_run(
             f"Make {name}'s export_module compute what predict computes (adcore.testing."
             "check_method compares them).",
         )
-    return ExportReport(output, bundle)
 
 
 def _check_exportable(method: Method, name: str, reason: str) -> None:
