@@ -86,8 +86,8 @@ def test_exported_graph_gives_the_run_scores(
     data, tmp_path, runtime_command, method, k_shot, extra
 ):
     """eval --save-model, export, and the bundle through ``ad_runtime.Model`` here and
-    through ``ad-runtime predict`` in a venv without torch, and OpenVINO (fp32) on the
-    same graph: the run's scores to 1e-4 relative."""
+    through ``ad-runtime predict`` in a venv without torch, OpenVINO (fp32) on the same
+    graph, and the OpenVINO IR export: the run's scores to 1e-4 relative."""
     run = _saved_run(data, tmp_path / "out", method, k_shot, extra)
     bundle_dir = tmp_path / "bundle"
     result = _export(run, bundle_dir)
@@ -107,6 +107,11 @@ def test_exported_graph_gives_the_run_scores(
     scored = Model(bundle_dir, engine="openvino").predict([Path(p) for p in images])
     openvino = np.array([s.score for s in scored])
     assert np.max(np.abs(openvino - expected)) <= 1e-4 * np.max(np.abs(expected))
+    ir_dir = tmp_path / "ir"  # OpenVINO's own format: the engine chosen from the bundle
+    result = _export(run, ir_dir, "--format", "openvino")
+    assert result.returncode == 0, result.stderr
+    ir = np.array([s.score for s in Model(ir_dir).predict([Path(p) for p in images])])
+    assert np.max(np.abs(ir - expected)) <= 1e-4 * np.max(np.abs(expected))
 
     bundle = read_bundle(bundle_dir)
     assert bundle.method == method and bundle.category == "plate"

@@ -1,11 +1,13 @@
 """``bundle.json``: what an exported model needs to be fed and read, written by ``ad export``.
 
-A bundle is a folder: the graph (``model.onnx``) and this description. The graph maps
+A bundle is a folder: the graph (``model.onnx``, or OpenVINO's IR ``model.xml`` with its
+weights ``model.bin``) and this description. The graph maps
 normalised float32 images ``[B,3,S,S]`` (RGB, NCHW, the batch axis free) to raw image
 scores ``[B]`` and raw anomaly maps ``[B,S,S]``; no threshold and no score scale inside.
 Everything else (how to decode and preprocess an image, how to read a score) is here.
 ``format_version`` grows when a reader would misread the bundle; a reader refuses newer
-ones.
+ones (version 2 added the OpenVINO IR, reduced precisions, ``inference_precision`` and
+``graph_files``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ad_runtime.errors import DataError
 
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2
 BUNDLE_FILE = "bundle.json"
 
 
@@ -42,7 +44,9 @@ class BundleParity(BaseModel):
 
     ``*_max_rel``: the largest absolute difference divided by the largest absolute value
     of the PyTorch output (scores, maps); ``run_score_max_rel``: the same against the
-    run's own ``scores.csv`` (computed at the run's precision).
+    run's own ``scores.csv`` (computed at the run's precision). ``tolerance``: the fp32
+    limit that ``passed`` checks; None for a reduced precision, whose deltas are reported,
+    not limited (``passed`` then says the outputs are finite).
     """
 
     images: int
@@ -51,7 +55,7 @@ class BundleParity(BaseModel):
     run_score_max_rel: float
     auroc_torch: float | None
     auroc_bundle: float | None
-    tolerance: float
+    tolerance: float | None
     passed: bool
 
 
@@ -63,10 +67,12 @@ class Bundle(BaseModel):
     format_version: int = BUNDLE_FORMAT_VERSION
     toolkit_version: str
     created: str  # ISO 8601, UTC
-    format: str  # "onnx"
-    precision: str  # "fp32"
+    format: str  # "onnx" (ONNX Runtime) or "openvino" (OpenVINO IR)
+    precision: str  # fp32, fp16, bf16 (OpenVINO) or int8 (ONNX, dynamic quantisation)
+    inference_precision: str = "fp32"  # the engine's precision hint the parity ran with
     graph: str  # file name inside the bundle
     graph_sha256: str
+    graph_files: dict[str, str] = Field(default_factory=dict)  # further files: name -> SHA-256
     method: str
     method_config: dict[str, Any]
     category: str

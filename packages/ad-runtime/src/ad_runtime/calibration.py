@@ -101,7 +101,7 @@ def calibrate_bundle(
     defect_inputs: Sequence[Path] = (),
     pixel_fpr: float | None = DEFAULT_PIXEL_FPR,
     batch_size: int = 8,
-    engine: str = "onnxruntime",
+    engine: str | None = None,
     advance: Callable[[int], None] | None = None,
 ) -> tuple[Calibration, Path]:
     """Calibrate the bundle in ``folder`` and write ``folder/threshold.json``; returns the

@@ -47,12 +47,14 @@ def parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=8, help="Images per graph call (default: 8)."
     )
     predict.add_argument(
-        "--engine", choices=["onnxruntime", "openvino"], default="onnxruntime",
-        help="Inference engine (openvino: pip install 'ad-runtime[openvino]').",
+        "--engine", choices=["onnxruntime", "openvino"], default=None,
+        help="Inference engine (default: the bundle's format's; openvino: pip install "
+        "'ad-runtime[openvino]').",
     )  # fmt: skip
     predict.add_argument(
-        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-        help="Inference precision: fp32, or bf16/fp16 with --engine openvino on CPUs with it.",
+        "--precision", choices=["fp32", "bf16", "fp16"], default=None,
+        help="OpenVINO's inference precision (default: the bundle's): fp32, or bf16/fp16 on "
+        "CPUs with it; ONNX Runtime runs fp32.",
     )  # fmt: skip
     predict.add_argument("--no-maps", action="store_true", help="Write scores.csv only.")
     predict.add_argument("--json", action="store_true", help="Print machine-readable JSON.")
@@ -80,11 +82,11 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--token-file", type=Path, default=None, help=OPTION_HELP["token_file"])
     serve.add_argument("--threshold", type=float, default=None, help=OPTION_HELP["threshold"])
     serve.add_argument(
-        "--engine", choices=["onnxruntime", "openvino"], default="onnxruntime",
+        "--engine", choices=["onnxruntime", "openvino"], default=None,
         help=OPTION_HELP["engine"],
     )  # fmt: skip
     serve.add_argument(
-        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+        "--precision", choices=["fp32", "bf16", "fp16"], default=None,
         help=OPTION_HELP["precision"],
     )  # fmt: skip
     serve.add_argument(

@@ -3,8 +3,8 @@
 ``Model(folder).predict(paths)`` does, without torch, what ``ad predict --run`` does with
 the fitted PyTorch method: the bundle's decoding (the category's intensity range, its size
 limit), its preprocessing (:class:`~ad_runtime.preprocessing.Preprocessing`, the same code
-the toolkit's loader runs), the graph with ONNX Runtime, and the bundle's score scale and
-image threshold.
+the toolkit's loader runs), the graph (ONNX Runtime or OpenVINO, as the bundle's format
+says), and the bundle's score scale and image threshold.
 """
 
 from __future__ import annotations
@@ -63,23 +63,27 @@ def bundle_verdicts(bundle: Bundle, threshold: float | None = None) -> Verdicts:
 
 ENGINES = ("onnxruntime", "openvino")
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+FORMAT_ENGINES = {"onnx": "onnxruntime", "openvino": "openvino"}  # the engine each runs on
 
 
 def check_graph(folder: Path, bundle: Bundle) -> Path:
     """The bundle's graph file.
 
-    Raises ``DataError`` when it is missing, differs from the SHA-256 that ``bundle.json``
-    records (damaged or replaced), or failed its parity check at export.
+    Raises ``DataError`` when it (or a further file of it: the IR's weights) is missing,
+    differs from the SHA-256 that ``bundle.json`` records (damaged or replaced), or failed
+    its parity check at export.
     """
     graph = folder / bundle.graph
-    if not graph.is_file():
-        raise DataError(f"The bundle {folder} has no {bundle.graph}.", "Export the model again.")
-    if hashlib.sha256(graph.read_bytes()).hexdigest() != bundle.graph_sha256:
-        raise DataError(
-            f"{graph} is not the graph the bundle describes (its SHA-256 differs from "
-            "bundle.json's graph_sha256): the file is damaged or was replaced.",
-            "Export the model again with ad export.",
-        )
+    for name, digest in {bundle.graph: bundle.graph_sha256, **bundle.graph_files}.items():
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"The bundle {folder} has no {name}.", "Export the model again.")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise DataError(
+                f"{path} is not the file the bundle describes (its SHA-256 differs from "
+                "bundle.json's): the file is damaged or was replaced.",
+                "Export the model again with ad export.",
+            )
     if not bundle.parity.passed:
         raise DataError(
             f"The bundle {folder} failed its parity check at export (scores "
@@ -90,9 +94,10 @@ def check_graph(folder: Path, bundle: Bundle) -> Path:
 
 
 class OpenVinoSession:
-    """The graph compiled by OpenVINO for the CPU, called as an ONNX Runtime session is
-    (``run(output_names, {input_name: array})``); ``precision`` is its inference precision
-    hint (matrix products and convolutions in bf16 or fp16 where the CPU has them)."""
+    """The graph (ONNX or OpenVINO IR) compiled by OpenVINO for the CPU, called as an ONNX
+    Runtime session is (``run(output_names, {input_name: array})``); ``precision`` is its
+    inference precision hint (matrix products and convolutions in bf16 or fp16 where the CPU
+    has them; fp32 is asked for explicitly, as OpenVINO would pick bf16 on AMX CPUs)."""
 
     def __init__(self, graph: Path, precision: str) -> None:
         try:
@@ -111,7 +116,13 @@ class OpenVinoSession:
                 "Use --precision fp32, or a CPU with it (bf16: AVX-512 BF16 or AMX).",
             )
         hint = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
-        self.compiled = core.compile_model(str(graph), "CPU", hint)
+        try:
+            self.compiled = core.compile_model(str(graph), "CPU", hint)
+        except RuntimeError as error:  # OpenVINO's reader and compiler raise RuntimeError
+            raise DataError(
+                f"OpenVINO cannot read or compile {graph} ({_first_line(error)}).",
+                "Export the model again with ad export.",
+            ) from error
 
     def run(self, names: list[str], fed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The outputs ``names`` for the inputs ``fed``."""
@@ -119,32 +130,65 @@ class OpenVinoSession:
         return [result[self.compiled.output(name)] for name in names]
 
 
-def open_session(
-    folder: Path,
-    bundle: Bundle,
-    providers: Sequence[str] | None = None,
-    engine: str = "onnxruntime",
-    precision: str = "fp32",
-) -> Any:
-    """A session of the bundle's checked graph (:func:`check_graph`): ONNX Runtime (fp32,
-    ``providers`` default the CPU) or OpenVINO (:class:`OpenVinoSession`, fp32/bf16/fp16).
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
-    Raises ``UsageError`` for an unknown engine or a precision it cannot run."""
-    if engine not in ENGINES:
-        raise UsageError(f"Unknown engine {engine!r}.", f"Use one of {', '.join(ENGINES)}.")
-    if precision not in OPENVINO_PRECISIONS or (engine == "onnxruntime" and precision != "fp32"):
-        raise UsageError(
-            f"The {engine} engine does not run precision {precision!r}.",
-            "ONNX Runtime runs fp32; OpenVINO runs fp32, bf16 or fp16 (--engine openvino).",
-        )
-    graph = check_graph(folder, bundle)
+
+def engine_session(
+    graph: Path, engine: str, precision: str = "fp32", providers: Sequence[str] | None = None
+) -> Any:
+    """A session of the graph file as it is (no check against a bundle): ONNX Runtime
+    (``providers`` default the CPU) or :class:`OpenVinoSession` with ``precision``'s hint.
+    ``ad export`` runs its parity check through this, so it measures what the runtime runs.
+
+    Raises ``DataError`` when the engine cannot read the file."""
     if engine == "openvino":
         return OpenVinoSession(graph, precision)
     import onnxruntime
 
-    return onnxruntime.InferenceSession(
-        str(graph), providers=list(providers or ["CPUExecutionProvider"])
-    )
+    try:
+        return onnxruntime.InferenceSession(
+            str(graph), providers=list(providers or ["CPUExecutionProvider"])
+        )
+    except Exception as error:  # onnxruntime raises its own untyped errors
+        raise DataError(
+            f"ONNX Runtime cannot read {graph} ({_first_line(error)}).",
+            "Export the model again with ad export.",
+        ) from error
+
+
+def open_session(
+    folder: Path,
+    bundle: Bundle,
+    providers: Sequence[str] | None = None,
+    engine: str | None = None,
+    precision: str | None = None,
+) -> Any:
+    """A session of the bundle's checked graph (:func:`check_graph`) on ``engine`` (default:
+    the bundle's format's, :data:`FORMAT_ENGINES`): ONNX Runtime (``providers`` default the
+    CPU) or OpenVINO (:class:`OpenVinoSession`, fp32/bf16/fp16; default the bundle's
+    ``inference_precision``).
+
+    Raises ``UsageError`` for an unknown engine, one that cannot read the bundle's format, or
+    a precision it cannot run."""
+    engine = engine or FORMAT_ENGINES.get(bundle.format, "onnxruntime")
+    precision = precision or (bundle.inference_precision if engine == "openvino" else "fp32")
+    if engine not in ENGINES:
+        raise UsageError(f"Unknown engine {engine!r}.", f"Use one of {', '.join(ENGINES)}.")
+    if engine == "onnxruntime" and bundle.format == "openvino":
+        raise UsageError(
+            f"The bundle {folder} is an OpenVINO IR, which ONNX Runtime cannot read.",
+            "Run it with --engine openvino (pip install 'ad-runtime[openvino]'), or export "
+            "with --format onnx for ONNX Runtime.",
+        )
+    if precision not in OPENVINO_PRECISIONS or (engine == "onnxruntime" and precision != "fp32"):
+        raise UsageError(
+            f"The {engine} engine does not run precision {precision!r}.",
+            "ONNX Runtime runs the graph as exported (fp32, or int8 from ad export --precision "
+            "int8); OpenVINO runs fp32, bf16 or fp16 (--engine openvino).",
+        )
+    return engine_session(check_graph(folder, bundle), engine, precision, providers)
 
 
 class Model:
@@ -152,11 +196,13 @@ class Model:
 
     ``threshold``: the image threshold on the raw scale (default: the bundle's, with its
     source); ``providers``: ONNX Runtime execution providers (default: the CPU);
-    ``engine``: ``onnxruntime`` or ``openvino`` (the ``openvino`` extra), ``precision``:
-    ``fp32``, or ``bf16``/``fp16`` with OpenVINO; ``calibrated``: the thresholds of the
+    ``engine``: ``onnxruntime`` or ``openvino`` (the ``openvino`` extra; default: the one
+    the bundle's format runs on), ``precision``: OpenVINO's inference precision, ``fp32``,
+    ``bf16`` or ``fp16`` (default: the bundle's); ``calibrated``: the thresholds of the
     folder's ``threshold.json`` (``ad calibrate``) replace the bundle's when there is one.
     Raises ``DataError`` for a missing, damaged, newer or failed bundle or a threshold.json
-    of another model, ``UsageError`` for an engine or precision it cannot run.
+    of another model, ``UsageError`` for an engine or precision it cannot run (or OpenVINO
+    not installed, naming the extra).
     """
 
     def __init__(
@@ -164,8 +210,8 @@ class Model:
         folder: Path | str,
         threshold: float | None = None,
         providers: Sequence[str] | None = None,
-        engine: str = "onnxruntime",
-        precision: str = "fp32",
+        engine: str | None = None,
+        precision: str | None = None,
         calibrated: bool = True,
     ) -> None:
         self.folder = Path(folder).expanduser()
@@ -184,14 +230,14 @@ class Model:
     def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [B,S,S,3] -> (raw scores float64 [B], raw maps float32 [B,S,S]).
 
-        Raises ``DataError`` when ONNX Runtime refuses the graph or the batch."""
+        Raises ``DataError`` when the engine refuses the graph or the batch."""
         fed = {self.bundle.inputs[0].name: self.preprocessing.normalize_array(pixels)}
         names = [tensor.name for tensor in self.bundle.outputs]
         try:
             scores, maps = self.session.run(names, fed)
         except Exception as error:  # onnxruntime's own untyped errors
             raise DataError(
-                f"ONNX Runtime failed on the bundle {self.folder} ({str(error).splitlines()[0]}).",
+                f"The engine failed on the bundle {self.folder} ({_first_line(error)}).",
                 "Export the model again with this toolkit's ad export.",
             ) from error
         return np.asarray(scores, dtype=np.float64), np.asarray(maps, dtype=np.float32)

@@ -77,8 +77,14 @@ OPTION_HELP = {
     "token_file": "File holding a bearer token that every request but /healthz and /readyz "
     "must send (Authorization: Bearer TOKEN); default: none.",
     "threshold": "Raw image score at or above which an image is anomalous (default: the bundle's).",
-    "engine": "Inference engine: onnxruntime or openvino (pip install 'ad-runtime[openvino]').",
-    "precision": "Inference precision: fp32, or bf16/fp16 with --engine openvino on CPUs with it.",
+    "engine": (
+        "Inference engine: onnxruntime or openvino (pip install 'ad-runtime[openvino]'; "
+        "default: the one the bundle's format runs on)."
+    ),
+    "precision": (
+        "Inference precision: fp32, or bf16/fp16 with OpenVINO on CPUs with it "
+        "(default: the bundle's)."
+    ),
     "log_level": "uvicorn's log level: critical, error, warning, info, debug (default info).",
 }
 
@@ -495,8 +501,8 @@ def serve(
     folder: Path,
     options: ServeOptions,
     threshold: float | None = None,
-    engine: str = "onnxruntime",
-    precision: str = "fp32",
+    engine: str | None = None,
+    precision: str | None = None,
 ) -> None:
     """Serve the bundle in ``folder`` until Ctrl-C. Raises ``UsageError`` without the serve
     extra or for bad options, ``DataError`` for a bundle it cannot run."""

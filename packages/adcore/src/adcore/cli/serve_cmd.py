@@ -32,8 +32,8 @@ def serve_command(
     decode_threads: Annotated[int, _option("decode_threads", min=1)] = _DEFAULTS.decode_threads,
     token_file: Annotated[Path | None, _option("token_file")] = None,
     threshold: Annotated[float | None, _option("threshold")] = None,
-    engine: Annotated[str, _option("engine")] = "onnxruntime",
-    precision: Annotated[str, _option("precision")] = "fp32",
+    engine: Annotated[str | None, _option("engine")] = None,
+    precision: Annotated[str | None, _option("precision")] = None,
     log_level: Annotated[str, _option("log_level")] = "info",
 ) -> None:
     r"""Serve an exported bundle over HTTP (FastAPI, uvicorn): POST /predict and

@@ -29,9 +29,10 @@ def resolve_device(requested: str) -> str:
 
 
 def synchronizer(device: str) -> Callable[[], None]:
-    """A call that waits for the device's queued work (a no-op on the CPU), for timing."""
-    import torch
-
+    """A call that waits for the device's queued work (a no-op on the CPU), for timing;
+    torch is imported only for CUDA, so a torch-free timing (``ad bench --model``) stays so."""
     if device.startswith("cuda"):
+        import torch
+
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
