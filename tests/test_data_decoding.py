@@ -444,3 +444,25 @@ def test_data_check_reports_each_kind_in_the_console(tmp_path):
     assert "mask_empty" in text and "002_mask.png" in text
     bad = [line for line in result.stdout.splitlines() if line.startswith("bad ")]
     assert len(bad) == 1  # only the empty mask is an error
+
+
+def test_an_upload_decodes_as_its_file_16_bit_colour_and_empty_included(tmp_path):
+    """``read_image_bytes`` (``ad serve``'s uploads) runs the file rules on the bytes: a
+    16-bit colour PNG (OpenCV's layout, BGR) maps by the full 16-bit scale, without a
+    category range, as the file does, and no bytes at all is an empty file, not an
+    undecodable one."""
+    import cv2
+
+    from ad_runtime.decoding import EmptyFileError, read_image, read_image_bytes
+
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 4096, size=(9, 7, 3), dtype=np.uint16)  # 12-bit camera values
+    path = tmp_path / "deep.png"
+    assert cv2.imwrite(str(path), deep)
+    from_file = np.asarray(read_image(path))
+    from_bytes = np.asarray(read_image_bytes(path.read_bytes(), name="deep.png"))
+    assert np.array_equal(from_file, from_bytes)
+    expected = np.rint(deep[..., ::-1].astype(np.float64) * 255 / 65535)
+    assert np.array_equal(from_bytes, expected.astype(np.uint8))
+    with pytest.raises(EmptyFileError):
+        read_image_bytes(b"", name="empty.png")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,7 +160,7 @@ def open_image(
     path: Path | IO[bytes], max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 ) -> Image.Image:
     """Open ``path`` lazily (header only), refusing it when over ``max_image_pixels``."""
-    if path.is_file() and path.stat().st_size == 0:
+    if _is_empty(path):
         raise EmptyFileError(path)
     try:
         with _UNLIMITED:  # PIL's own bomb check is off while the header is read: ours follows
@@ -179,6 +180,15 @@ def open_image(
         image.close()
         raise too_large_error(path, image.size, max_image_pixels)
     return image
+
+
+def _is_empty(source: Path | IO[bytes]) -> bool:
+    """A 0-byte file, or an upload of no bytes."""
+    if isinstance(source, io.BytesIO):
+        return source.getbuffer().nbytes == 0
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).is_file() and Path(source).stat().st_size == 0
+    return False
 
 
 class UndecodableImageError(DataError):
@@ -266,12 +276,16 @@ def pixel_mode(image: Image.Image) -> str:
     return DEEP_COLOUR[image.mode] if ";16" in raw else image.mode
 
 
-def read_deep_colour(path: Path) -> np.ndarray:
-    """[H,W,3] uint16 RGB of a 16-bit colour file at full precision (OpenCV, unchanged
-    depth, BGR to RGB, alpha dropped); EXIF orientation is applied by the caller."""
+def read_deep_colour(path: Path | IO[bytes]) -> np.ndarray:
+    """[H,W,3] uint16 RGB of a 16-bit colour file (or upload) at full precision (OpenCV,
+    unchanged depth, BGR to RGB, alpha dropped); EXIF orientation is applied by the caller."""
     import cv2
 
-    values = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+    if isinstance(path, io.BytesIO):
+        values = cv2.imdecode(np.frombuffer(path.getbuffer(), dtype=np.uint8), flags)
+    else:
+        values = cv2.imread(str(path), flags)
     if values is None or values.ndim != 3:
         raise UndecodableImageError(path, ValueError("OpenCV cannot decode its 16-bit colour"))
     return np.ascontiguousarray(values[..., 2::-1])  # BGR(A) -> RGB
@@ -303,7 +317,9 @@ def to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _pixels_rgb(image: Image.Image, mode: str, decoding: Decoding, path: Path) -> Image.Image:
+def _pixels_rgb(
+    image: Image.Image, mode: str, decoding: Decoding, path: Path | IO[bytes]
+) -> Image.Image:
     if not is_high_depth(mode):
         return image.convert("RGB")
     # [H,W] uint16 / int32 / float32, or [H,W,3] uint16 for 16-bit colour

@@ -25,7 +25,7 @@ Endpoints (the token, when one is set, guards all but ``/healthz`` and ``/readyz
 """
 
 # no `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request)
-# at run time, and they live in create_app's scope
+# at run time, and they live in the scope of _add_handlers and _add_routes
 import asyncio
 import base64
 import hmac
@@ -193,66 +193,56 @@ class _Metrics:
 ENDPOINTS = ("/predict", "/predict/batch", "/metadata", "/healthz", "/readyz", "/metrics")
 
 
-def create_app(model: Model, options: ServeOptions) -> "FastAPI":
-    """The FastAPI application serving ``model`` under ``options``."""
-    import anyio
-    from fastapi import Depends, FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+class _Service:
+    """What the routes share: the model, the decoding limits, the batcher, the metrics and
+    the readiness; each route is a thin FastAPI function over one of its methods."""
 
-    decoding = serving_decoding(model.decoding, options.max_pixels)
-    verdicts = model.verdicts
-    pixel = model.bundle.thresholds.get("pixel")
-    pixel_threshold = None if pixel is None else pixel.value
-    batcher = MicroBatcher(
-        model.run, options.max_batch, options.max_delay_ms / 1000.0, options.max_queue
-    )
-    metrics = _Metrics(batcher)
-    batcher.on_batch = metrics.on_batch
-    ready = threading.Event()
-    limiters: list[anyio.CapacityLimiter] = []  # made in the event loop, at start-up
-    side = model.preprocessing.output_size
+    def __init__(self, model: Model, options: ServeOptions) -> None:
+        self.model, self.options = model, options
+        self.decoding = serving_decoding(model.decoding, options.max_pixels)
+        self.verdicts = model.verdicts
+        pixel = model.bundle.thresholds.get("pixel")
+        self.pixel_threshold = None if pixel is None else pixel.value
+        self.batcher = MicroBatcher(
+            model.run, options.max_batch, options.max_delay_ms / 1000.0, options.max_queue
+        )
+        self.metrics = _Metrics(self.batcher)
+        self.batcher.on_batch = self.metrics.on_batch
+        self.ready = threading.Event()
+        self.limiters: list[Any] = []  # anyio.CapacityLimiter, made in the event loop
+        self.side = model.preprocessing.output_size
+        self.failed: list[str] = []  # why the warm-up failed, if it did
 
-    failed: list[str] = []  # why the warm-up failed, if it did
-
-    def warm_up() -> None:
+    def warm_up(self) -> None:
         try:
-            for size in sorted({1, options.max_batch}):
-                model.run(np.zeros((size, side, side, 3), dtype=np.uint8))
+            for size in sorted({1, self.options.max_batch}):
+                self.model.run(np.zeros((size, self.side, self.side, 3), dtype=np.uint8))
         except Exception as error:  # /readyz says so; the process stays up for /healthz
-            failed.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
-            print(f"Warm-up failed: {failed[0]}", flush=True)
+            self.failed.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            print(f"Warm-up failed: {self.failed[0]}", flush=True)
             return
-        ready.set()
+        self.ready.set()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        limiters.append(anyio.CapacityLimiter(options.decode_threads))
-        batcher.start()
-        warming = asyncio.create_task(anyio.to_thread.run_sync(warm_up))
+    async def lifespan(self, _: Any) -> AsyncIterator[None]:
+        import anyio
+
+        self.limiters.append(anyio.CapacityLimiter(self.options.decode_threads))
+        self.batcher.start()
+        warming = asyncio.create_task(anyio.to_thread.run_sync(self.warm_up))
         try:
             yield
         finally:
-            batcher.stop()
+            self.batcher.stop()
             await asyncio.gather(warming, return_exceptions=True)
 
-    app = FastAPI(
-        title="ad-runtime serve",
-        summary=f"{model.bundle.method} on {model.bundle.category}",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
-
-    def authorised(request: Request) -> None:
-        if options.token is None:
+    def check_token(self, given: str) -> None:
+        """Refuses (401) a request without the server's bearer token, when it has one."""
+        if self.options.token is None:
             return
-        given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            value.strip().encode(), options.token.encode()
+            value.strip().encode(), self.options.token.encode()
         ):
             raise BadInput(
                 401,
@@ -261,7 +251,171 @@ def create_app(model: Model, options: ServeOptions) -> "FastAPI":
                 {"WWW-Authenticate": "Bearer"},
             )
 
-    guarded = [Depends(authorised)]
+    def too_many(self, count: str) -> BadInput:
+        return BadInput(
+            413, f"The request holds {count} images, more than the server's queue holds "
+            f"({self.options.max_queue}, --max-queue): send fewer per request."
+        )  # fmt: skip
+
+    async def uploads(self, request: Any, batch: bool) -> list[tuple[str, bytes]]:
+        """The request's images as (name, bytes): the raw body (``/predict`` only) or the
+        files of a multipart form."""
+        from starlette.formparsers import MultiPartException, MultiPartParser
+
+        options = self.options
+        check_length(request.headers, options.max_bytes)
+        body = limited(request.stream(), options.max_bytes)
+        kind = request.headers.get("content-type", "")
+        if not kind.startswith("multipart/form-data"):
+            if batch:
+                raise BadInput(
+                    415, "POST /predict/batch takes a multipart form of image files "
+                    "(curl -F image=@a.png -F image=@b.png)."
+                )  # fmt: skip
+            return [("The request body", b"".join([chunk async for chunk in body]))]
+        parser = MultiPartParser(
+            request.headers, body, max_files=options.max_queue, max_fields=options.max_queue,
+            max_part_size=options.max_bytes,
+        )  # fmt: skip
+        try:
+            form = await parser.parse()
+        except MultiPartException as error:
+            if error.message.startswith("Too many files"):
+                raise self.too_many(f"more than {options.max_queue}") from None
+            raise BadInput(400, f"The multipart form cannot be read ({error.message}).") from None
+        files = []
+        for key, value in form.multi_items():
+            if isinstance(value, str):
+                continue
+            files.append((f"{key}:{value.filename or 'upload'}", await value.read()))
+            await value.close()
+        return checked_files(files, batch)
+
+    async def decoded(self, files: list[tuple[str, bytes]]) -> list[np.ndarray]:
+        """Each file decoded and preprocessed in the decoding threads, in order."""
+        import anyio
+
+        return [
+            await anyio.to_thread.run_sync(
+                decode_upload, data, name, self.decoding, self.model.preprocessing,
+                limiter=self.limiters[0],
+            )
+            for name, data in files
+        ]  # fmt: skip
+
+    async def scored(
+        self, files: list[tuple[str, bytes]], keep_pixels: bool
+    ) -> list[dict[str, Any]]:
+        """Each file decoded, batched and scored: score, normalised score, verdict, map."""
+        if len(files) > self.options.max_queue:
+            raise self.too_many(str(len(files)))
+        try:
+            self.batcher.reserve(len(files))
+        except QueueFull as full:
+            raise BadInput(
+                503, f"The server is busy ({full}): retry after {full.retry_after} s.",
+                {"Retry-After": str(full.retry_after)},
+            ) from None  # fmt: skip
+        submitted, futures = 0, []
+        try:
+            pixels = await self.decoded(files)
+            for one in pixels:
+                futures.append(self.batcher.submit(one))
+                submitted += 1
+        finally:
+            self.batcher.cancel(len(files) - submitted)
+        try:
+            outputs = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        except Exception as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise BadInput(500, f"The forward pass failed ({first}).") from None
+        scores = np.array([score for score, _ in outputs])
+        normalised = self.verdicts.scale.normalise(scores)
+        return [
+            {"name": name, "score": float(score), "normalised_score": float(norm),
+             "anomalous": bool(score >= self.verdicts.threshold), "map": anomaly_map,
+             "pixels": one if keep_pixels else None}
+            for (name, _), score, norm, (_, anomaly_map), one in zip(
+                files, scores, normalised, outputs, pixels, strict=True
+            )
+        ]  # fmt: skip
+
+    def pictures(
+        self, result: dict[str, Any], map_format: str | None, overlay: bool
+    ) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if map_format is not None:
+            data, (low, high) = map_image(result["map"], map_format)
+            extra["anomaly_map"] = {
+                "format": map_format, "base64": base64.b64encode(data).decode("ascii"),
+                "low": low, "high": high, "side": int(result["map"].shape[-1]),
+            }  # fmt: skip
+        if overlay:
+            png = overlay_png(result["pixels"], result["map"], self.pixel_threshold)
+            extra["overlay"] = {"format": "png", "base64": base64.b64encode(png).decode("ascii")}
+        return extra
+
+    async def predict(
+        self, request: Any, map_format: str | None, overlay: bool, batch: bool
+    ) -> dict[str, Any]:
+        """``POST /predict`` (one image) or ``/predict/batch`` (several, in the form's order)."""
+        started = time.perf_counter()
+        if map_format is not None and map_format not in MAP_FORMATS:
+            raise BadInput(422, f"map={map_format!r} is not a map format: use map=png or map=tiff.")
+        results = await self.scored(await self.uploads(request, batch), overlay)
+        decision = {"threshold": self.verdicts.threshold, "threshold_source": self.verdicts.source}
+        verdicts = [
+            {**{k: r[k] for k in ("score", "normalised_score", "anomalous")},
+             **self.pictures(r, map_format, overlay)}
+            for r in results
+        ]  # fmt: skip
+        if batch:
+            named = [{"name": r["name"], **v} for r, v in zip(results, verdicts, strict=True)]
+            answer = {**decision, "images": named}
+        else:
+            answer = {**verdicts[0], **decision}
+        return {**answer, "latency_ms": (time.perf_counter() - started) * 1000.0}
+
+    def metadata(self) -> dict[str, Any]:
+        """The bundle's description, the threshold in use and the server's limits."""
+        serving = {k: v for k, v in asdict(self.options).items() if k != "token"}
+        serving["max_pixels"] = self.decoding.max_image_pixels
+        serving["token_required"] = self.options.token is not None
+        return {
+            "bundle": self.model.bundle.model_dump(mode="json"),
+            "threshold": self.verdicts.threshold,
+            "threshold_source": self.verdicts.source,
+            "input_side": self.side,
+            "serving": serving,
+        }
+
+    def readiness(self) -> tuple[dict[str, str], int, dict[str, str]]:
+        """(body, status, headers) of ``GET /readyz``."""
+        if self.ready.is_set():
+            return {"status": "ready"}, 200, {}
+        if self.failed:
+            return {"status": f"warm-up failed: {self.failed[0]}"}, 503, {}
+        return {"status": "warming up"}, 503, {"Retry-After": "1"}
+
+
+def checked_files(files: list[tuple[str, bytes]], batch: bool) -> list[tuple[str, bytes]]:
+    """A form's files, refused (400) when it holds none, or several for ``/predict``."""
+    if not files:
+        raise BadInput(400, "The multipart form holds no file: send the image as a file part.")
+    if not batch and len(files) > 1:
+        raise BadInput(
+            400, f"POST /predict takes one image; the form holds {len(files)} files: use "
+            "POST /predict/batch for several."
+        )  # fmt: skip
+    return files
+
+
+def _add_handlers(app: "FastAPI", service: _Service) -> None:
+    """Every error as ``{"detail": one line}``, and each request counted in the metrics."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, error: BadInput) -> JSONResponse:
@@ -288,163 +442,38 @@ def create_app(model: Model, options: ServeOptions) -> "FastAPI":
             status = response.status_code
             return response
         finally:
-            metrics.requests.labels(endpoint, str(status)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            service.metrics.requests.labels(endpoint, str(status)).inc()
+            service.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
-    def too_many(count: str) -> BadInput:
-        return BadInput(
-            413, f"The request holds {count} images, more than the server's queue holds "
-            f"({options.max_queue}, --max-queue): send fewer per request."
-        )  # fmt: skip
 
-    async def uploads(request: Request, batch: bool) -> list[tuple[str, bytes]]:
-        """The request's images as (name, bytes): the raw body (``/predict`` only) or the
-        files of a multipart form."""
-        from starlette.formparsers import MultiPartException, MultiPartParser
+def _add_routes(app: "FastAPI", service: _Service) -> None:
+    """The endpoints, each over a method of ``service``; the token guards all but the
+    health checks."""
+    from fastapi import Depends, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
 
-        check_length(request.headers, options.max_bytes)
-        body = limited(request.stream(), options.max_bytes)
-        kind = request.headers.get("content-type", "")
-        if not kind.startswith("multipart/form-data"):
-            if batch:
-                raise BadInput(
-                    415, "POST /predict/batch takes a multipart form of image files "
-                    "(curl -F image=@a.png -F image=@b.png)."
-                )  # fmt: skip
-            return [("The request body", b"".join([chunk async for chunk in body]))]
-        parser = MultiPartParser(
-            request.headers, body, max_files=options.max_queue, max_fields=options.max_queue,
-            max_part_size=options.max_bytes,
-        )  # fmt: skip
-        try:
-            form = await parser.parse()
-        except MultiPartException as error:
-            if error.message.startswith("Too many files"):
-                raise too_many(f"more than {options.max_queue}") from None
-            raise BadInput(400, f"The multipart form cannot be read ({error.message}).") from None
-        files = []
-        for key, value in form.multi_items():
-            if isinstance(value, str):
-                continue
-            files.append((f"{key}:{value.filename or 'upload'}", await value.read()))
-            await value.close()
-        if not files:
-            raise BadInput(400, "The multipart form holds no file: send the image as a file part.")
-        if not batch and len(files) > 1:
-            raise BadInput(
-                400, f"POST /predict takes one image; the form holds {len(files)} files: use "
-                "POST /predict/batch for several."
-            )  # fmt: skip
-        return files
+    def authorised(request: Request) -> None:
+        service.check_token(request.headers.get("authorization", ""))
 
-    async def scored(files: list[tuple[str, bytes]], keep_pixels: bool) -> list[dict[str, Any]]:
-        """Each file decoded, batched and scored: score, normalised score, verdict, map."""
-        if len(files) > options.max_queue:
-            raise too_many(str(len(files)))
-        try:
-            batcher.reserve(len(files))
-        except QueueFull as full:
-            raise BadInput(
-                503, f"The server is busy ({full}): retry after {full.retry_after} s.",
-                {"Retry-After": str(full.retry_after)},
-            ) from None  # fmt: skip
-        submitted = 0
-        try:
-            pixels = [
-                await anyio.to_thread.run_sync(
-                    decode_upload, data, name, decoding, model.preprocessing, limiter=limiters[0]
-                )
-                for name, data in files
-            ]
-            futures = []
-            for one in pixels:
-                futures.append(batcher.submit(one))
-                submitted += 1
-        finally:
-            batcher.cancel(len(files) - submitted)
-        try:
-            outputs = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
-        except Exception as error:
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise BadInput(500, f"The forward pass failed ({first}).") from None
-        scores = np.array([score for score, _ in outputs])
-        normalised = verdicts.scale.normalise(scores)
-        return [
-            {"name": name, "score": float(score), "normalised_score": float(norm),
-             "anomalous": bool(score >= verdicts.threshold), "map": anomaly_map,
-             "pixels": one if keep_pixels else None}
-            for (name, _), score, norm, (_, anomaly_map), one in zip(
-                files, scores, normalised, outputs, pixels, strict=True
-            )
-        ]  # fmt: skip
-
-    def pictures(result: dict[str, Any], map_format: str | None, overlay: bool) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
-        if map_format is not None:
-            data, (low, high) = map_image(result["map"], map_format)
-            extra["anomaly_map"] = {
-                "format": map_format, "base64": base64.b64encode(data).decode("ascii"),
-                "low": low, "high": high, "side": int(result["map"].shape[-1]),
-            }  # fmt: skip
-        if overlay:
-            png = overlay_png(result["pixels"], result["map"], pixel_threshold)
-            extra["overlay"] = {"format": "png", "base64": base64.b64encode(png).decode("ascii")}
-        return extra
-
-    def check_map(map_format: str | None) -> None:
-        if map_format is not None and map_format not in MAP_FORMATS:
-            raise BadInput(422, f"map={map_format!r} is not a map format: use map=png or map=tiff.")
-
-    def verdict_fields(result: dict[str, Any]) -> dict[str, Any]:
-        return {k: result[k] for k in ("score", "normalised_score", "anomalous")}
+    guarded = [Depends(authorised)]
 
     @app.post("/predict", dependencies=guarded)
     async def predict(
         request: Request, map: str | None = None, overlay: bool = False
     ) -> dict[str, Any]:
         """One image (raw body or one multipart file) -> its verdict (and map, overlay)."""
-        started = time.perf_counter()
-        check_map(map)
-        (result,) = await scored(await uploads(request, batch=False), overlay)
-        return {
-            **verdict_fields(result),
-            "threshold": verdicts.threshold,
-            "threshold_source": verdicts.source,
-            **pictures(result, map, overlay),
-            "latency_ms": (time.perf_counter() - started) * 1000.0,
-        }
+        return await service.predict(request, map, overlay, batch=False)
 
     @app.post("/predict/batch", dependencies=guarded)
     async def predict_batch(
         request: Request, map: str | None = None, overlay: bool = False
     ) -> dict[str, Any]:
         """Several images (multipart files) -> one verdict each, in the form's order."""
-        started = time.perf_counter()
-        check_map(map)
-        results = await scored(await uploads(request, batch=True), overlay)
-        return {
-            "threshold": verdicts.threshold,
-            "threshold_source": verdicts.source,
-            "images": [
-                {"name": r["name"], **verdict_fields(r), **pictures(r, map, overlay)}
-                for r in results
-            ],
-            "latency_ms": (time.perf_counter() - started) * 1000.0,
-        }
+        return await service.predict(request, map, overlay, batch=True)
 
     @app.get("/metadata", dependencies=guarded)
     async def metadata() -> dict[str, Any]:
-        """The bundle's description, the threshold in use and the server's limits."""
-        serving = {k: v for k, v in asdict(options).items() if k != "token"}
-        serving["max_pixels"] = decoding.max_image_pixels
-        serving["token_required"] = options.token is not None
-        return {
-            "bundle": model.bundle.model_dump(mode="json"),
-            "threshold": verdicts.threshold,
-            "threshold_source": verdicts.source,
-            "input_side": side,
-            "serving": serving,
-        }
+        return service.metadata()
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -452,19 +481,33 @@ def create_app(model: Model, options: ServeOptions) -> "FastAPI":
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        if ready.is_set():
-            return JSONResponse({"status": "ready"})
-        if failed:
-            return JSONResponse({"status": f"warm-up failed: {failed[0]}"}, 503)
-        return JSONResponse({"status": "warming up"}, 503, headers={"Retry-After": "1"})
+        body, status, headers = service.readiness()
+        return JSONResponse(body, status, headers=headers)
 
     @app.get("/metrics", dependencies=guarded)
     async def metrics_text() -> PlainTextResponse:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        text = generate_latest(service.metrics.registry)
+        return PlainTextResponse(text, media_type=CONTENT_TYPE_LATEST)
 
-    app.state.batcher, app.state.ready = batcher, ready
+
+def create_app(model: Model, options: ServeOptions) -> "FastAPI":
+    """The FastAPI application serving ``model`` under ``options``."""
+    from fastapi import FastAPI
+
+    service = _Service(model, options)
+    app = FastAPI(
+        title="ad-runtime serve",
+        summary=f"{model.bundle.method} on {model.bundle.category}",
+        lifespan=service.lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    _add_handlers(app, service)
+    _add_routes(app, service)
+    app.state.batcher, app.state.ready = service.batcher, service.ready
     return app
 
 

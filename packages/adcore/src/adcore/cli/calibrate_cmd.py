@@ -10,60 +10,82 @@ from rich.console import Console
 
 from adcore.cli.options import DeviceOption, JsonOption, NoProgressOption, flag
 
+NormalOption = Annotated[
+    list[Path],
+    typer.Option(
+        "--normal",
+        help="Folder (or file) of good images to calibrate on (repeatable).",
+        show_default=False,
+    ),
+]
+
+RunOption = Annotated[
+    Path | None,
+    typer.Option("--run", help="Run folder written by ad eval --save-model (or give --model)."),
+]
+
+ModelOption = Annotated[
+    Path | None,
+    typer.Option("--model", help="Bundle folder written by ad export (runs ONNX Runtime)."),
+]
+
+CategoryOption = Annotated[
+    str | None,
+    typer.Option("--category", help="Category of the run to calibrate (if it has several)."),
+]
+
+FprOption = Annotated[
+    float | None,
+    typer.Option(
+        "--fpr",
+        help="Target false-positive rate on good images (the default rule, at 0.001).",
+    ),
+]
+
+QuantileOption = Annotated[
+    float | None,
+    typer.Option("--quantile", help="Threshold at this quantile of the good scores."),
+]
+
+RecallOption = Annotated[
+    float | None,
+    typer.Option("--recall", help="Target recall on the --defects images."),
+]
+
+F1Option = Annotated[
+    bool, flag("--f1", help="F1-optimal threshold over good and --defects images.")
+]
+
+DefectsOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--defects", help="Folder of labelled defect images (for --recall, --f1; repeatable)."
+    ),
+]
+
+PixelFprOption = Annotated[
+    float,
+    typer.Option(
+        "--pixel-fpr",
+        help="Target rate of good map pixels at or above the pixel threshold (0: none).",
+    ),
+]
+
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
+
 
 def calibrate_command(
-    normal: Annotated[
-        list[Path],
-        typer.Option(
-            "--normal",
-            help="Folder (or file) of good images to calibrate on (repeatable).",
-            show_default=False,
-        ),
-    ],
-    run: Annotated[
-        Path | None,
-        typer.Option("--run", help="Run folder written by ad eval --save-model (or give --model)."),
-    ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option("--model", help="Bundle folder written by ad export (runs ONNX Runtime)."),
-    ] = None,
-    category: Annotated[
-        str | None,
-        typer.Option("--category", help="Category of the run to calibrate (if it has several)."),
-    ] = None,
-    fpr: Annotated[
-        float | None,
-        typer.Option(
-            "--fpr",
-            help="Target false-positive rate on good images (the default rule, at 0.001).",
-        ),
-    ] = None,
-    quantile: Annotated[
-        float | None,
-        typer.Option("--quantile", help="Threshold at this quantile of the good scores."),
-    ] = None,
-    recall: Annotated[
-        float | None,
-        typer.Option("--recall", help="Target recall on the --defects images."),
-    ] = None,
-    f1: Annotated[
-        bool, flag("--f1", help="F1-optimal threshold over good and --defects images.")
-    ] = False,
-    defects: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--defects", help="Folder of labelled defect images (for --recall, --f1; repeatable)."
-        ),
-    ] = None,
-    pixel_fpr: Annotated[
-        float,
-        typer.Option(
-            "--pixel-fpr",
-            help="Target rate of good map pixels at or above the pixel threshold (0: none).",
-        ),
-    ] = 0.001,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 8,
+    normal: NormalOption,
+    run: RunOption = None,
+    model: ModelOption = None,
+    category: CategoryOption = None,
+    fpr: FprOption = None,
+    quantile: QuantileOption = None,
+    recall: RecallOption = None,
+    f1: F1Option = False,
+    defects: DefectsOption = None,
+    pixel_fpr: PixelFprOption = 0.001,
+    batch_size: BatchSizeOption = 8,
     device: DeviceOption = None,
     no_progress: NoProgressOption = False,
     as_json: JsonOption = False,

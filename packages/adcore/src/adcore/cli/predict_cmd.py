@@ -17,62 +17,83 @@ if TYPE_CHECKING:
     from adcore.run.predict import PredictOutput
 
 
+InputOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--input",
+        "-i",
+        help="Image file or folder to score (repeatable; or give --watch).",
+        show_default=False,
+    ),
+]
+
+RunOption = Annotated[
+    Path | None,
+    typer.Option("--run", help="Run folder written by ad eval --save-model (or give --model)."),
+]
+
+ModelOption = Annotated[
+    Path | None,
+    typer.Option("--model", help="Bundle folder written by ad export, run with ONNX Runtime."),
+]
+
+OutOption = Annotated[
+    Path, typer.Option("--out", help="Folder for scores.csv, maps/ and overlays/.")
+]
+
+ThresholdOption = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        help="Image score at or above which an image is anomalous (default: the "
+        "threshold.json of ad calibrate, else the F1-optimal one on the run's test set).",
+    ),
+]
+
+CategoryOption = Annotated[
+    str | None,
+    typer.Option("--category", help="Category whose fitted model to use (if the run has several)."),
+]
+
+NoOverlaysOption = Annotated[bool, flag("--no-overlays", help="Write scores and maps only.")]
+
+WatchOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--watch",
+        help="Score images as they appear in this folder, appending to scores.csv and "
+        "scores.jsonl in --out (until Ctrl-C or a bound below).",
+    ),
+]
+
+WatchTimeoutOption = Annotated[
+    float | None,
+    typer.Option("--watch-timeout", help="Stop watching after SECONDS without a new image."),
+]
+
+MaxImagesOption = Annotated[
+    int | None, typer.Option("--max-images", help="Stop watching after N images.")
+]
+
+PollOption = Annotated[
+    float, typer.Option("--poll", help="Seconds between two looks at the watched folder.")
+]
+
+
 def predict_command(
-    input_: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--input",
-            "-i",
-            help="Image file or folder to score (repeatable; or give --watch).",
-            show_default=False,
-        ),
-    ] = None,
-    run: Annotated[
-        Path | None,
-        typer.Option("--run", help="Run folder written by ad eval --save-model (or give --model)."),
-    ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option("--model", help="Bundle folder written by ad export, run with ONNX Runtime."),
-    ] = None,
-    out: Annotated[
-        Path, typer.Option("--out", help="Folder for scores.csv, maps/ and overlays/.")
-    ] = Path("predictions"),
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--threshold",
-            help="Image score at or above which an image is anomalous (default: the "
-            "threshold.json of ad calibrate, else the F1-optimal one on the run's test set).",
-        ),
-    ] = None,
-    category: Annotated[
-        str | None,
-        typer.Option(
-            "--category", help="Category whose fitted model to use (if the run has several)."
-        ),
-    ] = None,
+    input_: InputOption = None,
+    run: RunOption = None,
+    model: ModelOption = None,
+    out: OutOption = Path("predictions"),
+    threshold: ThresholdOption = None,
+    category: CategoryOption = None,
     device: DeviceOption = None,
-    no_overlays: Annotated[bool, flag("--no-overlays", help="Write scores and maps only.")] = False,
+    no_overlays: NoOverlaysOption = False,
     as_json: JsonOption = False,
-    watch: Annotated[
-        Path | None,
-        typer.Option(
-            "--watch",
-            help="Score images as they appear in this folder, appending to scores.csv and "
-            "scores.jsonl in --out (until Ctrl-C or a bound below).",
-        ),
-    ] = None,
-    watch_timeout: Annotated[
-        float | None,
-        typer.Option("--watch-timeout", help="Stop watching after SECONDS without a new image."),
-    ] = None,
-    max_images: Annotated[
-        int | None, typer.Option("--max-images", help="Stop watching after N images.")
-    ] = None,
-    poll: Annotated[
-        float, typer.Option("--poll", help="Seconds between two looks at the watched folder.")
-    ] = 0.5,
+    watch: WatchOption = None,
+    watch_timeout: WatchTimeoutOption = None,
+    max_images: MaxImagesOption = None,
+    poll: PollOption = 0.5,
 ) -> None:
     """Score new images with a fitted method saved by a run (--run) or exported to a bundle
     (--model): scores, maps and overlays; or a watched folder as images arrive (--watch)."""
