@@ -489,3 +489,14 @@ def test_a_tilde_in_the_runtime_path_options_is_the_home_folder(monkeypatch, tmp
     assert (args.bundle, args.images, args.output) == (
         tmp_path / "bundle", [tmp_path / "in"], tmp_path / "out",
     )  # fmt: skip
+
+
+def test_an_inventory_path_that_is_a_folder_is_named_with_a_file_to_give(tmp_path):
+    from adcore.data.inventory import write_inventory
+    from adcore.infra.errors import UsageError
+
+    with pytest.raises(UsageError) as error:
+        write_inventory(tmp_path, [])
+    assert f"--inventory {tmp_path} is a folder" in str(error.value)
+    assert str(tmp_path / "inventory.csv") in str(error.value)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind

@@ -267,3 +267,30 @@ def test_a_failing_picture_writer_loses_no_metrics_and_is_named(mvtec_root, tmp_
     for category in ("plate", "widget"):
         assert (run_dir / category / "metrics.csv").is_file()
         assert (run_dir / category / "scores.csv").is_file()
+
+
+def test_save_model_on_a_finished_run_fits_the_unsaved_categories_again(mvtec_root, tmp_path):
+    """The README's order: the main job without --save-model, then the same run with it.
+    A category kept from before has no fitted state to export, so it is fitted again and
+    saved, instead of being kept with nothing saved."""
+    config = _config(mvtec_root, tmp_path / "out")
+    _run(config)
+    run_dir = tmp_path / "out/mvtec/pixel-gaussian/default"
+    assert not (run_dir / "plate/model.pt").exists()
+    again = _run(config, save_model=True)
+    assert not any(c.resumed for c in again.categories)
+    assert (run_dir / "plate/model.pt").is_file() and (run_dir / "widget/model.pt").is_file()
+    kept = _run(config, save_model=True)
+    assert all(c.resumed for c in kept.categories)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage\n", b"PK\x03\x04" + b"\0" * 64])
+def test_a_damaged_fitted_state_is_named_with_the_fix(tmp_path, content):
+    from adcore.infra.errors import DataError
+    from adcore.outputs.fitted import read_fitted_state
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as error:
+        read_fitted_state(path)
+    assert str(path) in str(error.value) and "--save-model --overwrite" in str(error.value)

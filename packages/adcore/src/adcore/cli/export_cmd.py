@@ -88,6 +88,13 @@ def parity_line(bundle: Bundle) -> str:
     return (
         f"Parity on {parity.images} test images: scores {parity.score_max_rel:.2g}, maps "
         f"{parity.map_max_rel:.2g} (largest difference relative to the largest output; "
-        f"{limit}); image AUROC {parity.auroc_torch} (PyTorch fp32) vs "
-        f"{parity.auroc_bundle} ({engine} {bundle.precision})."
+        f"{limit}); image AUROC {_auroc(parity.auroc_torch)} (PyTorch fp32) vs "
+        f"{_auroc(parity.auroc_bundle)} ({engine} {bundle.precision})."
     )
+
+
+def _auroc(value: float | None) -> str:
+    """An AUROC in percent, or why there is none (the parity images hold one class)."""
+    if value is None:
+        return "n/a (the parity images are all good or all defective: give more)"
+    return f"{100 * value:.2f}"

@@ -207,5 +207,14 @@ def summary(entries: Sequence[InventoryEntry]) -> str:
 
 
 def write_inventory(path: Path, entries: Iterable[InventoryEntry]) -> None:
-    """The inventory as CSV (:data:`COLUMNS`), written atomically."""
+    """The inventory as CSV (:data:`COLUMNS`), written atomically.
+
+    Raises ``UsageError`` when ``path`` is a folder (the option takes a file's name)."""
+    if path.is_dir():
+        from adcore.infra.errors import UsageError
+
+        raise UsageError(
+            f"--inventory {path} is a folder; the inventory is one CSV file.",
+            f"Give a file name, e.g. --inventory {path / 'inventory.csv'}.",
+        )
     atomic_write_text(path, csv_text(COLUMNS, (e.row() for e in entries)))

@@ -27,10 +27,34 @@ def save_fitted_state(method: Method, path: Path) -> None:
 
 
 def read_fitted_state(path: Path) -> dict[str, Any]:
-    """What :func:`save_fitted_state` wrote, loaded safely (``weights_only=True``)."""
+    """What :func:`save_fitted_state` wrote, loaded safely (``weights_only=True``).
+
+    Raises ``DataError`` naming the file when it is missing, empty, truncated or not a
+    fitted state (damaged, or replaced by another file)."""
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from adcore.infra.errors import DataError
+
+    fix = (
+        "Fit the category again: rerun ad eval with --save-model --overwrite for this run "
+        "(or restore the file from a copy)."
+    )
+    if not path.is_file():
+        raise DataError(f"The fitted state {path} does not exist.", fix)
+    if path.stat().st_size == 0:
+        raise DataError(f"The fitted state {path} is empty (0 bytes).", fix)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's untyped pickle, zip and tensor errors
+        reason = " ".join(str(error).split())[:160] or type(error).__name__
+        raise DataError(
+            f"The fitted state {path} cannot be read: it is damaged or not a file that "
+            f"ad eval --save-model wrote ({type(error).__name__}: {reason}).",
+            fix,
+        ) from None
+    if not isinstance(state, dict):
+        raise DataError(f"The fitted state {path} holds no fitted method.", fix)
+    return state
 
 
 def decoding_path(model_state: Path) -> Path:

@@ -98,9 +98,10 @@ class Evaluation:
         self.env: dict[str, Any] = {}
 
     def finished(self, category: str) -> bool:
-        return (
-            self.resuming and not self.options.overwrite and self.layout.metrics(category).exists()
-        )
+        """Done earlier and kept; with --save-model only when its fitted state was saved."""
+        kept = self.resuming and not self.options.overwrite
+        unsaved = self.options.save_model and not self.layout.model_state(category).exists()
+        return kept and self.layout.metrics(category).exists() and not unsaved
 
     def build_method(self) -> Method:
         if self.method is None:
