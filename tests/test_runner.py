@@ -294,3 +294,21 @@ def test_a_damaged_fitted_state_is_named_with_the_fix(tmp_path, content):
     with pytest.raises(DataError) as error:
         read_fitted_state(path)
     assert str(path) in str(error.value) and "--save-model --overwrite" in str(error.value)
+
+
+def test_a_refusal_names_the_bad_files_of_the_support_and_test_sets_at_once(
+    mvtec_root, tmp_path
+):
+    """Without --skip-bad-samples, one refusal names every bad file of the category, the
+    support set's and the test set's together, so one fix-and-rerun is enough."""
+    train = sorted((mvtec_root / "plate/train/good").glob("*.png"))[0]
+    test = sorted((mvtec_root / "plate/test/good").glob("*.png"))[0]
+    train.write_bytes(b"")
+    test.write_bytes(b"")
+    config = _config(mvtec_root, tmp_path / "out", "data.k_shot=all", "data.categories=[plate]")
+    from adcore.infra.errors import DataError
+
+    with pytest.raises(DataError) as error:
+        _run(config)
+    message = str(error.value)
+    assert "2 bad sample(s)" in message and str(train) in message and str(test) in message

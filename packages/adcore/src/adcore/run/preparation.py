@@ -80,13 +80,17 @@ def prepare_category(dataset: Dataset, category: str, data: DataSection, seed: i
     train = dataset.samples(category, "train")
     support = choose_support(train, data.k_shot, seed, category)
     screened = len(support)
-    support, bad_support = screen_samples(
-        support, data.skip_bad_samples, dataset.requires_masks, data.max_image_pixels
-    )
     all_test = dataset.samples(category, "test")
-    test, bad_test = screen_samples(
-        all_test, data.skip_bad_samples, dataset.requires_masks, data.max_image_pixels
-    )
+    # support and test screened together, so a refusal names every bad file at once
+    kept, bad = screen_samples(
+        [*support, *all_test], data.skip_bad_samples, dataset.requires_masks,
+        data.max_image_pixels,
+    )  # fmt: skip
+    in_support = set(support)
+    support = [s for s in kept if s in in_support]
+    test = [s for s in kept if s not in in_support]
+    bad_support = [b for b in bad if b.sample in in_support]
+    bad_test = [b for b in bad if b.sample not in in_support]
     skipped = screened - len(support) + len(all_test) - len(test)
     notes = [skipped_note([*bad_support, *bad_test])] if skipped else []
     notes += dataset_notes(dataset, category)
