@@ -473,7 +473,8 @@ def check_category(
         masks_missing=sum(f.mask_missing for f in found),
         images_missing=sum(b.problem == "image_missing" for b in bad),
         unreadable=sum(
-            b.problem in ("image_unreadable", "mask_unreadable", "image_too_large") for b in bad
+            b.problem in ("image_unreadable", "mask_unreadable", "image_too_large", "file_empty")
+            for b in bad
         ),
         size_mismatches=sum(b.problem == "size_mismatch" for b in bad),
         high_depth_images=dict(sorted(high.items())),
@@ -538,7 +539,11 @@ def render_report(report: DataCheckReport, console: Console, max_listed: int = 5
     """The report as a table per category, then each bad file, problem and warning."""
     from rich.table import Table
 
-    table = Table(title="Data check", caption="images missing / unreadable / mask size wrong")
+    table = Table(
+        title="Data check",
+        caption="bad files: all of them (images missing / unreadable or empty / mask size "
+        "wrong), each named below",
+    )
     table.add_column("category")
     for column in ("train", "test", "masks", "no mask", "bad files", "status"):
         table.add_column(column, justify="right")
@@ -550,7 +555,8 @@ def render_report(report: DataCheckReport, console: Console, max_listed: int = 5
             str(sum(check.test_images.values())),
             str(check.masks_found),
             str(check.masks_missing),
-            f"{check.images_missing}/{check.unreadable}/{check.size_mismatches}",
+            f"{len(check.bad_samples)} ({check.images_missing}/{check.unreadable}/"
+            f"{check.size_mismatches})",
             "[green]ok[/]" if check.ok else "[red]bad[/]",
             ", ".join(f"{d} {n}" for d, n in check.test_images.items()) or "none",
         )
@@ -574,5 +580,10 @@ def render_report(report: DataCheckReport, console: Console, max_listed: int = 5
     if report.outside:
         listed = ", ".join(f"{n} {reason}" for reason, n in report.outside.items())
         console.print(f"[cyan]data root[/] {listed} (ignored)", highlight=False)
-    verdict = "[green]Data OK.[/]" if report.ok else "[red]Data would make an evaluation wrong.[/]"
+    verdict = (
+        "[green]Data OK.[/]"
+        if report.ok
+        else "[red]Data would make an evaluation wrong:[/] fix or remove the files named "
+        "above, or evaluate without them with --skip-bad-samples (each one left out is named)."
+    )
     console.print(verdict)
