@@ -209,3 +209,16 @@ def test_predict_says_when_the_run_used_random_weights(tmp_path):
     assert "Random weights: the run's models were randomly initialised" in shown.stdout
     as_json = run_ad(*args, "--out", str(tmp_path / "p2"), "--json", env=env)
     assert json.loads(as_json.stdout)["random_weights"] is True
+
+
+def test_a_threshold_below_every_test_score_is_warned_about(saved_run, tmp_path):
+    data, run = saved_run
+    result = run_ad(
+        "predict", "--run", str(run), "--category", "widget", "--input",
+        str(data / "widget/test/good"), "--out", str(tmp_path / "p"), "--threshold", "-1e9",
+        "--no-overlays",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = " ".join(result.stdout.split())
+    assert "threshold is at or below every test score of the run" in printed
+    assert "ad calibrate --normal DIR" in printed

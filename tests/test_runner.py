@@ -296,9 +296,7 @@ def test_a_damaged_fitted_state_is_named_with_the_fix(tmp_path, content):
     assert str(path) in str(error.value) and "--save-model --overwrite" in str(error.value)
 
 
-def test_a_refusal_names_the_bad_files_of_the_support_and_test_sets_at_once(
-    mvtec_root, tmp_path
-):
+def test_a_refusal_names_the_bad_files_of_the_support_and_test_sets_at_once(mvtec_root, tmp_path):
     """Without --skip-bad-samples, one refusal names every bad file of the category, the
     support set's and the test set's together, so one fix-and-rerun is enough."""
     train = sorted((mvtec_root / "plate/train/good").glob("*.png"))[0]

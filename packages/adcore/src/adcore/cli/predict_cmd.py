@@ -210,11 +210,18 @@ def print_predictions(result: PredictOutput, out: Path) -> None:
     if result.scale is not None:
         scale = result.scale
         console.print(
-            f"normalised: 0 at the run's lowest test score ({scale.low:.4g}), 0.5 at the "
-            f"threshold ({scale.threshold:.4g}), 1 at its highest ({scale.high:.4g}), linear "
-            "in between; >= 0.5 means anomalous.",
+            f"normalised: 0 at the run's lowest test score ({scale.low:.4g}; the threshold "
+            f"when lower), 0.5 at the threshold ({scale.threshold:.4g}), 1 at its highest "
+            f"({scale.high:.4g}), linear in between; >= 0.5 means anomalous.",
             highlight=False,
         )
+        if scale.low >= scale.threshold:
+            console.print(
+                "[yellow]warning[/] the threshold is at or below every test score of the run, "
+                "so every image is anomalous: calibrate it on good parts the model was not "
+                "fitted on (ad calibrate --normal DIR), not on its training images.",
+                highlight=False,
+            )
     if result.random_weights:
         console.print(RANDOM_WEIGHTS_NOTE)
     for note in result.notes:
