@@ -107,6 +107,10 @@ def test_files_appear_one_half_written_one_unreadable(tmp_path):
     assert [Path(r["path"]).name for r in unreadable] == ["junk.png"]
     assert "cannot be decoded" in unreadable[0]["reason"]
     assert any("junk.png" in line and "unreadable" in line for line in reports)
+    assert reports[0] == (
+        f"watching {folder.resolve()} -> {out} (0 done before; until 2 s without a new image "
+        "or Ctrl-C)"
+    )
     records = [json.loads(line) for line in (out / JSONL_FILE).read_text().splitlines()]
     assert [Path(r["path"]).name for r in records] == ["a.png", "b.png", "c.png"]
     assert records[1]["score"] == 200.0 and records[1]["threshold_source"] == "given"

@@ -239,6 +239,12 @@ class Watcher:
         self.stopping = False
         main = threading.current_thread() is threading.main_thread()
         handler = signal.signal(signal.SIGINT, self._interrupt) if main else None
+        bounds = [f"{idle_timeout:g} s without a new image"] if idle_timeout else []
+        bounds += [f"{max_images} images"] if max_images is not None else []
+        self.report(
+            f"watching {self.folder} -> {self.out_dir} ({self.resumed} done before; until "
+            f"{' or '.join([*bounds, 'Ctrl-C'])})"
+        )
         try:
             while not self.stopping:
                 current = self.listing()
