@@ -460,3 +460,39 @@ def test_ad_serve_runs_and_its_errors_are_one_paragraph(bundle, images, tmp_path
         require_serve_extra()
     assert "uvicorn is not installed" in str(missing.value)
     assert main(["serve", str(bundle)]) == 2
+
+
+def test_readyz_is_503_until_the_warm_up_pass_is_done(bundle):
+    """While the warm-up forward pass runs, /healthz answers 200 and /readyz 503 with
+    Retry-After; once it is done, /readyz answers 200 (the warm-up is held on an event so
+    the window is not left to timing)."""
+    model = Model(bundle)
+    gate, original = threading.Event(), model.run
+
+    def held_run(pixels):
+        assert gate.wait(30), "the test never released the warm-up"
+        return original(pixels)
+
+    model.run = held_run
+    instance = server(model, ServeOptions(port=0, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not instance.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{instance.servers[0].sockets[0].getsockname()[1]}"
+        assert call("GET", f"{url}/healthz")[0] == 200
+        status, headers, body = call("GET", f"{url}/readyz")
+        assert status == 503 and body == {"status": "warming up"}
+        assert headers.get("retry-after", headers.get("Retry-After")) == "1"
+        gate.set()
+        while call("GET", f"{url}/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.02)
+    finally:
+        gate.set()
+        instance.should_exit = True
+        thread.join(15)
+    assert not thread.is_alive()
