@@ -226,3 +226,28 @@ def test_ctrl_c_stops_the_watch_cleanly(gaussian_run, data, tmp_path):  # noqa: 
     result = run_ad("predict", "--run", str(gaussian_run), "--watch", str(folder), "--input",
                     str(folder))  # fmt: skip
     assert result.returncode == 2 and "not both" in result.stderr
+
+
+def test_an_output_folder_of_another_model_or_command_is_refused(tmp_path):
+    """A watch resumes only its own model's rows: the output folder of another model's
+    watch, or one holding ad predict's scores.csv, is refused before anything is scored."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    _png(folder / "a.png", 10)
+    calls: list[list[Path]] = []
+
+    def watch(output: Path, identity: str) -> Watcher:
+        return Watcher(folder, output, mean_batches(calls), VERDICTS, identity=identity)
+
+    assert watch(out, "bundle aaa").run(max_images=1, sleep=lambda s: None).scored == 1
+    assert watch(out, "bundle aaa").resumed == 1  # its own model: resumed
+    with pytest.raises(OutputError) as error:
+        watch(out, "bundle bbb")
+    assert "another model" in str(error.value) and "'bundle aaa'" in str(error.value)
+    predicted = tmp_path / "predicted"
+    predicted.mkdir()
+    (predicted / SCORES_FILE).write_text(",".join(SCORES_HEADER) + "\n")
+    with pytest.raises(OutputError) as error:
+        watch(predicted, "bundle aaa")
+    assert "no watch wrote" in str(error.value)
+    assert len(calls) == 1

@@ -194,6 +194,7 @@ def watch(args: argparse.Namespace, model: Model) -> None:
     watcher = Watcher(
         args.watch.expanduser(), args.output.expanduser(), model.batches, model.verdicts,
         args.batch_size, not args.no_maps, args.poll, report,
+        f"bundle {model.bundle.graph_sha256}",
     )  # fmt: skip
     outcome = watcher.run(args.watch_timeout, args.max_images)
     print(describe(outcome))

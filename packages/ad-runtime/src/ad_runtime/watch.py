@@ -44,6 +44,7 @@ from ad_runtime.predictions import SCORES_HEADER, Verdicts
 SCORES_FILE = "scores.csv"
 JSONL_FILE = "scores.jsonl"
 UNREADABLE_FILE = "unreadable.csv"
+OWNER_FILE = "watch.json"  # which model's watch the output folder holds
 UNREADABLE_HEADER = ("path", "reason")
 DEFAULT_POLL_S = 0.5
 
@@ -98,12 +99,43 @@ def _csv_lines(rows: Sequence[Sequence[object]]) -> str:
     return buffer.getvalue()
 
 
+def claim_output(out_dir: Path, identity: str) -> None:
+    """Mark ``out_dir`` as the watch output of the model ``identity``; raises
+    ``OutputError`` when it holds another model's watch, or scores no watch wrote."""
+    from ad_runtime.files import atomic_write_text
+
+    owner = out_dir / OWNER_FILE
+    fix = "Give the watch an output folder of its own (or the one of this model's watch)."
+    if owner.is_file():
+        try:
+            recorded = json.loads(owner.read_text()).get("model")
+        except (ValueError, AttributeError):
+            recorded = None
+        if recorded != identity:
+            raise OutputError(
+                f"{out_dir} holds the watch of another model ({owner} names {recorded!r}, "
+                f"this model is {identity!r}): its rows would be taken as done.",
+                fix,
+            )
+        return
+    if (out_dir / SCORES_FILE).is_file():
+        raise OutputError(
+            f"{out_dir} holds a {SCORES_FILE} that no watch wrote (ad predict's, or a watch "
+            "from before watches recorded their model): its rows would be taken as done.",
+            fix,
+        )
+    atomic_write_text(owner, json.dumps({"model": identity}, indent=2) + "\n")
+
+
 class Watcher:
     """Watch ``folder`` and score what appears with ``batches`` under ``verdicts``, writing
     into ``out_dir`` (maps too when ``maps``). ``report`` receives one line per event.
 
+    ``identity``: the model's identity (a bundle's graph SHA-256, a run's fitted state),
+    kept in ``out_dir/watch.json``, so a restart resumes only its own model's rows.
+
     Raises ``DataError`` when ``folder`` is not a folder, ``OutputError`` when ``out_dir``
-    holds a ``scores.csv`` with other columns."""
+    holds a ``scores.csv`` with other columns, or the scores of another model or command."""
 
     def __init__(
         self,
@@ -115,16 +147,19 @@ class Watcher:
         maps: bool = True,
         poll_s: float = DEFAULT_POLL_S,
         report: Callable[[str], None] | None = None,
+        identity: str | None = None,
     ) -> None:
         if not folder.is_dir():
             raise DataError(f"{folder} is not a folder to watch.", "Pass an existing folder.")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if identity is not None:
+            claim_output(out_dir, identity)
         self.folder = folder.resolve()
         self.own = out_dir.resolve()  # an output folder inside the watched one is not watched
         self.out_dir = out_dir
         self.batches, self.verdicts = batches, verdicts
         self.batch_size, self.maps, self.poll_s = batch_size, maps, poll_s
         self.report = report or (lambda line: None)
-        out_dir.mkdir(parents=True, exist_ok=True)
         rows = _repaired_rows(out_dir / SCORES_FILE, SCORES_HEADER)
         failed = _repaired_rows(out_dir / UNREADABLE_FILE, UNREADABLE_HEADER)
         self.done = {r["path"] for r in rows} | {r["path"] for r in failed}

@@ -4,6 +4,7 @@ threshold ``ad predict`` uses (given, calibrated, else the run's or the bundle's
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def watch_folder(
 
         model = Model(bundle, threshold)
         batches, verdicts = model.batches, model.verdicts
+        identity = f"bundle {model.bundle.graph_sha256}"
     else:
         from adcore.contracts.method import TransductiveMethod
         from adcore.infra.errors import UsageError
@@ -50,5 +52,8 @@ def watch_folder(
                 "ad predict --run RUN --input FOLDER.",
             )
         batches, verdicts = fitted.batches, fitted.verdicts(threshold)
-    watcher = Watcher(folder, out_dir, batches, verdicts, batch_size, True, poll_s, report)
+        identity = "run " + json.dumps(fitted.identity, sort_keys=True, default=str)
+    watcher = Watcher(
+        folder, out_dir, batches, verdicts, batch_size, True, poll_s, report, identity
+    )
     return watcher.run(idle_timeout, max_images)
