@@ -187,6 +187,14 @@ def test_export_errors_are_one_paragraph(gaussian_run, tmp_path):
         "export", "--run", str(gaussian_run), "--output", str(tmp_path / "b"), "--format", "tflite"
     )
     assert result.returncode == 2 and "--format onnx" in result.stderr
+    foreign = tmp_path / "predictions"
+    foreign.mkdir()
+    (foreign / "scores.csv").write_text("path,score\n")
+    result = _export(gaussian_run, foreign)
+    assert result.returncode == 1 and "holds files but no bundle" in result.stderr
+    assert "Traceback" not in result.stderr and sorted(foreign.iterdir()) == [
+        foreign / "scores.csv"
+    ]
 
 
 def test_bundle_reader_refuses_newer_damaged_and_missing_descriptions(gaussian_run, tmp_path):

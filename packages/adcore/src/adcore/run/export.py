@@ -86,6 +86,7 @@ def export_run(
     from adcore.run.predict import fitted_decoding, load_method, pick_category, run_test_scores
 
     check_format(export_format, precision)
+    check_bundle_folder(output)
     progress = progress or Progress(enabled=False)
     category = pick_category(run_dir, category)
     config, method, _ = load_method(run_dir, category, "cpu", precision="fp32")
@@ -141,6 +142,19 @@ def _refuse_failed(parity: BundleParity, name: str, precision: str, output: Path
             f"The bundle in {output} records it and must not be used.",
             f"Make {name}'s export_module compute what predict computes (adcore.testing."
             "check_method compares them).",
+        )
+
+
+def check_bundle_folder(output: Path) -> None:
+    """Refuses (``OutputError``) an ``--output`` that is a file, or a folder holding files
+    but no bundle (another command's outputs, which the bundle would be mixed into)."""
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"--output {output} is a file.", "Give a folder for the bundle.")
+    if output.is_dir() and not (output / BUNDLE_FILE).exists() and any(output.iterdir()):
+        raise OutputError(
+            f"--output {output} holds files but no bundle ({BUNDLE_FILE}): the bundle would "
+            "be mixed into another command's outputs.",
+            "Give an empty or new folder, or the folder of an earlier export to replace it.",
         )
 
 
