@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from adcore.cli.options import DeviceOption, JsonOption, NoProgressOption, flag
+from adcore.cli.options import (
+    BundleOption,
+    DeviceOption,
+    FittedCategoryOption,
+    JsonOption,
+    NoProgressOption,
+    SavedRunOption,
+    flag,
+)
 
 NormalOption = Annotated[
     list[Path],
@@ -19,20 +27,6 @@ NormalOption = Annotated[
     ),
 ]
 
-RunOption = Annotated[
-    Path | None,
-    typer.Option("--run", help="Run folder written by ad eval --save-model (or give --model)."),
-]
-
-ModelOption = Annotated[
-    Path | None,
-    typer.Option("--model", help="Bundle folder written by ad export (runs ONNX Runtime)."),
-]
-
-CategoryOption = Annotated[
-    str | None,
-    typer.Option("--category", help="Category of the run to calibrate (if it has several)."),
-]
 
 FprOption = Annotated[
     float | None,
@@ -76,9 +70,9 @@ BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Image
 
 def calibrate_command(
     normal: NormalOption,
-    run: RunOption = None,
-    model: ModelOption = None,
-    category: CategoryOption = None,
+    run: SavedRunOption = None,
+    model: BundleOption = None,
+    category: FittedCategoryOption = None,
     fpr: FprOption = None,
     quantile: QuantileOption = None,
     recall: RecallOption = None,

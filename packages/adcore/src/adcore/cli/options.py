@@ -44,6 +44,21 @@ NoProgressOption = Annotated[bool, flag("--no-progress", help="No progress bars.
 SkipBadSamplesOption = Annotated[
     bool, flag("--skip-bad-samples", help="Leave out unreadable or bad samples.")
 ]
+# a fitted model, for the commands that use one (ad predict, ad calibrate)
+SavedRunOption = Annotated[
+    Path | None,
+    typer.Option("--run", help="Run folder written by ad eval --save-model (or give --model)."),
+]
+BundleOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--model", help="Bundle folder written by ad export (run by ONNX Runtime or OpenVINO)."
+    ),
+]
+FittedCategoryOption = Annotated[
+    str | None,
+    typer.Option("--category", help="Category whose fitted model to use (if the run has several)."),
+]
 
 
 def parse_k_shot(value: str | None) -> int | str | None:

@@ -10,7 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adcore.cli.options import DeviceOption, JsonOption, flag
+from adcore.cli.options import (
+    BundleOption,
+    DeviceOption,
+    FittedCategoryOption,
+    JsonOption,
+    SavedRunOption,
+    flag,
+)
 from adcore.cli.tables import print_table
 
 if TYPE_CHECKING:
@@ -27,15 +34,6 @@ InputOption = Annotated[
     ),
 ]
 
-RunOption = Annotated[
-    Path | None,
-    typer.Option("--run", help="Run folder written by ad eval --save-model (or give --model)."),
-]
-
-ModelOption = Annotated[
-    Path | None,
-    typer.Option("--model", help="Bundle folder written by ad export, run with ONNX Runtime."),
-]
 
 OutOption = Annotated[
     Path, typer.Option("--out", help="Folder for scores.csv, maps/ and overlays/.")
@@ -50,10 +48,6 @@ ThresholdOption = Annotated[
     ),
 ]
 
-CategoryOption = Annotated[
-    str | None,
-    typer.Option("--category", help="Category whose fitted model to use (if the run has several)."),
-]
 
 NoOverlaysOption = Annotated[bool, flag("--no-overlays", help="Write scores and maps only.")]
 
@@ -82,11 +76,11 @@ PollOption = Annotated[
 
 def predict_command(
     input_: InputOption = None,
-    run: RunOption = None,
-    model: ModelOption = None,
+    run: SavedRunOption = None,
+    model: BundleOption = None,
     out: OutOption = Path("predictions"),
     threshold: ThresholdOption = None,
-    category: CategoryOption = None,
+    category: FittedCategoryOption = None,
     device: DeviceOption = None,
     no_overlays: NoOverlaysOption = False,
     as_json: JsonOption = False,
