@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ad_runtime.decoding import (
+    IMAGE_EXTENSIONS,
     Decoding,
     ImageBytes,
     ImageTooLargeError,
@@ -107,8 +108,8 @@ def decode_upload(
             raise BadInput(422, f"{name} cannot be decoded: it is {channels}.") from None
         raise BadInput(
             415,
-            f"{name} is not an image the server can decode ({error.reason}): send a PNG, "
-            "JPEG, BMP or TIFF file.",
+            f"{name} is not an image the server can decode ({error.reason}): send an image "
+            f"file whole, in one of the formats ad eval reads ({', '.join(IMAGE_EXTENSIONS)}).",
         ) from None
     except AdError as error:
         raise BadInput(400, f"{name} cannot be decoded ({error.problem}).") from None
